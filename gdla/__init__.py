@@ -1,0 +1,70 @@
+"""gdla: linear algebra by gradient descent in PyTorch, extended through plugins.
+
+>>> import torch, gdla
+>>> A = torch.eye(4, dtype=torch.float64) + 0.1 * torch.rand(4, 4, dtype=torch.float64)
+>>> result = gdla.solve(gdla.get_problem("inverse")(A))
+>>> result.stop_reason
+'converged'
+"""
+
+from __future__ import annotations
+
+from gdla.backend import extension_status
+from gdla.errors import (
+    BackendError,
+    BackendWarning,
+    ConvergenceWarning,
+    DuplicateNameError,
+    GdlaError,
+    GdlaWarning,
+    InputError,
+    MatrixFileError,
+    PluginError,
+    PluginWarning,
+    ShapeError,
+    SingularMatrixError,
+    UnknownNameError,
+)
+from gdla.hookspecs import hookimpl
+from gdla.optimizer import GradientOptimizer, Optimizer
+from gdla.problem import Params, Problem
+from gdla.registry import get_optimizer, get_problem, optimizers, problems, registry
+from gdla.result import Result
+from gdla.solve import solve
+
+try:
+    from importlib.metadata import version as _version
+
+    __version__ = _version("gdla")
+except Exception:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "BackendError",
+    "BackendWarning",
+    "ConvergenceWarning",
+    "DuplicateNameError",
+    "GdlaError",
+    "GdlaWarning",
+    "GradientOptimizer",
+    "InputError",
+    "MatrixFileError",
+    "Optimizer",
+    "Params",
+    "PluginError",
+    "PluginWarning",
+    "Problem",
+    "Result",
+    "ShapeError",
+    "SingularMatrixError",
+    "UnknownNameError",
+    "__version__",
+    "extension_status",
+    "get_optimizer",
+    "get_problem",
+    "hookimpl",
+    "optimizers",
+    "problems",
+    "registry",
+    "solve",
+]

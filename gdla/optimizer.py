@@ -1,0 +1,113 @@
+"""The interface every optimizer plugin implements, and the adapter for ``torch.optim``.
+
+An optimizer is built for one problem and one set of parameters and advances them one iteration
+per :meth:`Optimizer.step`. Gradient methods subclass :class:`GradientOptimizer` and only say
+which ``torch.optim.Optimizer`` to build; problem-aware solvers subclass :class:`Optimizer`.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+import torch
+
+from gdla.problem import Params, Problem
+from gdla.schedules import make_schedule
+from gdla.validation import check_positive
+
+__all__ = ["GradientOptimizer", "Optimizer"]
+
+
+class Optimizer(abc.ABC):
+    """Base class of an optimizer plugin.
+
+    Class attributes: ``name`` (registry name), ``summary`` (one line), ``default_lr`` (``None``
+    for methods without a learning rate) and ``default_max_steps``.
+    """
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    default_lr: ClassVar[float | None] = 1e-2
+    default_max_steps: ClassVar[int] = 10_000
+
+    def __init__(
+        self, problem: Problem, params: Params, *, lr: float | None = None, backend: str = "autograd", **options: Any
+    ) -> None:
+        reason = self.unsupported_reason(problem)
+        if reason is not None:
+            from gdla.errors import InputError
+
+            raise InputError(f"optimizer: {self.name!r} cannot solve problem {problem.name!r}: {reason}")
+        self.problem = problem
+        self.params = params
+        self.backend = backend
+        self.max_steps: int | None = options.pop("max_steps", None)
+        if lr is None:
+            lr = self.default_lr_for(problem)
+        self.lr = None if lr is None else check_positive(lr, "lr")
+        self.options = options
+
+    @classmethod
+    def unsupported_reason(cls, problem: Problem) -> str | None:
+        """Why this optimizer cannot solve ``problem``, or ``None`` if it can."""
+        return None
+
+    @classmethod
+    def default_lr_for(cls, problem: Problem) -> float | None:
+        """Learning rate used when the caller gives none."""
+        return cls.default_lr
+
+    @abc.abstractmethod
+    def step(self) -> torch.Tensor:
+        """Advance ``self.params`` in place by one iteration; return the loss it evaluated."""
+
+    def expected_steps(self, tol: float) -> float | None:
+        """Estimated iterations to reach relative residual ``tol``, or ``None`` if unknown."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready facts about this run's settings (and choices made, for ``auto``)."""
+        return {"name": self.name, "lr": self.lr}
+
+
+class GradientOptimizer(Optimizer):
+    """An optimizer that feeds ``problem.loss_and_grad`` to a ``torch.optim.Optimizer``.
+
+    Subclasses implement :meth:`build`. Options ``schedule`` (``"step"``, ``"multistep"``,
+    ``"exponential"``, ``"cosine"``) and ``schedule_options`` (a dict) add a learning-rate schedule.
+    """
+
+    def __init__(
+        self, problem: Problem, params: Params, *, lr: float | None = None, backend: str = "autograd", **options: Any
+    ) -> None:
+        schedule = options.pop("schedule", None)
+        schedule_options = options.pop("schedule_options", None) or {}
+        max_steps = options.pop("max_steps", None)
+        super().__init__(problem, params, lr=lr, backend=backend, max_steps=max_steps, **options)
+        self.torch_optimizer = self.build(list(params.values()), self.lr, **options)
+        self.schedule = schedule
+        self.scheduler = make_schedule(schedule, self.torch_optimizer, max_steps=self.max_steps, **schedule_options)
+
+    @abc.abstractmethod
+    def build(self, tensors: list[torch.Tensor], lr: float | None, **options: Any) -> torch.optim.Optimizer:
+        """Return the ``torch.optim.Optimizer`` over ``tensors``; validate ``options`` here."""
+
+    def _closure(self) -> torch.Tensor:
+        loss, grads = self.problem.loss_and_grad(self.params, self.backend)
+        for key, tensor in self.params.items():
+            tensor.grad = grads[key]
+        return loss
+
+    def step(self) -> torch.Tensor:
+        loss = self.torch_optimizer.step(self._closure)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return loss
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info.update({key: value for key, value in self.options.items() if isinstance(value, (int, float, str, bool))})
+        if self.schedule is not None:
+            info["schedule"] = self.schedule
+        return info

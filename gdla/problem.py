@@ -1,0 +1,111 @@
+"""The interface every problem plugin implements.
+
+A problem owns its data (tensors), knows how to start (``init_params``), what to minimise
+(``loss``), what its answer is (``solution``) and how good an answer is (``residual``, ``error``
+against the exact ``torch.linalg`` reference). The solve loop knows nothing else about it.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+import torch
+
+__all__ = ["Params", "Problem"]
+
+#: Named parameter tensors that the optimizer updates in place.
+Params = dict[str, torch.Tensor]
+
+
+class Problem(abc.ABC):
+    """Base class of a problem plugin.
+
+    Subclasses set ``name`` (the registry name) and ``summary`` (one line), store their data as
+    tensors and implement the abstract methods. ``fused`` says whether ``loss_and_grad`` has a
+    fused-kernel path (``backend="fused"``).
+    """
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    fused: ClassVar[bool] = False
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    @abc.abstractmethod
+    def example(cls, size: int | None = None, *, seed: int = 0, dtype: torch.dtype = torch.float64) -> Problem:
+        """Build the problem on its seed notebook's scenario (``size`` overrides its dimension)."""
+
+    @classmethod
+    def from_matrix(cls, matrix: torch.Tensor, **options: Any) -> Problem:
+        """Build the problem from one user matrix (the command line's ``--matrix``)."""
+        return cls(matrix, **options)  # type: ignore[call-arg]
+
+    @property
+    @abc.abstractmethod
+    def dtype(self) -> torch.dtype:
+        """Floating dtype of the problem's data."""
+
+    @property
+    @abc.abstractmethod
+    def device(self) -> torch.device:
+        """Device of the problem's data."""
+
+    @abc.abstractmethod
+    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> Problem:
+        """Return a copy of the problem with its data converted (``self`` if nothing changes)."""
+
+    # -- optimisation -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def init_params(self, generator: torch.Generator) -> Params:
+        """Return fresh starting parameters drawn from the CPU ``generator``, on ``self.device``."""
+
+    @abc.abstractmethod
+    def loss(self, params: Params) -> torch.Tensor:
+        """Differentiable scalar objective: the pure-PyTorch (autograd) reference."""
+
+    def loss_and_grad(self, params: Params, backend: str = "autograd") -> tuple[torch.Tensor, Params]:
+        """Return ``(loss, gradients)`` at ``params`` without changing them.
+
+        The default differentiates :meth:`loss` with autograd. Problems with ``fused = True``
+        override it to call the fused ops when ``backend == "fused"``.
+        """
+        with torch.enable_grad():
+            leaves = {key: value.detach().requires_grad_(True) for key, value in params.items()}
+            loss = self.loss(leaves)
+            grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+        out = {
+            key: torch.zeros_like(value) if grad is None else grad
+            for (key, value), grad in zip(leaves.items(), grads)
+        }
+        return loss.detach(), out
+
+    # -- answers ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def solution(self, params: Params) -> Any:
+        """The main answer held by ``params`` (a tensor or a tuple of tensors)."""
+
+    @abc.abstractmethod
+    def residual(self, params: Params) -> torch.Tensor:
+        """Relative residual of the problem's defining equation (worst over a batch): the stop test."""
+
+    @abc.abstractmethod
+    def reference(self) -> Any:
+        """The exact answer computed by ``torch.linalg`` (or a closed form)."""
+
+    @abc.abstractmethod
+    def error(self, params: Params) -> torch.Tensor:
+        """Relative error of :meth:`solution` against :meth:`reference` (worst over a batch)."""
+
+    def metrics(self, params: Params) -> dict[str, float]:
+        """Final figures reported in ``Result.metrics``; always ``residual`` and ``error``."""
+        with torch.no_grad():
+            return {"residual": float(self.residual(params)), "error": float(self.error(params))}
+
+    def condition_estimate(self) -> float | None:
+        """Estimated condition number of the problem's operator, or ``None`` if not meaningful."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready facts about this instance (shapes, options) for ``Result.to_dict``."""
+        return {"name": self.name}

@@ -1,0 +1,207 @@
+"""The plugin registry: one pluggy ``PluginManager`` fed by entry points of group ``gdla``.
+
+Entry points are loaded lazily, once, and each on its own: one that fails to import, raises in
+its hook or registers something invalid is skipped with a :class:`~gdla.errors.PluginWarning`
+naming its distribution, entry point and the reason, and the rest still load.
+``GDLA_STRICT_PLUGINS=1`` turns that warning into a :class:`~gdla.errors.PluginError`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import os
+import re
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any, Literal
+
+import pluggy
+
+from gdla import hookspecs
+from gdla.errors import DuplicateNameError, PluginError, PluginWarning, UnknownNameError
+from gdla.optimizer import Optimizer
+from gdla.problem import Problem
+
+__all__ = ["Entry", "Registry", "get_optimizer", "get_problem", "optimizers", "problems", "registry"]
+
+Kind = Literal["problem", "optimizer"]
+KINDS: dict[str, tuple[str, type]] = {"problem": ("register_problems", Problem), "optimizer": ("register_optimizers", Optimizer)}
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_\-]*$")
+GROUP = "gdla"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered problem or optimizer and where it came from."""
+
+    name: str
+    kind: Kind
+    obj: type
+    plugin: str
+    version: str
+    source: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "kind": self.kind, "plugin": self.plugin, "version": self.version}
+
+
+class Registry:
+    """Problems and optimizers registered by plugins, looked up by name."""
+
+    def __init__(self, entry_points: Callable[[], Iterable[metadata.EntryPoint]] | None = None) -> None:
+        self._entry_points = entry_points or (lambda: metadata.entry_points(group=GROUP))
+        self._pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self._pm.add_hookspecs(hookspecs)
+        self._loaded = False
+        self._items: dict[str, dict[str, list[Entry]]] = {kind: {} for kind in KINDS}
+        self._plugin_items: dict[str, list[Entry]] = {}
+        self.failures: list[str] = []
+
+    # -- loading ------------------------------------------------------------------------------
+    def load(self) -> None:
+        """Load every entry point of group ``gdla`` (only the first call does anything)."""
+        if self._loaded:
+            return
+        self._loaded = True
+        for ep in self._entry_points():
+            dist = ep.dist.name if ep.dist is not None else "unknown distribution"
+            version = ep.dist.version if ep.dist is not None else "unknown"
+            where = f"distribution {dist!r}, entry point {ep.name!r} ({ep.value})"
+            try:
+                plugin = ep.load()
+            except Exception as exc:  # any import-time failure of foreign code
+                self._fail(where, f"import failed: {type(exc).__name__}: {exc}")
+                continue
+            self._add(plugin, plugin_name=f"{dist}:{ep.name}", dist=dist, version=version, where=where, strict=False)
+
+    def register_plugin(
+        self, plugin: Any, *, name: str | None = None, dist: str = "local", version: str = "0"
+    ) -> str:
+        """Register a plugin object directly (no entry point); errors raise. Returns its name."""
+        self.load()
+        plugin_name = name or getattr(plugin, "__name__", None) or repr(plugin)
+        self._add(plugin, plugin_name=plugin_name, dist=dist, version=version, where=f"plugin {plugin_name!r}", strict=True)
+        return plugin_name
+
+    def unregister_plugin(self, name: str) -> None:
+        """Remove a plugin and everything it registered."""
+        self._pm.unregister(name=name)
+        for entry in self._plugin_items.pop(name, []):
+            bucket = self._items[entry.kind]
+            bucket[entry.name] = [e for e in bucket.get(entry.name, []) if e is not entry]
+            if not bucket[entry.name]:
+                del bucket[entry.name]
+
+    def _add(self, plugin: Any, *, plugin_name: str, dist: str, version: str, where: str, strict: bool) -> None:
+        strict = strict or os.environ.get("GDLA_STRICT_PLUGINS", "") not in ("", "0")
+        try:
+            self._pm.register(plugin, name=plugin_name)
+        except (ValueError, pluggy.PluginValidationError) as exc:
+            self._fail(where, f"not a valid plugin: {exc}", strict)
+            return
+        staged: list[Entry] = []
+        try:
+            for kind, (hook_name, _base) in KINDS.items():
+                for impl in getattr(self._pm.hook, hook_name).get_hookimpls():
+                    if impl.plugin_name != plugin_name:
+                        continue
+
+                    def register(obj: Any, _kind: str = kind) -> None:
+                        staged.append(self._validate(obj, _kind, plugin_name=plugin_name, dist=dist, version=version))
+
+                    impl.function(register)
+        except Exception as exc:
+            self._pm.unregister(name=plugin_name)
+            self._fail(where, f"{type(exc).__name__}: {exc}", strict)
+            return
+        for entry in staged:
+            clash = self._items[entry.kind].get(entry.name)
+            if clash:
+                message = (
+                    f"{entry.kind} name {entry.name!r} is registered twice: by {clash[0].source} "
+                    f"and by {entry.source}"
+                )
+                if strict:
+                    self._pm.unregister(name=plugin_name)
+                    raise DuplicateNameError(message)
+                warnings.warn(message, PluginWarning, stacklevel=3)
+            self._items[entry.kind].setdefault(entry.name, []).append(entry)
+        self._plugin_items[plugin_name] = staged
+
+    def _validate(self, obj: Any, kind: str, *, plugin_name: str, dist: str, version: str) -> Entry:
+        base = KINDS[kind][1]
+        if not (isinstance(obj, type) and issubclass(obj, base)):
+            raise PluginError(f"register() expected a subclass of gdla.{base.__name__}, received {obj!r}")
+        name = getattr(obj, "name", "")
+        if not isinstance(name, str) or not NAME_PATTERN.match(name):
+            raise PluginError(
+                f"{obj.__name__}.name: expected a lower-case name such as 'my-problem', received {name!r}"
+            )
+        if inspect.isabstract(obj):
+            missing = ", ".join(sorted(obj.__abstractmethods__))
+            raise PluginError(f"{obj.__name__} does not implement {missing}")
+        source = f"{dist} {version} ({obj.__module__}.{obj.__qualname__})"
+        return Entry(name=name, kind=kind, obj=obj, plugin=dist, version=version, source=source)  # type: ignore[arg-type]
+
+    def _fail(self, where: str, reason: str, strict: bool | None = None) -> None:
+        if strict is None:
+            strict = os.environ.get("GDLA_STRICT_PLUGINS", "") not in ("", "0")
+        message = f"gdla plugin skipped: {where}: {reason}"
+        if strict:
+            raise PluginError(message)
+        self.failures.append(message)
+        warnings.warn(message, PluginWarning, stacklevel=4)
+
+    # -- lookup -------------------------------------------------------------------------------
+    def entry(self, kind: Kind, name: str) -> Entry:
+        """The registry entry for ``name``; raises for unknown or duplicated names."""
+        self.load()
+        found = self._items[kind].get(name) if isinstance(name, str) else None
+        if not found:
+            valid = sorted(self._items[kind])
+            hint = difflib.get_close_matches(str(name), valid, n=1)
+            suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise UnknownNameError(
+                f"{kind}: unknown name {name!r}{suggestion}; valid {kind}s: {', '.join(valid) or 'none registered'}"
+            )
+        if len(found) > 1:
+            sources = " and ".join(e.source for e in found)
+            raise DuplicateNameError(f"{kind} name {name!r} is registered twice: by {sources}; uninstall one")
+        return found[0]
+
+    def entries(self, kind: Kind | None = None) -> list[Entry]:
+        """All registered entries (of one kind, if given), sorted by kind then name."""
+        self.load()
+        kinds = [kind] if kind else list(KINDS)
+        return [e for k in kinds for n in sorted(self._items[k]) for e in self._items[k][n]]
+
+    def names(self, kind: Kind) -> list[str]:
+        self.load()
+        return sorted(self._items[kind])
+
+
+#: The process-wide registry used by :func:`gdla.solve` and the command line.
+registry = Registry()
+
+
+def get_problem(name: str) -> type[Problem]:
+    """The problem class registered as ``name``."""
+    return registry.entry("problem", name).obj
+
+
+def get_optimizer(name: str) -> type[Optimizer]:
+    """The optimizer class registered as ``name``."""
+    return registry.entry("optimizer", name).obj
+
+
+def problems() -> list[str]:
+    """Names of the registered problems."""
+    return registry.names("problem")
+
+
+def optimizers() -> list[str]:
+    """Names of the registered optimizers."""
+    return registry.names("optimizer")
