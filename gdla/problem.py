@@ -80,6 +80,12 @@ class Problem(abc.ABC):
         }
         return loss.detach(), out
 
+    def project(self, params: Params) -> None:
+        """Map ``params`` back onto the feasible set in place after each step (default: nothing).
+
+        Used for retractions, e.g. keeping SVD factors orthonormal by QR or polar decomposition.
+        """
+
     # -- answers ------------------------------------------------------------------------------
     @abc.abstractmethod
     def solution(self, params: Params) -> Any:

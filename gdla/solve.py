@@ -114,6 +114,7 @@ def solve(
     with torch.no_grad():
         for step in range(1, steps_budget + 1):
             loss = float(opt.step())
+            problem.project(params)
             losses.append(loss)
             if bar is not None:
                 bar.update(1)
