@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from gdla import registry  # the module: registry.entries(), registry.register_plugin(), ...
 from gdla.backend import extension_status
 from gdla.errors import (
     BackendError,
@@ -28,9 +29,9 @@ from gdla.errors import (
 from gdla.hookspecs import hookimpl
 from gdla.optimizer import GradientOptimizer, Optimizer
 from gdla.problem import Params, Problem
-from gdla.registry import get_optimizer, get_problem, optimizers, problems, registry
+from gdla.registry import get_optimizer, get_problem, optimizers, problems
 from gdla.result import Result
-from gdla.solve import solve
+from gdla.loop import solve
 
 try:
     from importlib.metadata import version as _version

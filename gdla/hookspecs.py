@@ -6,7 +6,8 @@ hooks below. It reaches gdla through an entry point of group ``gdla`` in its pac
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pluggy
 

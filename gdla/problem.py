@@ -29,6 +29,9 @@ class Problem(abc.ABC):
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     fused: ClassVar[bool] = False
+    #: Whether the loss is a quadratic function of the parameters (exact line search and
+    #: conjugate gradient rely on it). ``None``: unknown. Instances may override it with a property.
+    quadratic: ClassVar[bool | None] = None
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -75,8 +78,9 @@ class Problem(abc.ABC):
             loss = self.loss(leaves)
             grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
         out = {
-            key: torch.zeros_like(value) if grad is None else grad
-            for (key, value), grad in zip(leaves.items(), grads)
+            # contiguous: a transposed-view gradient breaks optimizers that flatten with .view()
+            key: torch.zeros_like(value) if grad is None else grad.contiguous()
+            for (key, value), grad in zip(leaves.items(), grads, strict=True)
         }
         return loss.detach(), out
 
@@ -85,6 +89,7 @@ class Problem(abc.ABC):
 
         Used for retractions, e.g. keeping SVD factors orthonormal by QR or polar decomposition.
         """
+        return None
 
     # -- answers ------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -25,10 +25,25 @@ from gdla.errors import DuplicateNameError, PluginError, PluginWarning, UnknownN
 from gdla.optimizer import Optimizer
 from gdla.problem import Problem
 
-__all__ = ["Entry", "Registry", "get_optimizer", "get_problem", "optimizers", "problems", "registry"]
+__all__ = [
+    "Entry",
+    "Registry",
+    "entries",
+    "entry",
+    "get_optimizer",
+    "get_problem",
+    "optimizers",
+    "problems",
+    "register_plugin",
+    "registry",
+    "unregister_plugin",
+]
 
 Kind = Literal["problem", "optimizer"]
-KINDS: dict[str, tuple[str, type]] = {"problem": ("register_problems", Problem), "optimizer": ("register_optimizers", Optimizer)}
+KINDS: dict[str, tuple[str, type]] = {
+    "problem": ("register_problems", Problem),
+    "optimizer": ("register_optimizers", Optimizer),
+}
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_\-]*$")
 GROUP = "gdla"
 
@@ -77,13 +92,13 @@ class Registry:
                 continue
             self._add(plugin, plugin_name=f"{dist}:{ep.name}", dist=dist, version=version, where=where, strict=False)
 
-    def register_plugin(
-        self, plugin: Any, *, name: str | None = None, dist: str = "local", version: str = "0"
-    ) -> str:
+    def register_plugin(self, plugin: Any, *, name: str | None = None, dist: str = "local", version: str = "0") -> str:
         """Register a plugin object directly (no entry point); errors raise. Returns its name."""
         self.load()
         plugin_name = name or getattr(plugin, "__name__", None) or repr(plugin)
-        self._add(plugin, plugin_name=plugin_name, dist=dist, version=version, where=f"plugin {plugin_name!r}", strict=True)
+        self._add(
+            plugin, plugin_name=plugin_name, dist=dist, version=version, where=f"plugin {plugin_name!r}", strict=True
+        )
         return plugin_name
 
     def unregister_plugin(self, name: str) -> None:
@@ -101,6 +116,10 @@ class Registry:
             self._pm.register(plugin, name=plugin_name)
         except (ValueError, pluggy.PluginValidationError) as exc:
             self._fail(where, f"not a valid plugin: {exc}", strict)
+            return
+        if not self._pm.get_hookcallers(plugin):
+            self._pm.unregister(name=plugin_name)
+            self._fail(where, "no @gdla.hookimpl function register_problems or register_optimizers found", strict)
             return
         staged: list[Entry] = []
         try:
@@ -121,8 +140,7 @@ class Registry:
             clash = self._items[entry.kind].get(entry.name)
             if clash:
                 message = (
-                    f"{entry.kind} name {entry.name!r} is registered twice: by {clash[0].source} "
-                    f"and by {entry.source}"
+                    f"{entry.kind} name {entry.name!r} is registered twice: by {clash[0].source} and by {entry.source}"
                 )
                 if strict:
                     self._pm.unregister(name=plugin_name)
@@ -185,6 +203,27 @@ class Registry:
 
 #: The process-wide registry used by :func:`gdla.solve` and the command line.
 registry = Registry()
+
+
+# The functions below look ``registry`` up at call time, so a test may swap in a fresh one.
+def entry(kind: Kind, name: str) -> Entry:
+    """The registry entry (object, plugin, version, source) for ``name`` of ``kind``."""
+    return registry.entry(kind, name)
+
+
+def entries(kind: Kind | None = None) -> list[Entry]:
+    """Every registered entry, of one kind if given."""
+    return registry.entries(kind)
+
+
+def register_plugin(plugin: Any, *, name: str | None = None, dist: str = "local", version: str = "0") -> str:
+    """Register a plugin object directly, without an entry point; errors raise. Returns its name."""
+    return registry.register_plugin(plugin, name=name, dist=dist, version=version)
+
+
+def unregister_plugin(name: str) -> None:
+    """Remove a plugin registered under ``name`` and everything it registered."""
+    registry.unregister_plugin(name)
 
 
 def get_problem(name: str) -> type[Problem]:

@@ -1,19 +1,21 @@
 """Learning-rate schedules, stepped once per iteration.
 
-=============  ===========================================================================
-name           learning rate at step t (``lr`` is the base rate)
-=============  ===========================================================================
-``step``       ``lr * gamma ** (t // step_size)`` (defaults: ``gamma=0.5``, ``step_size=max_steps//4``)
-``multistep``  ``lr * factors[i]`` once ``t >= milestones[i]``; defaults reproduce seed 003:
-               0.05 → 0.025 at 10,000 → 0.01 at 100,000 (``factors=(0.5, 0.2)``)
-``exponential````lr * gamma ** t`` (default ``gamma=0.999``)
-``cosine``     cosine decay from ``lr`` to ``eta_min`` over ``T_max`` steps (default ``max_steps``)
-=============  ===========================================================================
+Learning rate at step ``t`` (``lr`` is the base rate):
+
+- ``step``: ``lr * gamma ** (t // step_size)`` (defaults ``gamma=0.5``, ``step_size=max_steps // 4``).
+- ``multistep``: ``lr * factors[i]`` once ``t >= milestones[i]``; the defaults reproduce seed 003,
+  0.05 → 0.025 at step 10,000 → 0.01 at step 100,000 (``factors=(0.5, 0.2)``).
+- ``exponential``: ``lr * gamma ** t`` (default ``gamma=0.999``).
+- ``cosine``: cosine decay from ``lr`` to ``eta_min`` over ``T_max`` steps (default ``max_steps``),
+  then ``eta_min``.
+
+``gamma`` must lie in ``(0, 1]`` and ``eta_min`` must not exceed ``lr``: a schedule only decays.
 """
 
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -50,29 +52,53 @@ def make_schedule(
         )
     if name == "step":
         step_size = check_int(options.get("step_size", max(1, horizon // 4)), "step_size", minimum=1)
-        gamma = check_positive(options.get("gamma", 0.5), "gamma")
+        gamma = _check_decay(options.get("gamma", 0.5))
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
     if name == "multistep":
-        milestones = list(options.get("milestones", (10_000, 100_000)))
-        factors = list(options.get("factors", (0.5, 0.2)))
+        milestones = _sequence(options.get("milestones", (10_000, 100_000)), "milestones")
+        factors = _sequence(options.get("factors", (0.5, 0.2)), "factors")
         return _piecewise(optimizer, milestones, factors)
     if name == "exponential":
-        gamma = check_positive(options.get("gamma", 0.999), "gamma")
+        gamma = _check_decay(options.get("gamma", 0.999))
         return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
     t_max = check_int(options.get("T_max", horizon), "T_max", minimum=1)
     eta_min = check_nonnegative(options.get("eta_min", 0.0), "eta_min")
-    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t_max, eta_min=eta_min)
+    base = min(group["lr"] for group in optimizer.param_groups)
+    if eta_min > base:
+        raise InputError(f"eta_min: expected a rate <= lr ({base:g}), received {eta_min!r}")
+    return _cosine(optimizer, t_max, eta_min)
+
+
+def _check_decay(value: Any) -> float:
+    gamma = check_positive(value, "gamma")
+    if gamma > 1:
+        raise InputError(f"gamma: expected a decay factor in (0, 1], received {value!r}")
+    return gamma
+
+
+def _sequence(value: Any, name: str) -> list[Any]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise InputError(f"{name}: expected a list of numbers, received {value!r}")
+    return list(value)
+
+
+def _cosine(optimizer: torch.optim.Optimizer, t_max: int, eta_min: float) -> torch.optim.lr_scheduler.LambdaLR:
+    # torch's CosineAnnealingLR is periodic and climbs back after T_max; this one stays at eta_min.
+    def factor(t: int, base: float) -> float:
+        progress = min(t, t_max) / t_max
+        return (eta_min + (base - eta_min) * (1 + math.cos(math.pi * progress)) / 2) / base
+
+    bases = [group["lr"] for group in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [lambda t, b=b: factor(t, b) for b in bases])
 
 
 def _piecewise(
     optimizer: torch.optim.Optimizer, milestones: Sequence[Any], factors: Sequence[Any]
 ) -> torch.optim.lr_scheduler.LambdaLR:
     if len(milestones) != len(factors):
-        raise InputError(
-            f"factors: expected one factor per milestone ({len(milestones)}), received {len(factors)}"
-        )
+        raise InputError(f"factors: expected one factor per milestone ({len(milestones)}), received {len(factors)}")
     steps = [check_int(m, "milestones", minimum=1) for m in milestones]
-    if steps != sorted(steps):
+    if any(a >= b for a, b in zip(steps, steps[1:], strict=False)):
         raise InputError(f"milestones: expected increasing steps, received {list(milestones)}")
     scales = [1.0] + [check_positive(f, "factors") for f in factors]
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: scales[bisect.bisect_right(steps, t)])

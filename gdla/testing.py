@@ -22,7 +22,7 @@ import torch
 
 from gdla.problem import Problem
 from gdla.registry import get_problem
-from gdla.solve import solve
+from gdla.loop import solve
 
 __all__ = ["ProblemContract", "assert_close_relative", "relative_error"]
 

@@ -62,8 +62,7 @@ def check_matrix(
             value = torch.as_tensor(value)
         except (TypeError, ValueError, RuntimeError) as exc:
             raise InputError(
-                f"{name}: expected a matrix (tensor, NumPy array or nested list), "
-                f"received {_describe(value)} ({exc})"
+                f"{name}: expected a matrix (tensor, NumPy array or nested list), received {_describe(value)} ({exc})"
             ) from None
     if not (value.is_floating_point()):
         raise InputError(

@@ -28,7 +28,7 @@ __all__ = ["default_tol", "solve"]
 
 #: Loss growth over the starting loss that counts as divergence.
 BLOW_UP = 1e12
-#: A stall is no improvement of the best loss by this relative amount over ``patience`` steps.
+#: A stall: neither the best loss nor the best residual improved by this fraction in ``patience`` steps.
 STALL_IMPROVEMENT = 1e-3
 
 Callback = Callable[[int, float, Params], Any]
@@ -69,14 +69,16 @@ def solve(
         dtype, device: convert the problem's data first (``None`` keeps them).
         callback: ``callback(step, loss, params)`` after every step; returning ``True`` stops.
         progress: show a progress bar.
-        patience: steps without a 0.1% improvement of the best loss before ``stalled``
+        patience: steps without a 0.1% improvement of the best loss or best residual before ``stalled``
             (default ``max(100, max_steps // 10)``).
         **optimizer_options: passed to the optimizer (``momentum=0.9``, ``schedule="cosine"``...).
     """
     if isinstance(problem, str):
         problem = get_problem(problem).example()
     if not isinstance(problem, Problem):
-        raise InputError(f"problem: expected a gdla.Problem instance or a problem name, received {type(problem).__name__}")
+        raise InputError(
+            f"problem: expected a gdla.Problem instance or a problem name, received {type(problem).__name__}"
+        )
     problem = problem.to(dtype=as_dtype(dtype), device=as_device(device))
     optimizer_cls = get_optimizer(optimizer) if isinstance(optimizer, str) else _bad_optimizer(optimizer)
     if lr is not None:
@@ -99,16 +101,19 @@ def solve(
     notes: list[str] = []
     expected = opt.expected_steps(tol) if tol > 0 else None
     if expected is not None and expected > steps_budget:
-        text = (
-            f"optimizer {opt.name!r} is expected to need about {expected:.3g} steps to reach tol={tol:g} "
-            f"on this problem, more than max_steps={steps_budget}; {_better_method(problem, opt.name)}"
+        need = (
+            "is expected to diverge at this learning rate"
+            if math.isinf(expected)
+            else f"is expected to need about {expected:.3g} steps to reach tol={tol:g} on this problem, "
+            f"more than max_steps={steps_budget}"
         )
+        text = f"optimizer {opt.name!r} {need}; {_better_method(problem, opt.name)}"
         notes.append(text)
         warnings.warn(text, ConvergenceWarning, stacklevel=2)
 
     bar = _progress_bar(steps_budget, enabled=progress)
     losses: list[float] = []
-    best, best_step = math.inf, 0
+    best_loss, best_residual, best_step = math.inf, math.inf, 0
     stop = "max_steps"
     start = time.perf_counter()
     with torch.no_grad():
@@ -127,11 +132,17 @@ def solve(
                 stop = "callback"
                 break
             if tol > 0:
-                if float(problem.residual(params)) <= tol:
+                residual = float(problem.residual(params))
+                if residual <= tol:
                     stop = "converged"
                     break
-                if loss < best * (1 - STALL_IMPROVEMENT):
-                    best, best_step = loss, step
+                # progress on either the loss or the residual counts: a least-squares loss
+                # levels off at its nonzero minimum while the residual still falls
+                improved = loss < best_loss * (1 - STALL_IMPROVEMENT)
+                improved |= residual < best_residual * (1 - STALL_IMPROVEMENT)
+                best_loss, best_residual = min(best_loss, loss), min(best_residual, residual)
+                if improved:
+                    best_step = step
                 elif step - best_step >= patience:
                     stop = "stalled"
                     break
@@ -175,6 +186,9 @@ def _better_method(problem: Problem, current: str) -> str:
         try:
             cls = registry.entry("optimizer", candidate).obj
         except Exception:
+            continue
+        picks = getattr(cls, "method_for", None)
+        if picks is not None and picks(problem) == current:
             continue
         if cls.unsupported_reason(problem) is None:
             return f"try optimizer={candidate!r} or raise max_steps"

@@ -1,0 +1,145 @@
+// Newton-Schulz on a group of tiny problems side by side, one problem per SIMD lane (CPU only).
+//
+// A 4x4 problem is too small to vectorise on its own (its loops are 4 long), so the CPU kernel
+// solves as many problems at once as a vector register holds: every matrix entry is a vector
+// whose lanes belong to different problems. The lanes are GCC/Clang vector-extension types of
+// ``Bytes`` bytes; cpu_small_inverse.cpp instantiates 16 (SSE2, any x86-64 or ARM), 32 (AVX2)
+// and 64 (AVX-512) and picks one at run time. Each lane keeps its own stop rule: a lane that
+// has stopped keeps its X while the others go on. No torch headers here.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__GNUC__)
+#define GDLA_ALWAYS_INLINE __attribute__((always_inline)) inline
+#else
+#define GDLA_ALWAYS_INLINE inline
+#endif
+
+namespace gdla {
+namespace lanes {
+
+template <typename T, int Bytes>
+struct Vec;
+
+// V: one matrix entry of every problem in the group; M: the matching integer (mask) vector.
+#define GDLA_DEFINE_VEC(T, I, BYTES)                              \
+  template <>                                                     \
+  struct Vec<T, BYTES> {                                          \
+    typedef T V __attribute__((vector_size(BYTES)));              \
+    typedef I M __attribute__((vector_size(BYTES)));              \
+    static constexpr int kLanes = BYTES / static_cast<int>(sizeof(T)); \
+  };
+GDLA_DEFINE_VEC(float, int32_t, 16)
+GDLA_DEFINE_VEC(float, int32_t, 32)
+GDLA_DEFINE_VEC(float, int32_t, 64)
+GDLA_DEFINE_VEC(double, int64_t, 16)
+GDLA_DEFINE_VEC(double, int64_t, 32)
+GDLA_DEFINE_VEC(double, int64_t, 64)
+#undef GDLA_DEFINE_VEC
+
+// ||A X - I||_F^2 of every float32 lane, evaluated in double (lanes widened to double vectors).
+template <int Bytes, int N>
+GDLA_ALWAYS_INLINE typename Vec<float, Bytes>::M residual_exceeds_double(
+    const typename Vec<float, Bytes>::V (&a)[N][N], const typename Vec<float, Bytes>::V (&x)[N][N], double limit) {
+  typedef double VD __attribute__((vector_size(2 * Bytes)));
+  typedef int64_t MD __attribute__((vector_size(2 * Bytes)));
+  VD r2 = VD{};
+  for (int i = 0; i < N; ++i) {
+    for (int j = 0; j < N; ++j) {
+      VD acc = VD{} - (i == j ? 1.0 : 0.0);
+      for (int l = 0; l < N; ++l) acc += __builtin_convertvector(a[i][l], VD) * __builtin_convertvector(x[l][j], VD);
+      r2 += acc * acc;
+    }
+  }
+  const MD exceeds = r2 > limit;
+  return __builtin_convertvector(exceeds, typename Vec<float, Bytes>::M);
+}
+
+// Solves problems [0, count) of a group (count <= kLanes) stored row-major one after the other:
+// the same iteration and stop rule as small::newton_schulz. Padding lanes hold the identity,
+// which stops at once.
+template <typename T, int N, int Bytes>
+GDLA_ALWAYS_INLINE void newton_schulz_group(const T* A, const T* X0, T* X, int64_t* steps, int count,
+                                            int max_steps, double tol) {
+  using V = typename Vec<T, Bytes>::V;
+  using M = typename Vec<T, Bytes>::M;
+  constexpr int L = Vec<T, Bytes>::kLanes;
+  V a[N][N], x[N][N], t[N][N];
+  for (int i = 0; i < N; ++i) {
+    for (int j = 0; j < N; ++j) {
+      V av, xv;
+      for (int w = 0; w < L; ++w) {
+        const bool real = w < count;
+        av[w] = real ? A[(w * N + i) * N + j] : T(i == j);
+        xv[w] = real && X0 != nullptr ? X0[(w * N + i) * N + j] : T(i == j);
+      }
+      a[i][j] = av;
+      x[i][j] = xv;
+    }
+  }
+  const V zero = V{};
+  if (X0 == nullptr) {
+    // X0 = A^T / (||A||_1 ||A||_inf): ||I - A X0||_2 < 1 for any invertible A.
+    V norm1 = zero, norm_inf = zero;
+    for (int i = 0; i < N; ++i) {
+      V row = zero, col = zero;
+      for (int j = 0; j < N; ++j) {
+        row += a[i][j] < zero ? -a[i][j] : a[i][j];
+        col += a[j][i] < zero ? -a[j][i] : a[j][i];
+      }
+      norm_inf = row > norm_inf ? row : norm_inf;
+      norm1 = col > norm1 ? col : norm1;
+    }
+    const V scale = T(1) / (norm1 * norm_inf);
+    for (int i = 0; i < N; ++i) {
+      for (int j = 0; j < N; ++j) x[i][j] = a[j][i] * scale;
+    }
+  }
+  const T threshold = static_cast<T>(tol * tol * N);
+  M running = M{} - 1;  // -1: the lane is still iterating
+  M taken = M{};
+  for (;;) {
+    V r2 = zero;  // ||A X - I||_F^2 per lane
+    for (int i = 0; i < N; ++i) {
+      for (int j = 0; j < N; ++j) {
+        V acc = a[i][0] * x[0][j];
+        for (int l = 1; l < N; ++l) acc += a[i][l] * x[l][j];
+        t[i][j] = acc;
+        const V r = i == j ? acc - T(1) : acc;
+        r2 += r * r;
+      }
+    }
+    M go_on = (r2 > threshold) & (r2 < T(1e30));
+    if constexpr (sizeof(T) < sizeof(double)) {
+      // A float32 lane that passes confirms its residual in double (see small::newton_schulz).
+      bool passing = false;
+      for (int w = 0; w < L; ++w) passing |= running[w] != 0 && go_on[w] == 0;
+      if (passing) go_on |= residual_exceeds_double<Bytes, N>(a, x, tol * tol * N);
+    }
+    running = running & go_on & (taken < max_steps);
+    bool any = false;
+    for (int w = 0; w < L; ++w) any |= running[w] != 0;
+    if (!any) break;
+    taken -= running;
+    // X <- X (2I - A X) = 2X - X t, row by row (a row's update needs only that row of X).
+    for (int i = 0; i < N; ++i) {
+      V u[N];
+      for (int j = 0; j < N; ++j) {
+        V acc = x[i][0] * t[0][j];
+        for (int l = 1; l < N; ++l) acc += x[i][l] * t[l][j];
+        u[j] = acc;
+      }
+      for (int j = 0; j < N; ++j) x[i][j] = running != 0 ? x[i][j] + x[i][j] - u[j] : x[i][j];
+    }
+  }
+  for (int w = 0; w < count; ++w) {
+    for (int i = 0; i < N; ++i) {
+      for (int j = 0; j < N; ++j) X[(w * N + i) * N + j] = x[i][j][w];
+    }
+    steps[w] = taken[w];
+  }
+}
+
+}  // namespace lanes
+}  // namespace gdla

@@ -1,0 +1,160 @@
+// CPU kernels of the batched tiny-inverse solvers: OpenMP over the batch, each problem iterated
+// to its own stop in local storage, never returning to Python in between. Newton-Schulz for
+// n <= 8 runs one problem per SIMD lane (cpu_lanes.h); n in 9..16 and the heavy-ball solver run
+// one problem at a time (small_inverse_math.h, shared with the CUDA kernel).
+#include "cpu_lanes.h"
+#include "cpu_parallel.h"
+#include "op_args.h"
+#include "small_inverse_math.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdlib>
+
+namespace gdla {
+namespace {
+
+// Problems below which the batch runs on one thread (each takes about a microsecond).
+constexpr int64_t kProblemGrain = 64;
+
+// Problems per OpenMP work item: a multiple of every group width (at most 16 lanes).
+constexpr int64_t kProblemsPerTask = 256;
+
+// Solves problems [begin, end) group by group with Bytes-wide vectors.
+template <typename T, int N, int Bytes>
+GDLA_ALWAYS_INLINE void newton_schulz_range(const T* A, const T* X0, T* X, int64_t* steps, int64_t begin,
+                                            int64_t end, int max_steps, double tol) {
+  constexpr int L = lanes::Vec<T, Bytes>::kLanes;
+  constexpr int64_t nn = N * N;
+  for (int64_t b = begin; b < end; b += L) {
+    const int count = static_cast<int>(end - b < L ? end - b : L);
+    lanes::newton_schulz_group<T, N, Bytes>(A + b * nn, X0 ? X0 + b * nn : nullptr, X + b * nn, steps + b, count,
+                                            max_steps, tol);
+  }
+}
+
+// The same loop compiled for three instruction sets; simd_bytes() picks one at run time, so the
+// binary stays portable (plain x86-64 or ARM) and still uses AVX2/AVX-512 where present.
+template <typename T, int N>
+void newton_schulz_range_16(const T* A, const T* X0, T* X, int64_t* steps, int64_t begin, int64_t end,
+                            int max_steps, double tol) {
+  newton_schulz_range<T, N, 16>(A, X0, X, steps, begin, end, max_steps, tol);
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define GDLA_X86_DISPATCH 1
+template <typename T, int N>
+__attribute__((target("arch=x86-64-v3"))) void newton_schulz_range_32(const T* A, const T* X0, T* X,
+                                                                      int64_t* steps, int64_t begin, int64_t end,
+                                                                      int max_steps, double tol) {
+  newton_schulz_range<T, N, 32>(A, X0, X, steps, begin, end, max_steps, tol);
+}
+
+template <typename T, int N>
+__attribute__((target("arch=x86-64-v4"))) void newton_schulz_range_64(const T* A, const T* X0, T* X,
+                                                                      int64_t* steps, int64_t begin, int64_t end,
+                                                                      int max_steps, double tol) {
+  newton_schulz_range<T, N, 64>(A, X0, X, steps, begin, end, max_steps, tol);
+}
+#endif
+
+// Widest vector (bytes) this CPU runs; GDLA_CPU_SIMD_BYTES=16|32 caps it (to test each path).
+int simd_bytes() {
+  int widest = 16;
+#ifdef GDLA_X86_DISPATCH
+  static const int supported = [] {
+    __builtin_cpu_init();
+    const bool v3 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    const bool v4 = v3 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                    __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
+    return v4 ? 64 : (v3 ? 32 : 16);
+  }();
+  widest = supported;
+#endif
+  if (const char* cap = std::getenv("GDLA_CPU_SIMD_BYTES")) {
+    const int limit = std::atoi(cap);
+    if (limit >= 16) widest = std::min(widest, limit >= 64 ? 64 : (limit >= 32 ? 32 : 16));
+  }
+  return widest;
+}
+
+template <typename T, int N, bool kFixed>
+void newton_schulz_batch(const T* A, const T* X0, T* X, int64_t* steps, int64_t batch, int n, int max_steps,
+                         double tol) {
+  const int64_t nn = static_cast<int64_t>(n) * n;
+  if constexpr (kFixed) {
+    auto range = &newton_schulz_range_16<T, N>;
+#ifdef GDLA_X86_DISPATCH
+    const int bytes = simd_bytes();
+    if (bytes == 64) range = &newton_schulz_range_64<T, N>;
+    if (bytes == 32) range = &newton_schulz_range_32<T, N>;
+#endif
+    const int64_t tasks = (batch + kProblemsPerTask - 1) / kProblemsPerTask;
+#pragma omp parallel for schedule(static) if (batch >= kProblemGrain)
+    for (int64_t task = 0; task < tasks; ++task) {
+      const int64_t begin = task * kProblemsPerTask;
+      range(A, X0, X, steps, begin, std::min(batch, begin + kProblemsPerTask), max_steps, tol);
+    }
+    return;
+  }
+#pragma omp parallel for schedule(static) if (batch >= kProblemGrain)
+  for (int64_t b = 0; b < batch; ++b) {
+    steps[b] = small::newton_schulz<T, N, kFixed>(A + b * nn, X0 ? X0 + b * nn : nullptr, X + b * nn, n, max_steps,
+                                                  tol);
+  }
+}
+
+template <typename T, int N, bool kFixed>
+void heavy_ball_batch(const T* A, const T* X0, T* X, int64_t batch, int n, T lr, T momentum, int steps) {
+  const int64_t nn = static_cast<int64_t>(n) * n;
+#pragma omp parallel for schedule(static) if (batch >= kProblemGrain)
+  for (int64_t b = 0; b < batch; ++b) {
+    small::heavy_ball<T, N, kFixed>(A + b * nn, X0 + b * nn, X + b * nn, n, lr, momentum, steps);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> newton_schulz_cpu(const at::Tensor& A, const std::optional<at::Tensor>& X0,
+                                                     int64_t max_steps, double tol) {
+  const int n = check_newton_schulz_args(A, X0, max_steps, tol);
+  const at::Tensor ac = A.contiguous();
+  const at::Tensor x0c = X0.has_value() ? X0->contiguous() : at::Tensor();
+  at::Tensor X = at::empty(A.sizes(), A.options());
+  at::Tensor steps = at::empty(batch_dims(A, 2), A.options().dtype(at::kLong));
+  const int64_t batch = batch_count(A, 2);
+  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "gdla_newton_schulz_cpu", [&] {
+    const scalar_t* x0 = x0c.defined() ? x0c.data_ptr<scalar_t>() : nullptr;
+    small::dispatch_size(n, [&](auto size, auto fixed) {
+      newton_schulz_batch<scalar_t, decltype(size)::value, decltype(fixed)::value>(
+          ac.data_ptr<scalar_t>(), x0, X.data_ptr<scalar_t>(), steps.data_ptr<int64_t>(), batch, n,
+          static_cast<int>(max_steps), tol);
+    });
+  });
+  return {X, steps};
+}
+
+at::Tensor heavy_ball_cpu(const at::Tensor& A, const at::Tensor& X0, double lr, double momentum, int64_t steps) {
+  const int n = check_heavy_ball_args(A, X0, lr, momentum, steps);
+  const at::Tensor ac = A.contiguous(), x0c = X0.contiguous();
+  at::Tensor X = at::empty(A.sizes(), A.options());
+  const int64_t batch = batch_count(A, 2);
+  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "gdla_heavy_ball_cpu", [&] {
+    small::dispatch_size(n, [&](auto size, auto fixed) {
+      heavy_ball_batch<scalar_t, decltype(size)::value, decltype(fixed)::value>(
+          ac.data_ptr<scalar_t>(), x0c.data_ptr<scalar_t>(), X.data_ptr<scalar_t>(), batch, n,
+          static_cast<scalar_t>(lr), static_cast<scalar_t>(momentum), static_cast<int>(steps));
+    });
+  });
+  return X;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gdla, CPU, m) {
+  m.impl("small_inverse_newton_schulz", &newton_schulz_cpu);
+  m.impl("small_inverse_momentum", &heavy_ball_cpu);
+}
+
+}  // namespace gdla

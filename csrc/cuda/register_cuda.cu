@@ -1,0 +1,150 @@
+// The CUDA side of the gdla ops: the fused-loss drivers instantiated with the CUDA elementwise
+// kernels (products go through ATen, i.e. cuBLAS), the masked and small-inverse ops, and their
+// registration for the CUDA dispatch key. Every kernel runs on the current CUDA stream of the
+// inputs' device, and every launch is checked.
+#include "../fused_losses.h"
+#include "../op_args.h"
+#include "launch.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/sum.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+namespace gdla {
+namespace {
+
+cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+
+template <typename T>
+T* ptr_or_null(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
+struct CudaPrims {
+  static void inverse_mse_small(const at::Tensor& A, const at::Tensor& M, Side side, double store_scale,
+                                const at::Tensor& grad_scale, double loss_scale, const at::Tensor& loss_acc,
+                                const at::Tensor& gM, const at::Tensor& gA) {
+    const int64_t batch = A.size(0);
+    at::Tensor sums = at::empty({batch}, A.options().dtype(at::kDouble));
+    AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "gdla_inverse_mse_small_cuda", [&] {
+      C10_CUDA_CHECK(cuda::launch_inverse_mse_small<scalar_t>(
+          A.data_ptr<scalar_t>(), M.data_ptr<scalar_t>(), static_cast<int>(side), static_cast<int>(A.size(1)),
+          store_scale, ptr_or_null<scalar_t>(grad_scale), ptr_or_null<scalar_t>(gM), ptr_or_null<scalar_t>(gA),
+          sums.data_ptr<double>(), batch, current_stream()));
+    });
+    if (loss_acc.defined()) {
+      at::Tensor acc = loss_acc;
+      acc.add_(at::sum(sums), loss_scale);
+    }
+  }
+
+  static void residual_(at::Tensor& P, const at::Tensor& target, bool store, double store_scale,
+                        const at::Tensor& grad_scale, double loss_scale, const at::Tensor& loss_acc) {
+    const int64_t total = P.numel();
+    const int blocks = cuda::residual_blocks(total);
+    const at::Tensor partials =
+        loss_acc.defined() ? at::empty({blocks}, P.options().dtype(at::kDouble)) : at::Tensor();
+    AT_DISPATCH_FLOATING_TYPES(P.scalar_type(), "gdla_residual_cuda", [&] {
+      C10_CUDA_CHECK(cuda::launch_residual<scalar_t>(
+          P.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(target), total, P.size(1), P.size(2), store, store_scale,
+          ptr_or_null<scalar_t>(grad_scale), loss_scale, ptr_or_null<double>(partials), blocks,
+          ptr_or_null<double>(loss_acc), current_stream()));
+    });
+  }
+
+  static std::tuple<at::Tensor, at::Tensor> svd_combine(const at::Tensor& UG, const at::Tensor& W,
+                                                        const at::Tensor& U, const at::Tensor& s,
+                                                        const at::Tensor& d) {
+    const int64_t batch = U.size(0), m = U.size(1), k = U.size(2);
+    at::Tensor gU = UG.defined() ? UG.contiguous() : at::empty(W.sizes(), W.options());
+    at::Tensor gs = at::empty({batch, k}, U.options());
+    const at::Tensor partials = at::empty({batch * cuda::svd_row_blocks(m) * k}, U.options().dtype(at::kDouble));
+    const at::Tensor Wc = W.contiguous(), dc = d.contiguous();
+    AT_DISPATCH_FLOATING_TYPES(U.scalar_type(), "gdla_svd_combine_cuda", [&] {
+      C10_CUDA_CHECK(cuda::launch_svd_combine<scalar_t>(
+          gU.data_ptr<scalar_t>(), UG.defined(), Wc.data_ptr<scalar_t>(), U.data_ptr<scalar_t>(),
+          s.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(), gs.data_ptr<scalar_t>(), partials.data_ptr<double>(),
+          batch, m, k, current_stream()));
+    });
+    return {gU, gs};
+  }
+};
+
+at::Tensor masked_hadamard_cuda(const at::Tensor& init, const at::Tensor& omega, const at::Tensor& U) {
+  check_masked_hadamard_args(init, omega, U);
+  const c10::OptionalDeviceGuard guard(at::device_of(U));
+  at::Tensor out = at::empty(U.sizes(), U.options());
+  const at::Tensor ic = init.contiguous(), oc = omega.contiguous(), uc = U.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(U.scalar_type(), "gdla_masked_hadamard_cuda", [&] {
+    C10_CUDA_CHECK(cuda::launch_masked_hadamard<scalar_t>(ic.data_ptr<scalar_t>(), oc.data_ptr<scalar_t>(),
+                                                          uc.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
+                                                          U.numel(), current_stream()));
+  });
+  return out;
+}
+
+// A strided U (or buf) is updated through a contiguous copy that is written back.
+void masked_update_cuda(at::Tensor& U, const at::Tensor& omega, const at::Tensor& G, double lr, double momentum,
+                        const std::optional<at::Tensor>& buf) {
+  check_masked_update_args(U, omega, G, lr, momentum, buf);
+  const c10::OptionalDeviceGuard guard(at::device_of(U));
+  at::Tensor uc = U.contiguous();
+  at::Tensor bc = buf.has_value() ? buf->contiguous() : at::Tensor();
+  const at::Tensor oc = omega.contiguous(), gc = G.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(U.scalar_type(), "gdla_masked_update_cuda", [&] {
+    C10_CUDA_CHECK(cuda::launch_masked_update<scalar_t>(uc.data_ptr<scalar_t>(), oc.data_ptr<scalar_t>(),
+                                                        gc.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(bc),
+                                                        U.numel(), lr, momentum, current_stream()));
+  });
+  if (!uc.is_same(U)) U.copy_(uc);
+  if (bc.defined() && !bc.is_same(*buf)) buf->copy_(bc);
+}
+
+std::tuple<at::Tensor, at::Tensor> newton_schulz_cuda(const at::Tensor& A, const std::optional<at::Tensor>& X0,
+                                                      int64_t max_steps, double tol) {
+  const int n = check_newton_schulz_args(A, X0, max_steps, tol);
+  const c10::OptionalDeviceGuard guard(at::device_of(A));
+  const at::Tensor ac = A.contiguous();
+  const at::Tensor x0c = X0.has_value() ? X0->contiguous() : at::Tensor();
+  at::Tensor X = at::empty(A.sizes(), A.options());
+  at::Tensor steps = at::empty(batch_dims(A, 2), A.options().dtype(at::kLong));
+  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "gdla_newton_schulz_cuda", [&] {
+    C10_CUDA_CHECK(cuda::launch_newton_schulz<scalar_t>(ac.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(x0c),
+                                                        X.data_ptr<scalar_t>(), steps.data_ptr<int64_t>(),
+                                                        batch_count(A, 2), n, static_cast<int>(max_steps), tol,
+                                                        current_stream()));
+  });
+  return {X, steps};
+}
+
+at::Tensor heavy_ball_cuda(const at::Tensor& A, const at::Tensor& X0, double lr, double momentum, int64_t steps) {
+  const int n = check_heavy_ball_args(A, X0, lr, momentum, steps);
+  const c10::OptionalDeviceGuard guard(at::device_of(A));
+  const at::Tensor ac = A.contiguous(), x0c = X0.contiguous();
+  at::Tensor X = at::empty(A.sizes(), A.options());
+  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "gdla_heavy_ball_cuda", [&] {
+    C10_CUDA_CHECK(cuda::launch_heavy_ball<scalar_t>(ac.data_ptr<scalar_t>(), x0c.data_ptr<scalar_t>(),
+                                                     X.data_ptr<scalar_t>(), batch_count(A, 2), n, lr, momentum,
+                                                     static_cast<int>(steps), current_stream()));
+  });
+  return X;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gdla, CUDA, m) {
+  m.impl("inverse_mse", &inverse_mse_impl<CudaPrims>);
+  m.impl("inverse_mse_and_grad", &inverse_mse_and_grad_impl<CudaPrims>);
+  m.impl("inverse_mse_backward", &inverse_mse_backward_impl<CudaPrims>);
+  m.impl("svd_loss", &svd_loss_impl<CudaPrims>);
+  m.impl("svd_loss_and_grad", &svd_loss_and_grad_impl<CudaPrims>);
+  m.impl("masked_hadamard", &masked_hadamard_cuda);
+  m.impl("masked_update_", &masked_update_cuda);
+  m.impl("small_inverse_newton_schulz", &newton_schulz_cuda);
+  m.impl("small_inverse_momentum", &heavy_ball_cuda);
+}
+
+}  // namespace gdla

@@ -1,0 +1,84 @@
+// Argument checks of the masked-Hadamard and small-inverse ops, shared by CPU and CUDA.
+#pragma once
+
+#include "checks.h"
+#include "small_inverse_math.h"
+
+#include <optional>
+
+#include <cmath>
+
+namespace gdla {
+
+inline void check_finite_number(double value, const char* name, const char* op, bool positive) {
+  TORCH_CHECK_VALUE(std::isfinite(value) && (positive ? value > 0.0 : value >= 0.0), op, ": ", name,
+                    " must be a finite number ", (positive ? "> 0" : ">= 0"), "; received ", value);
+}
+
+// ``t`` must be a tensor like ``U``: same dtype, device and shape.
+inline void check_same_as_U(const at::Tensor& t, const char* name, const at::Tensor& U, const char* op) {
+  check_like(t, name, U, "U", op);
+  check_shape(t, name, U.sizes(), "to match U", op);
+}
+
+inline void check_masked_hadamard_args(const at::Tensor& init, const at::Tensor& omega, const at::Tensor& U) {
+  const char* op = "masked_hadamard";
+  check_float(U, op, "U");
+  check_same_as_U(init, "init", U, op);
+  check_same_as_U(omega, "omega", U, op);
+}
+
+inline void check_masked_update_args(const at::Tensor& U, const at::Tensor& omega, const at::Tensor& G, double lr,
+                                     double momentum, const std::optional<at::Tensor>& buf) {
+  const char* op = "masked_update_";
+  check_float(U, op, "U");
+  check_same_as_U(omega, "omega", U, op);
+  check_same_as_U(G, "G", U, op);
+  check_finite_number(lr, "lr", op, /*positive=*/false);
+  check_finite_number(momentum, "momentum", op, /*positive=*/false);
+  if (buf.has_value()) {
+    check_same_as_U(*buf, "buf", U, op);
+  } else {
+    TORCH_CHECK_VALUE(momentum == 0.0, op, ": momentum=", momentum,
+                      " needs buf, a tensor like U that holds the velocity; received buf=None");
+  }
+}
+
+// A: (..., n, n) with 1 <= n <= 16. Returns n.
+inline int check_small_batch(const at::Tensor& A, const char* op) {
+  check_matrix(A, op, "A");
+  const int64_t n = A.size(-1);
+  TORCH_CHECK_VALUE(A.size(-2) == n && n <= small::kMaxN, op, ": A must hold square n x n matrices with n <= ",
+                    small::kMaxN, " (each problem is solved in registers); received shape ", shape_str(A.sizes()));
+  return static_cast<int>(n);
+}
+
+inline int check_newton_schulz_args(const at::Tensor& A, const std::optional<at::Tensor>& X0, int64_t max_steps,
+                                    double tol) {
+  const char* op = "small_inverse_newton_schulz";
+  const int n = check_small_batch(A, op);
+  if (X0.has_value()) {
+    check_like(*X0, "X0", A, "A", op);
+    check_shape(*X0, "X0", A.sizes(), "to match A", op);
+  }
+  TORCH_CHECK_VALUE(max_steps >= 0 && max_steps <= INT32_MAX, op,
+                    ": max_steps must be an integer in [0, 2^31); received ", max_steps);
+  check_finite_number(tol, "tol", op, /*positive=*/false);
+  return n;
+}
+
+inline int check_heavy_ball_args(const at::Tensor& A, const at::Tensor& X0, double lr, double momentum,
+                                 int64_t steps) {
+  const char* op = "small_inverse_momentum";
+  const int n = check_small_batch(A, op);
+  check_like(X0, "X0", A, "A", op);
+  check_shape(X0, "X0", A.sizes(), "to match A", op);
+  check_finite_number(lr, "lr", op, /*positive=*/true);
+  TORCH_CHECK_VALUE(std::isfinite(momentum) && momentum >= 0.0 && momentum < 1.0, op,
+                    ": momentum must be a number in [0, 1); received ", momentum);
+  TORCH_CHECK_VALUE(steps >= 0 && steps <= INT32_MAX, op, ": steps must be an integer in [0, 2^31); received ",
+                    steps);
+  return n;
+}
+
+}  // namespace gdla

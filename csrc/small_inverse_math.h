@@ -1,0 +1,340 @@
+// Per-problem code for batches of tiny n x n problems, shared by the CPU kernels (one OpenMP
+// iteration per problem) and the CUDA kernels (one thread per problem): the Newton-Schulz and
+// heavy-ball inverse solvers, and the register-resident path of the fused inverse-MSE loss.
+//
+// Each problem lives in fixed-size local arrays: with a compile-time N (n <= 8) the loops unroll
+// and the arrays stay in registers; n in 9..16 runs the same code with a runtime bound on
+// 16 x 16 arrays. No torch headers here, so the CUDA kernel file compiles in seconds.
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+// GDLA_UNROLL unrolls a loop bounded by N only where N is the real size (kFixed): unrolling
+// the runtime-bounded 16 x 16 x 16 loops would only bloat the code (and the compile time).
+#if defined(__CUDACC__)
+#define GDLA_HD __host__ __device__ inline
+#define GDLA_PRAGMA(x) _Pragma(#x)
+#define GDLA_UNROLL GDLA_PRAGMA(unroll(kFixed ? N : 1))
+#else
+#define GDLA_HD inline
+#define GDLA_UNROLL
+#endif
+
+namespace gdla {
+namespace small {
+
+// Largest n the kernels accept, and the largest with a fully unrolled specialisation.
+constexpr int kMaxN = 16;
+constexpr int kMaxUnrolledN = 8;
+
+template <typename T>
+GDLA_HD T abs_value(T x) {
+  return x < T(0) ? -x : x;
+}
+
+// Reads a row-major n x n matrix into local storage with row stride N.
+template <typename T, int N, bool kFixed>
+GDLA_HD void load(const T* src, T* dst, int n) {
+  GDLA_UNROLL
+  for (int i = 0; i < N; ++i) {
+    if (i >= n) break;
+    GDLA_UNROLL
+    for (int j = 0; j < N; ++j) {
+      if (j >= n) break;
+      dst[i * N + j] = src[i * n + j];
+    }
+  }
+}
+
+template <typename T, int N, bool kFixed>
+GDLA_HD void store(const T* src, T* dst, int n) {
+  GDLA_UNROLL
+  for (int i = 0; i < N; ++i) {
+    if (i >= n) break;
+    GDLA_UNROLL
+    for (int j = 0; j < N; ++j) {
+      if (j >= n) break;
+      dst[i * n + j] = src[i * N + j];
+    }
+  }
+}
+
+// c = a b for n x n matrices with row stride N.
+template <typename T, int N, bool kFixed>
+GDLA_HD void matmul(const T* a, const T* b, T* c, int n) {
+  GDLA_UNROLL
+  for (int i = 0; i < N; ++i) {
+    if (i >= n) break;
+    GDLA_UNROLL
+    for (int j = 0; j < N; ++j) {
+      if (j >= n) break;
+      T acc = T(0);
+      GDLA_UNROLL
+      for (int l = 0; l < N; ++l) {
+        if (l >= n) break;
+        acc += a[i * N + l] * b[l * N + j];
+      }
+      c[i * N + j] = acc;
+    }
+  }
+}
+
+// The classic safe start of Newton-Schulz: X0 = A^T / (||A||_1 ||A||_inf), for which
+// ||I - A X0||_2 < 1 whenever A is invertible.
+template <typename T, int N, bool kFixed>
+GDLA_HD void scaled_transpose(const T* a, T* x, int n) {
+  T norm1 = T(0), norm_inf = T(0);
+  GDLA_UNROLL
+  for (int i = 0; i < N; ++i) {
+    if (i >= n) break;
+    T row = T(0), col = T(0);
+    GDLA_UNROLL
+    for (int j = 0; j < N; ++j) {
+      if (j >= n) break;
+      row += abs_value(a[i * N + j]);
+      col += abs_value(a[j * N + i]);
+    }
+    norm_inf = row > norm_inf ? row : norm_inf;
+    norm1 = col > norm1 ? col : norm1;
+  }
+  const T scale = T(1) / (norm1 * norm_inf);
+  GDLA_UNROLL
+  for (int i = 0; i < N; ++i) {
+    if (i >= n) break;
+    GDLA_UNROLL
+    for (int j = 0; j < N; ++j) {
+      if (j >= n) break;
+      x[i * N + j] = a[j * N + i] * scale;
+    }
+  }
+}
+
+// ||A X - I||_F^2 evaluated in double, whatever T is (a and x convert exactly).
+template <typename T, int N, bool kFixed>
+GDLA_HD double residual_squared_double(const T* a, const T* x, int n) {
+  double r2 = 0.0;
+  for (int i = 0; i < n; ++i) {
+    for (int j = 0; j < n; ++j) {
+      double acc = i == j ? -1.0 : 0.0;
+      for (int l = 0; l < n; ++l) acc += static_cast<double>(a[i * N + l]) * static_cast<double>(x[l * N + j]);
+      r2 += acc * acc;
+    }
+  }
+  return r2;
+}
+
+// Newton-Schulz on one problem: X <- X (2I - A X) until ||A X - I||_F / sqrt(n) <= tol, the
+// residual stops being finite, or max_steps updates were made. Returns the number of updates.
+// The residual is tracked in T; when it passes, a float32 problem confirms it in double, so the
+// X returned satisfies the tolerance exactly (rounding of a float32 A X could otherwise hide
+// up to a few 1e-7 of residual). kFixed: n == N is known at compile time.
+template <typename T, int N, bool kFixed>
+GDLA_HD int newton_schulz(const T* A, const T* X0, T* X, int n_runtime, int max_steps, double tol) {
+  const int n = kFixed ? N : n_runtime;
+  T a[N * N], x[N * N], t[N * N], u[N * N];
+  load<T, N, kFixed>(A, a, n);
+  if (X0 != nullptr) {
+    load<T, N, kFixed>(X0, x, n);
+  } else {
+    scaled_transpose<T, N, kFixed>(a, x, n);
+  }
+  // Compare squared sums: ||R||_F^2 <= tol^2 n avoids a square root per step.
+  const double threshold = tol * tol * static_cast<double>(n);
+  int steps = 0;
+  for (;;) {
+    matmul<T, N, kFixed>(a, x, t, n);  // t = A X
+    double r2 = 0.0;
+    GDLA_UNROLL
+    for (int i = 0; i < N; ++i) {
+      if (i >= n) break;
+      GDLA_UNROLL
+      for (int j = 0; j < N; ++j) {
+        if (j >= n) break;
+        const T r = t[i * N + j] - (i == j ? T(1) : T(0));
+        r2 += static_cast<double>(r) * static_cast<double>(r);
+      }
+    }
+    if (r2 <= threshold && (sizeof(T) >= sizeof(double) || residual_squared_double<T, N, kFixed>(a, x, n) <= threshold)) {
+      break;
+    }
+    if (!(r2 < 1e300) || steps >= max_steps) break;
+    matmul<T, N, kFixed>(x, t, u, n);  // u = X A X
+    GDLA_UNROLL
+    for (int i = 0; i < N; ++i) {
+      if (i >= n) break;
+      GDLA_UNROLL
+      for (int j = 0; j < N; ++j) {
+        if (j >= n) break;
+        x[i * N + j] = T(2) * x[i * N + j] - u[i * N + j];
+      }
+    }
+    ++steps;
+  }
+  store<T, N, kFixed>(x, X, n);
+  return steps;
+}
+
+// Heavy-ball gradient descent on one problem's loss mean((A X - I)^2):
+// buf <- momentum buf + (2/n^2) A^T (A X - I);  X <- X - lr buf, for a fixed number of steps.
+template <typename T, int N, bool kFixed>
+GDLA_HD void heavy_ball(const T* A, const T* X0, T* X, int n_runtime, T lr, T momentum, int steps) {
+  const int n = kFixed ? N : n_runtime;
+  T a[N * N], x[N * N], t[N * N], buf[N * N];
+  load<T, N, kFixed>(A, a, n);
+  load<T, N, kFixed>(X0, x, n);
+  GDLA_UNROLL
+  for (int i = 0; i < N * N; ++i) buf[i] = T(0);
+  const T c = T(2) / static_cast<T>(n * n);
+  for (int step = 0; step < steps; ++step) {
+    matmul<T, N, kFixed>(a, x, t, n);
+    GDLA_UNROLL
+    for (int i = 0; i < N; ++i) {
+      if (i >= n) break;
+      t[i * N + i] -= T(1);
+    }
+    GDLA_UNROLL
+    for (int i = 0; i < N; ++i) {
+      if (i >= n) break;
+      GDLA_UNROLL
+      for (int j = 0; j < N; ++j) {
+        if (j >= n) break;
+        T g = T(0);
+        GDLA_UNROLL
+        for (int l = 0; l < N; ++l) {
+          if (l >= n) break;
+          g += a[l * N + i] * t[l * N + j];
+        }
+        buf[i * N + j] = momentum * buf[i * N + j] + c * g;
+      }
+    }
+    GDLA_UNROLL
+    for (int i = 0; i < N; ++i) {
+      if (i >= n) break;
+      GDLA_UNROLL
+      for (int j = 0; j < N; ++j) {
+        if (j >= n) break;
+        x[i * N + j] -= lr * buf[i * N + j];
+      }
+    }
+  }
+  store<T, N, kFixed>(x, X, n);
+}
+
+// c = a^T b (transpose_a) or a b^T (transpose_b) for n x n matrices with row stride N.
+template <typename T, int N, bool kFixed, bool kTransposeA>
+GDLA_HD void matmul_t(const T* a, const T* b, T* c, int n) {
+  GDLA_UNROLL
+  for (int i = 0; i < N; ++i) {
+    if (i >= n) break;
+    GDLA_UNROLL
+    for (int j = 0; j < N; ++j) {
+      if (j >= n) break;
+      T acc = T(0);
+      GDLA_UNROLL
+      for (int l = 0; l < N; ++l) {
+        if (l >= n) break;
+        acc += kTransposeA ? a[l * N + i] * b[l * N + j] : a[i * N + l] * b[j * N + l];
+      }
+      c[i * N + j] = acc;
+    }
+  }
+}
+
+// The inverse-MSE loss of one square n x n problem (n == N) in registers, the small-size path of
+// the fused loss ops. side: 0 right (P = A M), 1 left (P = M A), 2 both (P = (A M + M A)/2).
+// Returns sum((P - I)^2); with R = scale (P - I) writes, when not null,
+//   gM = A^T R (right), R A^T (left), A^T R + R A^T (both),
+//   gA = R M^T (right), M^T R (left), R M^T + M^T R (both).
+template <typename T, int N>
+GDLA_HD double inverse_mse_small(const T* A, const T* M, int side, T scale, T* gM, T* gA) {
+  constexpr bool kFixed = true;
+  const int n = N;
+  T a[N * N], m[N * N], r[N * N], u[N * N];
+  load<T, N, kFixed>(A, a, n);
+  load<T, N, kFixed>(M, m, n);
+  if (side == 1) {
+    matmul<T, N, kFixed>(m, a, r, n);
+  } else {
+    matmul<T, N, kFixed>(a, m, r, n);
+  }
+  if (side == 2) {
+    matmul<T, N, kFixed>(m, a, u, n);
+    GDLA_UNROLL
+    for (int i = 0; i < N * N; ++i) r[i] = T(0.5) * (r[i] + u[i]);
+  }
+  double sum = 0.0;
+  GDLA_UNROLL
+  for (int i = 0; i < N; ++i) {
+    GDLA_UNROLL
+    for (int j = 0; j < N; ++j) {
+      const T value = r[i * N + j] - (i == j ? T(1) : T(0));
+      sum += static_cast<double>(value) * static_cast<double>(value);
+      r[i * N + j] = scale * value;
+    }
+  }
+  if (gM != nullptr) {
+    if (side == 1) {
+      matmul_t<T, N, kFixed, false>(r, a, u, n);  // R A^T
+    } else {
+      matmul_t<T, N, kFixed, true>(a, r, u, n);  // A^T R
+    }
+    if (side == 2) {
+      T v[N * N];
+      matmul_t<T, N, kFixed, false>(r, a, v, n);
+      GDLA_UNROLL
+      for (int i = 0; i < N * N; ++i) u[i] += v[i];
+    }
+    store<T, N, kFixed>(u, gM, n);
+  }
+  if (gA != nullptr) {
+    if (side == 1) {
+      matmul_t<T, N, kFixed, true>(m, r, u, n);  // M^T R
+    } else {
+      matmul_t<T, N, kFixed, false>(r, m, u, n);  // R M^T
+    }
+    if (side == 2) {
+      T v[N * N];
+      matmul_t<T, N, kFixed, true>(m, r, v, n);
+      GDLA_UNROLL
+      for (int i = 0; i < N * N; ++i) u[i] += v[i];
+    }
+    store<T, N, kFixed>(u, gA, n);
+  }
+  return sum;
+}
+
+// Calls f(std::integral_constant<int, N>) for the register-resident size n <= kMaxUnrolledN.
+template <typename F>
+inline void dispatch_unrolled_size(int n, F&& f) {
+  switch (n) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 5: f(std::integral_constant<int, 5>{}); break;
+    case 6: f(std::integral_constant<int, 6>{}); break;
+    case 7: f(std::integral_constant<int, 7>{}); break;
+    default: f(std::integral_constant<int, 8>{}); break;
+  }
+}
+
+// Calls f(std::integral_constant<int, N>, std::bool_constant<fixed>) for the specialisation
+// that serves size n: one per n <= kMaxUnrolledN, one runtime-bounded for the rest.
+template <typename F>
+inline void dispatch_size(int n, F&& f) {
+  switch (n) {
+    case 1: f(std::integral_constant<int, 1>{}, std::true_type{}); break;
+    case 2: f(std::integral_constant<int, 2>{}, std::true_type{}); break;
+    case 3: f(std::integral_constant<int, 3>{}, std::true_type{}); break;
+    case 4: f(std::integral_constant<int, 4>{}, std::true_type{}); break;
+    case 5: f(std::integral_constant<int, 5>{}, std::true_type{}); break;
+    case 6: f(std::integral_constant<int, 6>{}, std::true_type{}); break;
+    case 7: f(std::integral_constant<int, 7>{}, std::true_type{}); break;
+    case 8: f(std::integral_constant<int, 8>{}, std::true_type{}); break;
+    default: f(std::integral_constant<int, kMaxN>{}, std::false_type{}); break;
+  }
+}
+
+}  // namespace small
+}  // namespace gdla

@@ -1,0 +1,359 @@
+"""The ``gdla`` command: ``plugins``, ``info``, ``solve`` and ``demo``.
+
+Exit codes: 0 success; 1 bad data or a failed run (unreadable matrix file, NaN entries, a
+singular matrix, a diverged run); 2 bad usage (unknown option, invalid option value, unknown
+problem or optimizer name). Errors are one ``gdla: error: ...`` paragraph on stderr, never a
+traceback: only :class:`gdla.GdlaError` is caught, so anything else is a bug and surfaces as one.
+gdla's own warnings (a skipped plugin, a backend fallback) are one ``gdla: warning: ...`` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import re
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn, TextIO
+
+from gdla.errors import GdlaError, GdlaWarning, InputError, UnknownNameError
+
+__all__ = ["main"]
+
+#: ``solve()`` arguments that have their own flag and so cannot be passed through ``--option``.
+RESERVED_OPTIONS = {
+    "problem": "PROBLEM",
+    "optimizer": "--optimizer",
+    "lr": "--lr",
+    "max_steps": "--steps",
+    "tol": "--tol",
+    "seed": "--seed",
+    "backend": "--backend",
+    "dtype": "--dtype",
+    "device": "--device",
+    "patience": "--patience",
+    "progress": "--json (which turns the progress bar off)",
+    "callback": "the Python API",
+}
+OPTION_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class UsageError(Exception):
+    """A command line that does not parse; exits with code 2."""
+
+    def __init__(self, message: str, usage: str) -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
+class _Parser(argparse.ArgumentParser):
+    # argparse prints and exits on its own; raising instead keeps main() returning an int and
+    # lets every error share one format.
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, self.format_usage().strip())
+
+
+# -- argument types -----------------------------------------------------------------------------
+def _positive_float(text: str) -> float:
+    value = _float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, received {text!r}")
+    return value
+
+
+def _nonnegative_float(text: str) -> float:
+    value = _float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, received {text!r}")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, received {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, received {text!r}")
+    return value
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, received {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, received {text!r}")
+        return value
+
+    return parse
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """Split ``KEY=VALUE``; the value is read as JSON (numbers, booleans, lists, dicts) or kept as text."""
+    key, sep, raw = text.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or not OPTION_KEY.match(key):
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE such as momentum=0.9, received {text!r}")
+    if key in RESERVED_OPTIONS:
+        raise argparse.ArgumentTypeError(f"{key!r} is not an optimizer option; use {RESERVED_OPTIONS[key]}")
+    raw = raw.strip()
+    python_words = {"True": True, "False": False, "None": None}
+    if raw in python_words:
+        return key, python_words[raw]
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        try:  # what JSON does not spell: 1_000, .5, nan, inf
+            value = int(raw)
+        except ValueError:
+            try:
+                value = float(raw)
+            except ValueError:
+                return key, raw
+    if isinstance(value, float) and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"option {key}: expected a finite value, received {raw!r}")
+    return key, value
+
+
+# -- the parser ---------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from gdla import __version__
+
+    parser = _Parser(
+        prog="gdla",
+        description="Linear algebra by gradient descent in PyTorch, extended through plugins.",
+        epilog="Exit codes: 0 success, 1 bad data or failed run, 2 bad usage.",
+    )
+    parser.add_argument("--version", action="version", version=f"gdla {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    plugins = commands.add_parser("plugins", help="list registered problems and optimizers")
+    plugins.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    plugins.set_defaults(run=_cmd_plugins)
+
+    info = commands.add_parser("info", help="versions, the compiled extension and plugin load failures")
+    info.add_argument("--json", action="store_true", help="print JSON instead of text")
+    info.set_defaults(run=_cmd_info)
+
+    solve = commands.add_parser(
+        "solve",
+        help="solve one problem",
+        description="Solve PROBLEM (see `gdla plugins`) on a matrix file or on its built-in example.",
+    )
+    solve.add_argument("problem", metavar="PROBLEM", help="registered problem name, e.g. inverse")
+    source = solve.add_mutually_exclusive_group()
+    source.add_argument("--matrix", metavar="FILE", help="matrix file: .npy, .pt or .mtx (Matrix Market)")
+    source.add_argument("--size", type=_int_at_least(1), metavar="N", help="size of the built-in example")
+    solve.add_argument("--optimizer", default="auto", metavar="NAME", help="registered optimizer (default: auto)")
+    solve.add_argument("--lr", type=_positive_float, metavar="X", help="learning rate (default: the optimizer's)")
+    solve.add_argument("--steps", type=_int_at_least(1), metavar="N", help="maximum number of steps")
+    solve.add_argument(
+        "--tol", type=_nonnegative_float, metavar="X", help="relative residual to stop at; 0 runs all steps"
+    )
+    solve.add_argument("--seed", type=_int_at_least(0), default=0, metavar="N", help="seed of the starting point")
+    solve.add_argument("--patience", type=_int_at_least(1), metavar="N", help="steps without progress before 'stalled'")
+    solve.add_argument("--backend", choices=("auto", "autograd", "fused"), default="auto")
+    solve.add_argument("--dtype", choices=("float32", "float64"), help="convert the data (default: keep it)")
+    solve.add_argument("--device", metavar="DEVICE", help="run on this device, e.g. cpu or cuda:0")
+    solve.add_argument("--json", action="store_true", help="print the result as JSON (no progress bar)")
+    solve.add_argument("--plot", metavar="FILE", help="save a log-scale loss plot (.png, .pdf or .svg)")
+    solve.add_argument(
+        "--option",
+        "-o",
+        action="append",
+        type=parse_option,
+        default=[],
+        metavar="KEY=VALUE",
+        help="optimizer option, repeatable, e.g. -o momentum=0.9 -o schedule=cosine",
+    )
+    solve.set_defaults(run=_cmd_solve)
+
+    demo = commands.add_parser("demo", help="run every built-in problem and draw one figure")
+    demo.add_argument("--out", default="gdla-demo.png", metavar="FILE", help="figure file (default: gdla-demo.png)")
+    demo.add_argument("--quick", action="store_true", help="fewer steps, for a smoke test")
+    demo.set_defaults(run=_cmd_demo)
+    return parser
+
+
+# -- commands -----------------------------------------------------------------------------------
+def _cmd_plugins(args: argparse.Namespace, out: TextIO) -> int:
+    from gdla.backend import extension_status
+    from gdla.registry import registry
+
+    entries = registry.entries()
+    if args.json:
+        print(json.dumps([entry.to_dict() for entry in entries], indent=2), file=out)
+        return 0
+    rows = [("KIND", "NAME", "PLUGIN", "VERSION", "SUMMARY")]
+    rows += [(e.kind, e.name, e.plugin, e.version, getattr(e.obj, "summary", "")) for e in entries]
+    print(_table(rows), file=out)
+    loaded, detail = extension_status()
+    print(f"\ncompiled extension gdla._C: {'loaded' if loaded else 'unavailable'} ({detail})", file=out)
+    if registry.failures:
+        print(f"{len(registry.failures)} plugin(s) skipped; see `gdla info`", file=out)
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace, out: TextIO) -> int:
+    import numpy
+    import scipy
+    import torch
+
+    from gdla import __version__
+    from gdla.backend import extension_status
+    from gdla.registry import registry
+
+    entries = registry.entries()
+    loaded, detail = extension_status()
+    facts: dict[str, Any] = {
+        "gdla": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "extension": {"loaded": loaded, "detail": detail},
+        "problems": sorted(e.name for e in entries if e.kind == "problem"),
+        "optimizers": sorted(e.name for e in entries if e.kind == "optimizer"),
+        "plugin_failures": list(registry.failures),
+    }
+    if args.json:
+        print(json.dumps(facts, indent=2), file=out)
+        return 0
+    cuda = f"CUDA {facts['cuda']}" if facts["cuda"] else "no CUDA device"
+    lines = [
+        f"gdla {facts['gdla']} (Python {facts['python']}, torch {facts['torch']}, {cuda}, "
+        f"numpy {facts['numpy']}, scipy {facts['scipy']})",
+        f"compiled extension gdla._C: {'loaded' if loaded else 'unavailable'} ({detail})",
+        f"problems: {', '.join(facts['problems']) or 'none'}",
+        f"optimizers: {', '.join(facts['optimizers']) or 'none'}",
+        f"plugin load failures: {len(registry.failures)}",
+    ]
+    lines += [f"  {failure}" for failure in registry.failures]
+    print("\n".join(lines), file=out)
+    return 0
+
+
+def _cmd_solve(args: argparse.Namespace, out: TextIO) -> int:
+    from gdla.registry import get_problem
+    from gdla.loop import solve
+
+    problem_cls = get_problem(args.problem)
+    if args.plot is not None:
+        from gdla.plotting import check_figure_path
+
+        check_figure_path(args.plot, "--plot")  # fail before a long run, not after it
+    if args.matrix is not None:
+        from gdla.io import load_matrix
+
+        matrix = load_matrix(args.matrix)
+        try:
+            problem = problem_cls.from_matrix(matrix)
+        except InputError as exc:
+            # the problem names its argument ("A: ..."); say which file that argument came from
+            raise type(exc)(f"matrix file {args.matrix!r} for problem {args.problem!r}: {exc}") from None
+    else:
+        import torch
+
+        dtype = torch.float32 if args.dtype == "float32" else torch.float64
+        problem = problem_cls.example(size=args.size, dtype=dtype)
+    result = solve(
+        problem,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        max_steps=args.steps,
+        tol=args.tol,
+        seed=args.seed,
+        backend=args.backend,
+        dtype=args.dtype,
+        device=args.device,
+        patience=args.patience,
+        progress=not args.json and sys.stderr.isatty(),
+        **dict(args.option),
+    )
+    if args.plot is not None:
+        from gdla.plotting import plot_losses
+
+        plot_losses(result, args.plot)
+    if args.json:
+        print(json.dumps(result.to_dict(), allow_nan=False), file=out)
+    else:
+        print(result.summary(), file=out)
+        if args.plot is not None:
+            print(f"  loss plot saved to {args.plot}", file=out)
+    return 0 if result.stop_reason != "diverged" else 1
+
+
+def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
+    from gdla.demo import run_demo
+
+    run_demo(args.out, quick=args.quick, stream=out)
+    return 0
+
+
+# -- entry point --------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``gdla`` command with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        print(exc.usage, file=sys.stderr)
+        _print_error(str(exc))
+        return 2
+    except SystemExit as exc:  # --help and --version exit on their own
+        return exc.code if isinstance(exc.code, int) else 0
+    with warnings.catch_warnings():
+        # Our own warnings are expected events (a skipped plugin, a backend fallback): one line
+        # each, not Python's file:line form. Other warnings keep their usual form and filters.
+        warnings.simplefilter("always", GdlaWarning)
+        warnings.showwarning = _warning_printer(warnings.showwarning)
+        try:
+            return args.run(args, sys.stdout)
+        except UnknownNameError as exc:
+            _print_error(str(exc))
+            return 2
+        except GdlaError as exc:
+            _print_error(str(exc))
+            return 1
+        except KeyboardInterrupt:
+            _print_error("interrupted")
+            return 130
+
+
+def _warning_printer(fallback: Callable[..., None]) -> Callable[..., None]:
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        if issubclass(category, GdlaWarning):
+            print(f"gdla: warning: {message}", file=sys.stderr)
+        else:
+            fallback(message, category, filename, lineno, file, line)
+
+    return show
+
+
+def _print_error(message: str) -> None:
+    print(f"gdla: error: {message}", file=sys.stderr)
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    lines = ("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows)
+    return "\n".join(line.rstrip() for line in lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,329 @@
+r"""Newton-Schulz: the inverse (or pseudo-inverse) of a matrix in tens of steps.
+
+For ``A`` of shape ``(..., m, n)`` the iteration
+
+.. math::
+
+    X_{k+1} = X_k (2I - A X_k) = 2X_k - X_k A X_k, \qquad
+    X_0 = \frac{A^T}{\|A\|_1 \|A\|_\infty}
+
+converges to the Moore-Penrose pseudo-inverse ``A⁺`` (``A⁻¹`` when ``A`` is invertible). Each
+singular value ``σ`` of ``A`` carries ``t_k = σ² x_k`` (``x_k`` the matching singular value of
+``X_k``) with ``1 − t_{k+1} = (1 − t_k)²``, so after a doubling phase of ``log₂(1/t₀)`` steps the
+error squares every step. The start makes ``0 < t₀ ≤ 1`` for every nonzero ``σ`` because
+``σ_max² ≤ ‖A‖₁‖A‖_∞``; zero singular values keep ``t = 0``, so a rank-deficient ``A`` lands on
+``A⁺``. Steps to a residual ``tol``: about ``log₂(ln(1/tol) / t₀)`` with ``t₀ = σ_min² / (‖A‖₁‖A‖_∞)``.
+
+The module also offers :func:`polar_newton_schulz`, the same idea for the orthonormal (polar)
+factor of a matrix, ``U ← U (3I − UᵀU) / 2``, usable as a retraction that keeps SVD factors
+orthonormal without an SVD.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+import gdla
+from gdla.errors import InputError
+from gdla.optimizer import Optimizer
+from gdla.problem import Params, Problem
+from gdla.validation import check_choice, check_finite, check_int, check_matrix, check_nonnegative
+from gdla_plugins.optimizers._spectral import gram_extremes
+
+__all__ = ["NewtonSchulz", "batched_inverse", "newton_schulz_steps", "polar_newton_schulz", "safe_start"]
+
+STARTS = ("safe", "init")
+#: Largest matrix side the extension's small-matrix kernel accepts.
+FUSED_MAX_SIDE = 16
+OPTIONS = ("start",)
+
+
+def safe_start(A: torch.Tensor) -> torch.Tensor:
+    """``Aᵀ / (‖A‖₁ ‖A‖_∞)`` per matrix: the start from which Newton-Schulz always converges.
+
+    Args:
+        A: shape ``(..., m, n)``. Returns shape ``(..., n, m)``; a zero matrix gives zeros.
+    """
+    scale = torch.linalg.matrix_norm(A, ord=1) * torch.linalg.matrix_norm(A, ord=math.inf)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return (A.mT / scale[..., None, None]).contiguous()
+
+
+def newton_schulz_steps(A: torch.Tensor, tol: float, *, lanczos_steps: int = 100) -> float:
+    """Iterations the safe-start Newton-Schulz needs for every matrix of ``A`` to reach ``tol``.
+
+    Each singular value's error is ``(1 − t₀)^(2^k)`` after ``k`` steps, so
+    ``k = log₂(ln(1/tol) / −ln(1 − t₀))`` with the smallest ``t₀ = σ_min² / (‖A‖₁‖A‖_∞)`` over
+    the batch (``σ_min``: smallest nonzero singular value, estimated by Lanczos). One step is
+    added for the residual check that follows the last update.
+    """
+    if tol <= 0 or tol >= 1:
+        return 1.0
+    spectrum = gram_extremes(A, steps=lanczos_steps)
+    A64 = A.detach().to(torch.float64)
+    scale = torch.linalg.matrix_norm(A64, ord=1) * torch.linalg.matrix_norm(A64, ord=math.inf)
+    t0 = (spectrum.smallest / torch.where(scale > 0, scale, torch.ones_like(scale))).clamp(1e-300, 1.0)
+    t0 = float(t0.min())
+    if t0 >= 1.0:
+        return 1.0
+    return max(1.0, math.ceil(math.log2(math.log(1 / tol) / -math.log1p(-t0))) + 1.0)
+
+
+def polar_newton_schulz(U: torch.Tensor, *, max_steps: int = 50, tol: float | None = None) -> torch.Tensor:
+    r"""The orthonormal polar factor ``W Zᵀ`` of ``U = W Σ Zᵀ`` without an SVD.
+
+    Iterates :math:`U \leftarrow U (3I - U^T U)/2`, which drives every singular value in
+    ``(0, √3)`` to 1 (quadratically near 1) and leaves the singular vectors alone. ``U`` is first
+    scaled into that interval when a cheap bound (``‖UᵀU‖_∞ ≥ ‖U‖₂²``) says it might not be; a
+    scale does not change the polar factor. Near-orthonormal input (a retraction after a small
+    step) needs two or three iterations.
+
+    Args:
+        U: shape ``(..., m, k)`` with ``m >= k`` and full column rank (a zero singular value stays 0).
+        max_steps: iteration cap.
+        tol: stop once ``‖UᵀU − I‖_F / √k <= tol`` for every matrix (default: 10 ulps of the dtype).
+
+    Returns:
+        A new tensor of the same shape with orthonormal columns.
+    """
+    U = check_matrix(U, "U")
+    m, k = U.shape[-2], U.shape[-1]
+    if m < k:
+        raise InputError(f"U: expected a tall matrix (m >= k) for orthonormal columns, received shape {tuple(U.shape)}")
+    max_steps = check_int(max_steps, "max_steps", minimum=1)
+    tol = 10 * torch.finfo(U.dtype).eps if tol is None else check_nonnegative(tol, "tol")
+    eye = torch.eye(k, dtype=U.dtype, device=U.device)
+    gram = U.mT @ U
+    bound = torch.linalg.matrix_norm(gram, ord=math.inf)  # >= ‖U‖₂², as gram is symmetric
+    needs_scaling = bound >= 2.5  # σ² must stay below 3; 2.5 leaves room for rounding
+    if bool(needs_scaling.any()):
+        factor = torch.where(needs_scaling, bound.rsqrt(), torch.ones_like(bound))
+        U = U * factor[..., None, None]
+        gram = U.mT @ U
+    for _ in range(max_steps):
+        defect = gram - eye
+        if float(torch.linalg.matrix_norm(defect).max()) <= tol * math.sqrt(k):
+            break
+        U = U - U @ defect / 2  # = U (3I − UᵀU) / 2
+        gram = U.mT @ U
+    return U
+
+
+class NewtonSchulz(Optimizer):
+    r"""Newton-Schulz iteration for the ``inverse`` problem (square, rectangular, batched).
+
+    One :meth:`step` is one iteration ``X ← X(2I − AX)`` (computed through the problem's own
+    product, ``A X`` for ``side="right"``, ``X A`` for ``"left"``) and returns the loss at the
+    iterate it started from, read off the residual the update needs anyway.
+
+    Options:
+        start: ``"safe"`` (default) overwrites the problem's starting point with
+            ``Aᵀ / (‖A‖₁‖A‖_∞)``, from which convergence is guaranteed; ``"init"`` keeps the
+            problem's start, which converges only if ``‖I − A X₀‖₂ < 1``.
+
+    With ``backend="fused"`` and a batch of small matrices, one step runs the extension's
+    ``small_inverse_newton_schulz`` kernel when the extension provides it.
+    """
+
+    name = "newton-schulz"
+    summary = "Newton-Schulz X <- X(2I - AX) for the (pseudo-)inverse: quadratic convergence, tens of steps"
+    default_lr = None
+    default_max_steps = 200
+
+    def __init__(
+        self, problem: Problem, params: Params, *, lr: float | None = None, backend: str = "autograd", **options: Any
+    ) -> None:
+        if lr is not None:
+            raise InputError(
+                f"lr: optimizer 'newton-schulz' has no learning rate (its step is exact), received {lr!r}; leave it out"
+            )
+        unknown = sorted(set(options) - set(OPTIONS) - {"max_steps"})
+        if unknown:
+            raise InputError(
+                f"options: optimizer 'newton-schulz' accepts {', '.join(repr(o) for o in OPTIONS)}, "
+                f"received unknown {', '.join(repr(o) for o in unknown)}"
+            )
+        start = check_choice(options.pop("start", "safe"), "start", STARTS)
+        super().__init__(problem, params, lr=None, backend=backend, **options)
+        self.start = start
+        self.A: torch.Tensor = problem.A  # type: ignore[attr-defined]  # shape: (..., m, n)
+        self.side: str = problem.side  # type: ignore[attr-defined]
+        k = self.A.shape[-1] if self.side == "left" else self.A.shape[-2]  # the size of P = I_k
+        self._eye = torch.eye(k, dtype=self.A.dtype, device=self.A.device)
+        if start == "safe":
+            with torch.no_grad():
+                params["M"].copy_(safe_start(self.A))
+        with torch.no_grad():
+            cheap = self._cheap_loss(self._residual(params["M"]))
+            exact = problem.loss(params)
+        # the loss is read off the residual only where that provably is the problem's loss
+        self._loss_from_residual = bool(torch.isclose(cheap, exact, rtol=1e-4, atol=1e-12))
+        self._fused = self._fused_kernel()
+        # rank-deficient input is allowed only in pseudo mode, and only there needs the cleaning
+        self._pseudo = bool(getattr(problem, "pseudo", False))
+        batch = self.A.shape[:-2]
+        self._done = torch.zeros(batch, dtype=torch.bool, device=self.A.device)
+        self._last_change = torch.full(batch, math.inf, dtype=self.A.dtype, device=self.A.device)
+        self._settle = math.sqrt(torch.finfo(self.A.dtype).eps)
+
+    # -- what it can do ---------------------------------------------------------------------------
+    @classmethod
+    def unsupported_reason(cls, problem: Problem) -> str | None:
+        if problem.name != "inverse" or not all(hasattr(problem, a) for a in ("A", "side")):
+            return (
+                "Newton-Schulz computes a matrix inverse, so it solves only the 'inverse' problem; "
+                "for least-squares problems use 'cg', for the others 'auto'"
+            )
+        if getattr(problem, "side", None) not in ("right", "left", "both"):
+            return f"it knows sides 'right', 'left' and 'both', the problem has side={problem.side!r}"  # type: ignore[attr-defined]
+        return None
+
+    def expected_steps(self, tol: float) -> float | None:
+        if self.start != "safe":
+            return None
+        return newton_schulz_steps(self.A, tol)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "lr": None, "start": self.start, "fused_kernel": self._fused is not None}
+
+    # -- the iteration ----------------------------------------------------------------------------
+    def _residual(self, X: torch.Tensor) -> torch.Tensor:
+        """``P(X) − I`` with the problem's product ``P``.  # shape: (..., k, k)"""
+        if self.side == "right":
+            return self.A @ X - self._eye
+        if self.side == "left":
+            return X @ self.A - self._eye
+        return (self.A @ X + X @ self.A) / 2 - self._eye
+
+    @staticmethod
+    def _cheap_loss(residual: torch.Tensor) -> torch.Tensor:
+        return residual.square().mean(dim=(-2, -1)).sum()
+
+    def step(self) -> torch.Tensor:
+        X = self.params["M"]
+        if self._fused is not None:
+            return self._fused(X)
+        residual = self._residual(X)
+        loss = self._cheap_loss(residual) if self._loss_from_residual else self.problem.loss(self.params)
+        if self.side == "right":
+            update = X @ residual  # X (2I − A X) = X − update
+        elif self.side == "left":
+            update = residual @ X
+        else:
+            update = X @ (self.A @ X - self._eye)  # A is square and invertible here
+        if self._pseudo:
+            self._polish(X, update)
+        else:
+            X.sub_(update)
+        return loss
+
+    def _polish(self, X: torch.Tensor, update: torch.Tensor) -> None:
+        """The update for a possibly rank-deficient ``A``: Newton-Schulz, then ``X ← X A X`` once converged.
+
+        Rounding puts tiny components into ``X`` that map ``null(Aᵀ)`` to ``null(A)``; the
+        iteration doubles them every step (``2I − AX`` is ``2I`` there), so left alone they swamp
+        ``A⁺`` and overflow. The Penrose condition ``X = X A X`` removes exactly those and keeps
+        ``A⁺``, but would undo progress while the iteration still converges, so it is applied,
+        per matrix, only once the update has stopped shrinking fast (the quadratic phase is over).
+        """
+        size = torch.linalg.matrix_norm(X).clamp_min(torch.finfo(X.dtype).tiny)
+        change = torch.linalg.matrix_norm(update) / size  # shape: (...)
+        settled = (change <= self._settle) | ((change > 0.5 * self._last_change) & (change < 1e-2))
+        self._done = self._done | settled
+        self._last_change = change
+        X.sub_(update)
+        if bool(self._done.any()):
+            cleaned = X @ (self.A @ X)
+            X.copy_(torch.where(self._done[..., None, None], cleaned, X))
+
+    def _fused_kernel(self) -> Any:
+        """One step through the extension's batched small-matrix kernel, or ``None`` where it does not apply.
+
+        The kernel iterates ``X ← 2X − X A X``, which is the update of every side for a square
+        ``A`` (``X(2I − AX) = (2I − XA)X``). Pseudo mode keeps the PyTorch path for its cleaning.
+        """
+        m, n = self.A.shape[-2], self.A.shape[-1]
+        if self.backend != "fused" or m != n or n > FUSED_MAX_SIDE or getattr(self.problem, "pseudo", False):
+            return None
+        kernel = _ops_function("small_inverse_newton_schulz")
+        if kernel is None:
+            return None
+        fused_loss = _ops_function("inverse_mse")
+
+        def one_step(X: torch.Tensor) -> torch.Tensor:
+            if fused_loss is not None:
+                loss = fused_loss(self.A, X, self.side)
+            elif self._loss_from_residual:
+                loss = self._cheap_loss(self._residual(X))
+            else:
+                loss = self.problem.loss(self.params)
+            out = kernel(self.A, X, 1, 0.0)
+            X.copy_(out[0] if isinstance(out, (tuple, list)) else out)
+            return loss
+
+        return one_step
+
+
+def _ops_function(name: str) -> Any:
+    """``gdla.ops.<name>`` if the compiled extension and that wrapper exist, else ``None``."""
+    try:
+        from gdla import ops
+    except Exception:  # the extension is optional: the PyTorch iteration is always there
+        return None
+    return getattr(ops, name, None)
+
+
+def batched_inverse(
+    A: torch.Tensor,  # shape: (..., n, n)
+    *,
+    tol: float,
+    max_steps: int = 100,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Invert every matrix of ``A`` by safe-start Newton-Schulz, each until ``‖AX − I‖_F/√n <= tol``.
+
+    The whole run in one call: with the extension (``backend`` ``"auto"`` or ``"fused"``, ``n <= 16``)
+    each matrix is iterated to its own stop inside one kernel; otherwise batched PyTorch products
+    run until the worst matrix converges. For batches of tiny matrices this is the fast path;
+    :class:`NewtonSchulz` is the same iteration one step per :func:`gdla.solve` step.
+
+    Returns:
+        ``(X, steps)``: the inverses (shape of ``A``) and iterations per matrix (shape ``A.shape[:-2]``).
+    """
+    A = check_matrix(A, "A", square=True, allow_nonfinite=True)
+    # one reduction instead of an elementwise scan: NaN propagates through min/max, ±inf shows there
+    if not bool(torch.isfinite(torch.stack(torch.aminmax(A))).all()):
+        check_finite(A, "A")  # raises, counting the bad entries
+    tol = check_nonnegative(tol, "tol")
+    max_steps = check_int(max_steps, "max_steps", minimum=0)
+    backend = check_choice(backend, "backend", ("auto", "autograd", "fused"))
+    n = A.shape[-1]
+    kernel = _ops_function("small_inverse_newton_schulz") if backend != "autograd" and n <= FUSED_MAX_SIDE else None
+    if kernel is None and backend == "fused":
+        raise InputError(
+            f"backend: 'fused' needs the compiled extension's small_inverse_newton_schulz and n <= {FUSED_MAX_SIDE}; "
+            f"received n = {n}" + ("" if n <= FUSED_MAX_SIDE else " (too large)")
+        )
+    if kernel is not None:
+        X, steps = kernel(A, None, max_steps, tol)
+        return X, steps
+    X = safe_start(A)
+    eye = torch.eye(n, dtype=A.dtype, device=A.device)
+    steps = torch.zeros(A.shape[:-2], dtype=torch.long, device=A.device)
+    threshold = tol * math.sqrt(n)
+    for _ in range(max_steps):
+        residual = A @ X - eye
+        active = torch.linalg.matrix_norm(residual) > threshold
+        if not bool(active.any()):
+            break
+        steps += active.long()
+        X = X - X @ residual
+    return X, steps
+
+
+@gdla.hookimpl
+def register_optimizers(register: Any) -> None:
+    register(NewtonSchulz)

@@ -1,0 +1,341 @@
+r"""The inverse (or pseudo-inverse) of a matrix found by minimising a least-squares loss.
+
+For ``A`` of shape ``(..., m, n)`` (leading dimensions: independent problems) the unknown is
+``M`` of shape ``(..., n, m)`` and the loss compares a product ``P`` with the identity:
+
+.. math::
+
+    L(M) = \sum_b \operatorname{mean}\big((P_b - I)^2\big), \qquad
+    P = \begin{cases} A M & \text{side = "right"} \\ M A & \text{side = "left"} \\
+    \tfrac12 (A M + M A) & \text{side = "both" (square A)} \end{cases}
+
+(the sum runs over the batch, so one problem's gradient does not depend on the batch size).
+A wide ``A`` has right inverses, a tall one left inverses; among them the Moore-Penrose
+pseudo-inverse is the one of least norm, and :meth:`InverseProblem.project` keeps ``M`` in the
+subspace where it lies, so every optimizer lands on it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+import gdla
+from gdla.errors import InputError, ShapeError, SingularMatrixError
+from gdla.problem import Params, Problem
+from gdla.validation import as_dtype, check_choice, check_int, check_matrix
+from gdla_plugins.problems._common import (
+    as_working_float,
+    batch_index,
+    batched_mse,
+    condition_numbers,
+    cpu_generator,
+    frobenius,
+    numerically_singular_threshold,
+    relative_frobenius,
+    safe_scale,
+    uniform,
+    worst,
+)
+
+__all__ = ["InverseProblem"]
+
+SIDES = ("right", "left", "both")
+INITS = ("random", "zeros", "scaled-transpose")
+EXAMPLE_KINDS = ("random", "diagonal")
+#: The seed notebook drew its matrix right after ``torch.manual_seed(314)``.
+EXAMPLE_SEED = 314
+
+
+class InverseProblem(Problem):
+    """Find ``M ≈ A⁻¹`` (or ``A⁺``) by minimising ``mean((P − I)²)`` summed over the batch.
+
+    Args:
+        A: the matrix or batch of matrices, shape ``(..., m, n)``.
+        side: ``"right"`` (``A M = I_m``), ``"left"`` (``M A = I_n``) or ``"both"`` (the average
+            of the two products, square ``A`` only). Default: ``"right"`` if ``m <= n`` else
+            ``"left"``, the side whose equation a full-rank ``A`` can satisfy.
+        pseudo: allow a rank-deficient ``A`` (and the unattainable side of a rectangular one):
+            the answer is then ``torch.linalg.pinv(A)``. Without it a numerically singular ``A``
+            raises :class:`~gdla.errors.SingularMatrixError`.
+        init: starting point, ``"random"`` (uniform ``[0, 1)`` draws scaled so that
+            ``‖P(M₀)‖_F = √k``, the norm of the target ``I_k``), ``"zeros"`` or
+            ``"scaled-transpose"`` (``Aᵀ / (‖A‖₁ ‖A‖_∞)``, the safe Newton-Schulz start).
+    """
+
+    name = "inverse"
+    summary = "inverse or pseudo-inverse of A (batched) by minimising mean((A M - I)^2)"
+    fused = True
+    quadratic = True
+
+    def __init__(
+        self,
+        A: Any,  # shape: (..., m, n)
+        *,
+        side: str | None = None,
+        pseudo: bool = False,
+        init: str = "random",
+    ) -> None:
+        A = as_working_float(check_matrix(A, "A")).detach()
+        if not isinstance(pseudo, bool):
+            raise InputError(f"pseudo: expected True or False, received {pseudo!r}")
+        m, n = A.shape[-2], A.shape[-1]
+        side = check_choice(("right" if m <= n else "left") if side is None else side, "side", SIDES)
+        _check_side(side, m, n, pseudo)
+        self.A = A
+        self.side: str = side
+        self.pseudo = pseudo
+        self.init: str = check_choice(init, "init", INITS)
+        self.batch_shape = A.shape[:-2]
+        self._m, self._n = m, n
+        #: Size k of the identity the product is compared with.
+        self._k = n if side == "left" else m
+        self._reference: torch.Tensor | None = None
+        self._analyse()
+
+    # -- construction -------------------------------------------------------------------------
+    def _analyse(self) -> None:
+        """Singular values, the singularity check, and the projector onto the least-norm subspace."""
+        A, m, n = self.A, self._m, self._n
+        sigma = torch.linalg.svdvals(A)  # shape: (..., min(m, n)), descending
+        self._sigma_max = sigma[..., 0]
+        self._cond = condition_numbers(sigma)
+        # the rank as torch.linalg.pinv decides it, so the reference and the projector agree
+        cutoff = sigma[..., :1] * max(m, n) * torch.finfo(A.dtype).eps
+        rank = (sigma > cutoff).sum(dim=-1)
+        limit = numerically_singular_threshold(A.dtype)
+        bad = ~(self._cond <= limit)  # also catches inf and NaN
+        if bool(bad.any()) and (not self.pseudo or self.side == "both"):
+            flat = int(bad.flatten().nonzero()[0])
+            where = f" at batch index {batch_index(flat, self.batch_shape)}" if self.batch_shape else ""
+            expected, what = (
+                ("an invertible matrix", "singular")
+                if m == n
+                else (f"a matrix of full rank {min(m, n)}", "rank-deficient")
+            )
+            cond = float(self._cond.flatten()[flat])
+            detail = f"condition number {cond:.3g} > {limit:.3g}, the limit for {A.dtype}"
+            if self.side == "both":
+                raise SingularMatrixError(
+                    f"A: side='both' expected an invertible matrix, received a numerically singular one{where} "
+                    f"({detail}); for a singular A the minimiser of the averaged product is not the "
+                    "pseudo-inverse: use side='right' or side='left' with pseudo=True"
+                )
+            raise SingularMatrixError(
+                f"A: expected {expected}, received a {what} or numerically {what} one{where} ({detail}); "
+                "it has no inverse: pass pseudo=True for the Moore-Penrose pseudo-inverse"
+            )
+        # the exact equation P = I_k is attainable only where rank(A) == k
+        self._attainable = rank == self._k
+        # M's solution set is an affine space when A has a null space on the optimised side;
+        # the pseudo-inverse is its least-norm point, in the row space of A (right) or column space (left)
+        null_space = rank < (n if self.side == "right" else m)
+        self._projector: torch.Tensor | None = None
+        if self.side != "both" and bool(null_space.any()):
+            u, s, vh = torch.linalg.svd(A, full_matrices=False)
+            keep = (s > cutoff).to(A.dtype)
+            if self.side == "right":
+                self._projector = (vh.mT * keep.unsqueeze(-2)) @ vh  # shape: (..., n, n)
+            else:
+                self._projector = (u * keep.unsqueeze(-2)) @ u.mT  # shape: (..., m, m)
+
+    @classmethod
+    def example(
+        cls,
+        size: int | None = None,
+        *,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float64,
+        kind: str = "random",
+        **options: Any,
+    ) -> InverseProblem:
+        """Seed notebook 000's matrices: ``torch.rand(4, 4)`` after seeding 314, or ``diag(1, ..., n)``.
+
+        Args:
+            size: ``n`` (default 4).
+            seed: added to 314, the notebook's seed (``seed=0`` reproduces its matrix exactly).
+            dtype: dtype of the problem (the random matrix is drawn in float32, as the notebook did).
+            kind: ``"random"`` or ``"diagonal"`` (the notebook's easy comparison case).
+            **options: passed to the constructor (``side``, ``pseudo``, ``init``).
+        """
+        n = 4 if size is None else check_int(size, "size", minimum=1)
+        seed = check_int(seed, "seed")
+        check_choice(kind, "kind", EXAMPLE_KINDS)
+        dtype = as_dtype(dtype) or torch.float64
+        if kind == "diagonal":
+            A = torch.diag(torch.arange(1, n + 1, dtype=torch.float64))
+        else:
+            A = torch.rand(n, n, generator=cpu_generator(EXAMPLE_SEED + seed))
+        return cls(A.to(dtype), **options)
+
+    @classmethod
+    def well_conditioned(
+        cls,
+        n: int,
+        *,
+        batch: tuple[int, ...] = (),
+        seed: int = 0,
+        dtype: torch.dtype = torch.float64,
+        **options: Any,
+    ) -> InverseProblem:
+        """A benign test matrix ``A = I + 0.2 G / √n`` with ``G`` standard normal.
+
+        ``‖0.2 G / √n‖₂ ≈ 0.4``, so the singular values lie near ``[0.6, 1.4]`` and the condition
+        number stays below about 5 for every ``n``.
+        """
+        n = check_int(n, "n", minimum=1)
+        batch = tuple(check_int(b, "batch", minimum=1) for b in batch)
+        dtype = as_dtype(dtype) or torch.float64
+        noise = torch.randn(*batch, n, n, generator=cpu_generator(check_int(seed, "seed")), dtype=torch.float64)
+        A = torch.eye(n, dtype=torch.float64) + 0.2 * noise / math.sqrt(n)
+        return cls(A.to(dtype), **options)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.A.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.A.device
+
+    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> InverseProblem:
+        moved = self.A.to(dtype=dtype or self.A.dtype, device=device or self.A.device)
+        if moved is self.A:
+            return self
+        return type(self)(moved, side=self.side, pseudo=self.pseudo, init=self.init)
+
+    # -- optimisation -------------------------------------------------------------------------
+    def _product(self, M: torch.Tensor) -> torch.Tensor:
+        """``P(M)``, shape ``(..., k, k)``."""
+        if self.side == "right":
+            return self.A @ M
+        if self.side == "left":
+            return M @ self.A
+        return (self.A @ M + M @ self.A) / 2
+
+    def _eye(self) -> torch.Tensor:
+        return torch.eye(self._k, dtype=self.dtype, device=self.device)
+
+    def _restrict(self, M: torch.Tensor) -> torch.Tensor:
+        """``M`` projected onto the subspace holding the pseudo-inverse (identity if unique)."""
+        if self._projector is None:
+            return M
+        return self._projector @ M if self.side == "right" else M @ self._projector
+
+    def init_params(self, generator: torch.Generator) -> Params:
+        shape = (*self.batch_shape, self._n, self._m)
+        if self.init == "zeros":
+            M = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        elif self.init == "scaled-transpose":
+            norm_1 = torch.linalg.matrix_norm(self.A, ord=1)
+            norm_inf = torch.linalg.matrix_norm(self.A, ord=math.inf)
+            M = self.A.mT / safe_scale(norm_1 * norm_inf)[..., None, None]
+        else:
+            M = self._restrict(uniform(shape, generator, dtype=self.dtype, device=self.device))
+            # start with ‖P(M₀)‖_F = ‖I_k‖_F = √k, whatever the scale of A
+            M = M * (math.sqrt(self._k) / safe_scale(frobenius(self._product(M))))[..., None, None]
+        return {"M": M.contiguous()}
+
+    def loss(self, params: Params) -> torch.Tensor:
+        return batched_mse(self._product(params["M"]) - self._eye())
+
+    def loss_and_grad(self, params: Params, backend: str = "autograd") -> tuple[torch.Tensor, Params]:
+        check_choice(backend, "backend", ("autograd", "fused"))
+        if backend == "fused":
+            from gdla import ops  # the compiled extension loads only when asked for
+
+            loss, grad = ops.inverse_mse_and_grad(self.A, params["M"], self.side)
+            return loss, {"M": grad}
+        return super().loss_and_grad(params, backend)
+
+    def project(self, params: Params) -> None:
+        """Keep ``M`` in the row space (right) or column space (left) of ``A`` when inverses are not unique."""
+        if self._projector is not None:
+            with torch.no_grad():
+                params["M"].copy_(self._restrict(params["M"]))
+
+    # -- answers ------------------------------------------------------------------------------
+    def solution(self, params: Params) -> torch.Tensor:
+        return params["M"].detach()
+
+    def residual(self, params: Params) -> torch.Tensor:
+        r"""Worst over the batch of the per-problem relative residual.
+
+        Where ``P = I_k`` is attainable: :math:`\|P - I_k\|_F / \sqrt{k}` (for ``side="both"``
+        the larger of the right and left products). Where it is not (``pseudo=True`` with a
+        rank-deficient ``A`` or the unattainable side of a rectangular one), the residual of the
+        normal equations, which still vanishes at the pseudo-inverse:
+        :math:`\|A^T (A M - I)\|_F / (\|A\|_2 \sqrt{k})` for the right side and
+        :math:`\|(M A - I) A^T\|_F / (\|A\|_2 \sqrt{k})` for the left. Dividing by
+        :math:`\|A\|_2` makes it invariant to the scale of ``A`` and never larger than the
+        exact-equation residual.
+        """
+        M, A, eye = params["M"], self.A, self._eye()
+        root_k = math.sqrt(self._k)
+        if self.side == "both":
+            value = torch.maximum(frobenius(A @ M - eye), frobenius(M @ A - eye)) / root_k
+            return worst(value)
+        error = self._product(M) - eye
+        value = frobenius(error) / root_k
+        if not bool(self._attainable.all()):
+            normal = A.mT @ error if self.side == "right" else error @ A.mT
+            normal_value = frobenius(normal) / (safe_scale(self._sigma_max) * root_k)
+            value = torch.where(self._attainable, value, normal_value)
+        return worst(value)
+
+    def reference(self) -> torch.Tensor:
+        """``torch.linalg.inv(A)``, or ``torch.linalg.pinv(A)`` for ``pseudo=True`` or rectangular ``A``."""
+        if self._reference is None:
+            square = self._m == self._n
+            self._reference = torch.linalg.pinv(self.A) if self.pseudo or not square else torch.linalg.inv(self.A)
+        return self._reference
+
+    def error(self, params: Params) -> torch.Tensor:
+        """Worst over the batch of ``‖M − ref‖_F / ‖ref‖_F``."""
+        reference = self.reference()
+        return worst(relative_frobenius(params["M"] - reference, reference))
+
+    def condition_estimate(self) -> float:
+        """Largest 2-norm condition number ``σ_max / σ_min`` over the batch (``inf`` if singular)."""
+        return float(worst(self._cond))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "shape": list(self.A.shape),
+            "batch_shape": list(self.batch_shape),
+            "m": self._m,
+            "n": self._n,
+            "side": self.side,
+            "pseudo": self.pseudo,
+            "init": self.init,
+            "reference": "pinv" if self.pseudo or self._m != self._n else "inv",
+        }
+
+
+def _check_side(side: str, m: int, n: int, pseudo: bool) -> None:
+    """Refuse a side whose equation no ``A`` of shape ``(m, n)`` can satisfy (unless ``pseudo``)."""
+    if side == "both" and m != n:
+        raise ShapeError(
+            f"side: 'both' expected a square A, received shape (..., {m}, {n}); "
+            "use side='right' or side='left' for a rectangular matrix"
+        )
+    if pseudo:
+        return
+    if side == "right" and m > n:
+        raise ShapeError(
+            f"side: 'right' (A M = I_{m}) expected A with m <= n, received shape (..., {m}, {n}), whose rank "
+            f"is at most {n} < {m}; use side='left' (M A = I_{n}) or pseudo=True for the least-squares answer"
+        )
+    if side == "left" and m < n:
+        raise ShapeError(
+            f"side: 'left' (M A = I_{n}) expected A with m >= n, received shape (..., {m}, {n}), whose rank "
+            f"is at most {m} < {n}; use side='right' (A M = I_{m}) or pseudo=True for the least-squares answer"
+        )
+
+
+@gdla.hookimpl
+def register_problems(register: Any) -> None:
+    register(InverseProblem)

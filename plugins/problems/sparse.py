@@ -1,0 +1,393 @@
+r"""The ``sparse`` problem: learn a masked operator from data (seed 002).
+
+The operator is :math:`S = \mathrm{Init} + \Omega \odot U`; only ``U`` learns, and only where the
+0/1 mask :math:`\Omega` is 1. Given data ``X`` and ``Y`` (both ``(n, p)``) it is fitted so that
+``k = hops`` applications, each followed by the elementwise activation :math:`\sigma`, map ``X``
+to ``Y``:
+
+.. math::
+
+    \hat Y = \sigma(S\,\sigma(S \cdots \sigma(S X))), \qquad
+    L(U) = \|Y - \hat Y\|_F \ (\text{"frobenius", the seed's}) \quad\text{or}\quad
+    \tfrac{1}{np}\|Y - \hat Y\|_F^2 \ (\text{"mse"}).
+
+For one hop without activation this is a masked least-squares problem that splits into one
+small least-squares problem per row; its minimum-norm answer (where gradient descent from
+``U = 0`` converges) is :meth:`SparseProblem.reference`. Otherwise there is no closed form.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+import gdla
+from gdla.errors import InputError, ShapeError
+from gdla.problem import Params, Problem
+from gdla.validation import check_choice, check_finite, check_int, check_matrix
+from gdla_plugins.problems._common import as_working_float, cpu_generator, safe_scale
+
+__all__ = ["ACTIVATIONS", "LOSSES", "SparseProblem"]
+
+#: Elementwise activations applied after every hop; ``None`` (or ``"identity"``) is linear.
+#: ``"cube"`` is the seed's commented-out ``x ** 3`` experiment.
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu": torch.relu,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "cube": lambda x: x * x * x,
+}
+LOSSES = ("frobenius", "mse")
+#: Seed 002 seeded torch with 123 before drawing ``Init``; ``example(seed=s)`` uses ``123 + s``.
+EXAMPLE_SEED = 123
+#: Seed 002's scale of the random ``Init`` (a zero ``Init`` is a saddle for two or more hops).
+INIT_NOISE = 0.1
+
+
+class SparseProblem(Problem):
+    """Fit the masked operator ``S = Init + Ω ⊙ U`` so that ``hops`` applications map ``X`` to ``Y``.
+
+    Args:
+        X: inputs, one example per column.  # shape: (n, p)
+        Y: targets.  # shape: (n, p)
+        omega: the mask, 0/1 (or bool); default all ones (``U`` is dense).  # shape: (n, n)
+        init: the fixed part ``Init``; default zeros. With ``hops >= 2`` pass a small random
+            ``Init`` (as the seed does): at ``S = 0`` the gradient vanishes.  # shape: (n, n)
+        hops: ``k``, how many times ``S`` is applied (>= 1).
+        activation: ``None``/``"identity"``, ``"relu"``, ``"tanh"``, ``"sigmoid"`` or
+            ``"cube"``, applied after every hop.
+        loss: ``"frobenius"`` (``‖Y − Ŷ‖_F``, the seed's) or ``"mse"`` (``‖Y − Ŷ‖_F² / (n p)``).
+
+    Attributes ``X``, ``Y``, ``omega`` (0/1 in the problem's dtype), ``init``, ``hops``,
+    ``activation`` (``None`` when linear) and ``loss_kind`` hold the data. ``U`` starts at 0.
+    """
+
+    name = "sparse"
+    summary = "masked sparse operator S = Init + Omega*U fitted so that S^k X = Y (optionally nonlinear)"
+    fused = True
+
+    def __init__(
+        self,
+        X: Any,  # shape: (n, p)
+        Y: Any,  # shape: (n, p)
+        *,
+        omega: Any = None,  # shape: (n, n)
+        init: Any = None,  # shape: (n, n)
+        hops: int = 1,
+        activation: str | None = None,
+        loss: str = "frobenius",
+    ) -> None:
+        X = as_working_float(check_matrix(X, "X", batch=False))
+        Y = as_working_float(check_matrix(Y, "Y", batch=False))
+        if Y.shape != X.shape:
+            raise ShapeError(
+                f"Y: expected the shape of X, {tuple(X.shape)} (n rows, one column per example), "
+                f"received {tuple(Y.shape)}"
+            )
+        if Y.device != X.device:
+            raise InputError(f"Y: expected a tensor on X's device {X.device}, received one on {Y.device}")
+        n = X.shape[0]
+        dtype = torch.promote_types(X.dtype, Y.dtype)
+        if init is None:
+            init = torch.zeros(n, n, dtype=dtype, device=X.device)
+        else:
+            init = as_working_float(check_matrix(init, "init", batch=False))
+            _check_square_of(init, "init", n)
+            dtype = torch.promote_types(dtype, init.dtype)
+        self.X = X.to(dtype)
+        self.Y = Y.to(dtype=dtype)
+        self.init = init.to(dtype=dtype, device=X.device)
+        self.omega = _check_mask(omega, n, dtype, X.device)
+        self.hops = check_int(hops, "hops", minimum=1)
+        if activation == "identity":
+            activation = None
+        if activation is not None:
+            check_choice(activation, "activation", ["identity", *ACTIVATIONS])
+        self.activation: str | None = activation
+        self.loss_kind = check_choice(loss, "loss", LOSSES)
+        self.n, self.p = n, X.shape[1]
+        # For the linear one-hop case the gradient is Ω ⊙ ((S X − Y) Xᵀ): keep X Xᵀ and Y Xᵀ.
+        self._gram = self.X @ self.X.T
+        self._target_x = self.Y @ self.X.T
+
+    @property
+    def linear(self) -> bool:
+        """One hop, no activation: the case with a closed-form (least-squares) answer."""
+        return self.hops == 1 and self.activation is None
+
+    @property
+    def quadratic(self) -> bool:
+        """Whether the loss is quadratic in ``U`` (read by solvers such as ``cg``): one linear hop
+        with ``loss="mse"``; the seed's ``‖Y − Ŷ‖_F`` is the square root of a quadratic."""
+        return self.linear and self.loss_kind == "mse"
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_matrix(cls, matrix: Any, **options: Any) -> SparseProblem:
+        """Learn the operator that maps ``X = I`` to ``matrix``: ``S ≈ matrix`` where the mask allows."""
+        target = check_matrix(matrix, "matrix", batch=False)
+        if target.shape[0] != target.shape[1]:
+            raise ShapeError(
+                f"matrix: expected a square operator (n, n) to learn, received shape {tuple(target.shape)}"
+            )
+        return cls(torch.eye(target.shape[0], dtype=target.dtype, device=target.device), target, **options)
+
+    @classmethod
+    def example(
+        cls,
+        size: int | None = None,
+        *,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float64,
+        hops: int = 1,
+        **options: Any,
+    ) -> SparseProblem:
+        """Seed 002's scenario, or a random consistent one of size ``n``.
+
+        Without ``size``: ``n = 3``, ``X = e₁``, ``Y = 2 e₃``, ``Ω`` all ones and
+        ``Init = 0.1 · rand(3, 3)`` from a generator seeded with ``123 + seed``.
+
+        With ``size = n``: a random mask with about half its entries 1 (at least one per row),
+        ``Init = 0.1 · randn(n, n) / √n``, ``X = randn(n, 2n)`` and ``Y`` produced by a random
+        ground-truth operator ``S* = Init + Ω ⊙ U*`` (``hops`` times, with ``options``'
+        activation), so an exact fit exists; for one linear hop ``S*`` is the unique answer.
+        """
+        seed = check_int(seed, "seed")
+        hops = check_int(hops, "hops", minimum=1)
+        generator = cpu_generator(EXAMPLE_SEED + seed)
+        if size is None:
+            X = torch.tensor([[1.0], [0.0], [0.0]], dtype=torch.float64)
+            Y = torch.tensor([[0.0], [0.0], [2.0]], dtype=torch.float64)
+            init = INIT_NOISE * torch.rand(3, 3, generator=generator, dtype=torch.float64)
+            return cls(X.to(dtype), Y.to(dtype), init=init.to(dtype), hops=hops, **options)
+        n = check_int(size, "size", minimum=1)
+        omega = torch.rand(n, n, generator=generator, dtype=torch.float64) < 0.5
+        pick = torch.randint(n, (n,), generator=generator)
+        omega[torch.arange(n), pick] = True  # every row has at least one free entry
+        init = INIT_NOISE * torch.randn(n, n, generator=generator, dtype=torch.float64) / math.sqrt(n)
+        # Ω ⊙ U* has about n/2 entries of variance 1/n per row: spectral radius about 0.7,
+        # so S*ᵏ X neither explodes nor vanishes for a few hops.
+        truth = init + omega * torch.randn(n, n, generator=generator, dtype=torch.float64) / math.sqrt(n)
+        X = torch.randn(n, 2 * n, generator=generator, dtype=torch.float64)
+        act = ACTIVATIONS.get(options.get("activation") or "", _identity)
+        Y = X
+        for _ in range(hops):
+            Y = act(truth @ Y)
+        return cls(X.to(dtype), Y.to(dtype), omega=omega, init=init.to(dtype), hops=hops, **options)
+
+    # -- data ---------------------------------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.X.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.X.device
+
+    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> SparseProblem:
+        dtype = dtype or self.dtype
+        device = torch.device(device) if device is not None else self.device
+        if dtype == self.dtype and device == self.device:
+            return self
+        return type(self)(
+            self.X.to(dtype=dtype, device=device),
+            self.Y.to(dtype=dtype, device=device),
+            omega=self.omega.to(dtype=dtype, device=device),
+            init=self.init.to(dtype=dtype, device=device),
+            hops=self.hops,
+            activation=self.activation,
+            loss=self.loss_kind,
+        )
+
+    # -- optimisation -------------------------------------------------------------------------
+    def init_params(self, generator: torch.Generator) -> Params:
+        """``U = 0``, like the seed: gradient descent from there ends at the minimum-norm answer."""
+        return {"U": torch.zeros(self.n, self.n, dtype=self.dtype, device=self.device)}
+
+    def operator(self, U: torch.Tensor) -> torch.Tensor:
+        """``S = Init + Ω ⊙ U``, differentiable in ``U``.  # U: (n, n) -> (n, n)"""
+        return self.init + self.omega * U
+
+    def forward(self, S: torch.Tensor) -> torch.Tensor:
+        """``Ŷ``: apply ``S`` (then the activation) ``hops`` times to ``X``.  # -> (n, p)"""
+        act = ACTIVATIONS.get(self.activation or "", _identity)
+        out = self.X
+        for _ in range(self.hops):  # a handful of hops: the loop is over layers, not data
+            out = act(S @ out)
+        return out
+
+    def _loss_of(self, S: torch.Tensor) -> torch.Tensor:
+        diff = self.Y - self.forward(S)
+        if self.loss_kind == "mse":
+            return diff.square().mean()
+        return torch.linalg.matrix_norm(diff, ord="fro")
+
+    def loss(self, params: Params) -> torch.Tensor:
+        return self._loss_of(self.operator(_u(params, self.n)))
+
+    def loss_and_grad(self, params: Params, backend: str = "autograd") -> tuple[torch.Tensor, Params]:
+        """With ``backend="fused"`` ``S`` comes from the custom op ``gdla.ops.masked_hadamard``
+        (forward ``Init + Ω ⊙ U``, backward ``Ω ⊙ ∂S``); autograd differentiates the rest."""
+        check_choice(backend, "backend", ("autograd", "fused"))
+        if backend != "fused":
+            return super().loss_and_grad(params, backend)
+        from gdla import ops  # the compiled extension loads only when asked for
+
+        with torch.enable_grad():
+            U = _u(params, self.n).detach().requires_grad_(True)
+            loss = self._loss_of(ops.masked_hadamard(self.init, self.omega, U))
+            (grad,) = torch.autograd.grad(loss, [U])
+        return loss.detach(), {"U": grad}
+
+    # -- answers ------------------------------------------------------------------------------
+    def solution(self, params: Params) -> torch.Tensor:
+        """The learned operator ``S = Init + Ω ⊙ U``.  # shape: (n, n)"""
+        return self.operator(_u(params, self.n).detach())
+
+    def residual(self, params: Params) -> torch.Tensor:
+        r"""The stop test.
+
+        One linear hop: the relative residual of the masked normal equations
+        ``Ω ⊙ (S X Xᵀ) = Ω ⊙ (Y Xᵀ)``,
+
+        .. math:: \frac{\|\Omega \odot ((S X - Y) X^T)\|_F}{\|\Omega \odot (S X X^T)\|_F + \|\Omega \odot (Y X^T)\|_F},
+
+        which is 0 exactly at a least-squares answer (even when no exact fit exists), at most 1,
+        unchanged when ``Y`` and ``Init`` are scaled together, and 0 when both terms vanish. It
+        does not need the gradient at the start to be large, so an ``Init`` that is already
+        nearly optimal is no problem.
+
+        Otherwise: the relative fit residual ``‖Ŷ − Y‖_F / ‖Y‖_F`` (absolute if ``Y = 0``).
+        """
+        with torch.no_grad():
+            S = self.solution(params)
+            if not self.linear:
+                return self.fit_residual(params)
+            fitted = self.omega * (S @ self._gram)
+            target = self.omega * self._target_x
+            num = torch.linalg.matrix_norm(fitted - target)
+            den = torch.linalg.matrix_norm(fitted) + torch.linalg.matrix_norm(target)
+            return torch.where(den > 0, num / safe_scale(den), torch.zeros_like(den))
+
+    def fit_residual(self, params: Params) -> torch.Tensor:
+        """``‖Ŷ − Y‖_F / ‖Y‖_F`` (absolute if ``Y = 0``)."""
+        with torch.no_grad():
+            diff = self.forward(self.solution(params)) - self.Y
+            return torch.linalg.matrix_norm(diff) / safe_scale(torch.linalg.matrix_norm(self.Y))
+
+    def reference(self) -> torch.Tensor:
+        """The minimum-norm masked least-squares operator (one linear hop only).
+
+        Row ``i`` with free set ``J = {j : Ω_ij = 1}`` solves ``U_i[J] X[J, :] ≈ Y_i − Init_i X``:
+        ``U_i[J] = (Y_i − Init_i X) · pinv(X[J, :])``. All rows at once: ``pinv`` of the batch
+        ``Ω_i[:, None] ⊙ X`` (rows outside ``J`` zeroed, which gives zero columns in the pinv).
+        Computed in float64 on the CPU; memory ``n² p``.
+
+        Raises:
+            InputError: for ``hops > 1`` or an activation, where no closed form exists.
+        """
+        if not self.linear:
+            raise InputError(
+                f"reference: no closed form for hops={self.hops}, activation={self.activation!r}; "
+                "only one hop without activation is a (masked) linear least-squares problem"
+            )
+        if not hasattr(self, "_reference"):
+            X, Y = self.X.detach().cpu().double(), self.Y.detach().cpu().double()
+            init, omega = self.init.detach().cpu().double(), self.omega.detach().cpu().double()
+            rhs = Y - init @ X  # (n, p)
+            pinvs = torch.linalg.pinv(omega[:, :, None] * X[None, :, :])  # (n, p, n)
+            U = torch.einsum("ip,ipj->ij", rhs, pinvs) * omega
+            self._reference = (init + U).to(dtype=self.dtype, device=self.device)
+        return self._reference
+
+    def error(self, params: Params) -> torch.Tensor:
+        """``‖S − S_ref‖_F / ‖S_ref‖_F``; NaN when there is no reference (``hops > 1`` or an activation)."""
+        if not self.linear:
+            return torch.full((), math.nan, dtype=self.dtype, device=self.device)
+        S_ref = self.reference()
+        diff = torch.linalg.matrix_norm(self.solution(params) - S_ref)
+        return diff / safe_scale(torch.linalg.matrix_norm(S_ref))
+
+    def metrics(self, params: Params) -> dict[str, float]:
+        """``residual``, ``error`` (NaN without a closed form: null in ``Result.to_dict``) and ``fit``
+        (``‖Ŷ − Y‖_F / ‖Y‖_F``, which is not 0 when no exact fit exists)."""
+        with torch.no_grad():
+            return {
+                "residual": float(self.residual(params)),
+                "error": float(self.error(params)),
+                "fit": float(self.fit_residual(params)),
+            }
+
+    def condition_estimate(self) -> float | None:
+        """For one linear hop: ``σ_max(X)² / σ_min(X)²`` over the non-zero singular values, the
+        condition of the unmasked Hessian ``X Xᵀ``; ``None`` otherwise."""
+        if not self.linear:
+            return None
+        sv = torch.linalg.svdvals(self.X.detach().double())
+        keep = sv[sv > sv[0] * max(self.X.shape) * torch.finfo(self.dtype).eps]
+        return float((keep[0] / keep[-1]) ** 2) if keep.numel() else None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "n": self.n,
+            "p": self.p,
+            "hops": self.hops,
+            "activation": self.activation,
+            "loss": self.loss_kind,
+            "free_entries": int(self.omega.count_nonzero()),
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _u(params: Params, n: int) -> torch.Tensor:
+    U = params["U"]
+    if tuple(U.shape) != (n, n):
+        raise ShapeError(f"params['U']: expected shape (n, n) = ({n}, {n}), received {tuple(U.shape)}")
+    return U
+
+
+def _check_square_of(value: torch.Tensor, name: str, n: int) -> None:
+    if tuple(value.shape) != (n, n):
+        raise ShapeError(
+            f"{name}: expected shape (n, n) = ({n}, {n}) where n = X.shape[0], received {tuple(value.shape)}"
+        )
+
+
+def _check_mask(omega: Any, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``omega`` as a 0/1 ``(n, n)`` tensor of ``dtype`` (all ones when ``None``)."""
+    if omega is None:
+        return torch.ones(n, n, dtype=dtype, device=device)
+    if not isinstance(omega, torch.Tensor):
+        try:
+            omega = torch.as_tensor(omega)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise InputError(f"omega: expected a 0/1 or boolean matrix, received {omega!r} ({exc})") from None
+    if omega.dim() != 2:
+        raise ShapeError(
+            f"omega: expected a 2-D mask of shape (n, n) = ({n}, {n}), received shape {tuple(omega.shape)}"
+        )
+    _check_square_of(omega, "omega", n)
+    if omega.is_complex():
+        raise InputError(f"omega: expected a real 0/1 or boolean mask, received {omega.dtype}")
+    check_finite(omega, "omega")
+    if omega.dtype != torch.bool:
+        bad = (omega != 0) & (omega != 1)
+        if bool(bad.any()):
+            i, j = (int(v) for v in torch.nonzero(bad)[0])
+            raise InputError(
+                f"omega: expected only 0 and 1 (or booleans), received {omega[i, j].item()!r} at ({i}, {j})"
+            )
+    return omega.to(dtype=dtype, device=device)
+
+
+@gdla.hookimpl
+def register_problems(register: Any) -> None:
+    register(SparseProblem)

@@ -1,0 +1,120 @@
+"""``Result``: the JSON form (a faithful round trip, non-finite floats as null) and the summary."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+import torch
+
+from gdla.result import STOP_REASONS, Result
+
+
+def make_result(**overrides: Any) -> Result:
+    M = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64)  # shape: (2, 2)
+    fields: dict[str, Any] = {
+        "solution": M,
+        "params": {"M": M},
+        "losses": [1.0, 0.25, 1e-12],
+        "steps": 3,
+        "stop_reason": "converged",
+        "seconds": 0.5,
+        "backend": "autograd",
+        "metrics": {"residual": 1e-11, "error": 2e-11},
+        "problem": "inverse",
+        "optimizer": "momentum",
+        "message": STOP_REASONS["converged"],
+        "condition": 14.9,
+        "settings": {"lr": 0.1, "dtype": torch.float64, "seed": 0, "optimizer.nesterov": False},
+        "warnings": ["careful"],
+    }
+    fields.update(overrides)
+    return Result(**fields)
+
+
+def test_to_dict_survives_a_json_round_trip() -> None:
+    result = make_result()
+    data = json.loads(json.dumps(result.to_dict(), allow_nan=False))
+    assert data == {
+        "problem": "inverse",
+        "optimizer": "momentum",
+        "solution": [[1.0, 2.0], [3.0, 4.0]],
+        "params": {"M": [[1.0, 2.0], [3.0, 4.0]]},
+        "losses": [1.0, 0.25, 1e-12],
+        "steps": 3,
+        "stop_reason": "converged",
+        "message": "the relative residual reached tol",
+        "seconds": 0.5,
+        "backend": "autograd",
+        "metrics": {"residual": 1e-11, "error": 2e-11},
+        "condition": 14.9,
+        "settings": {"lr": 0.1, "dtype": "float64", "seed": 0, "optimizer.nesterov": False},
+        "warnings": ["careful"],
+    }
+    # tensors come back exactly (float64 -> JSON -> float64 is lossless)
+    assert torch.equal(torch.tensor(data["solution"], dtype=torch.float64), result.solution)
+
+
+def test_non_finite_numbers_become_null() -> None:
+    result = make_result(
+        losses=[1.0, math.inf, math.nan],
+        metrics={"residual": math.nan, "error": -math.inf},
+        condition=math.inf,
+        solution=torch.tensor([[math.nan, 1.0]]),
+        params={"M": torch.tensor([[math.nan, 1.0]])},
+        stop_reason="diverged",
+    )
+    data = result.to_dict()
+    text = json.dumps(data, allow_nan=False)  # raises if any NaN/Inf slipped through
+    assert json.loads(text)["losses"] == [1.0, None, None]
+    assert data["metrics"] == {"residual": None, "error": None}
+    assert data["condition"] is None
+    assert data["solution"] == [[None, 1.0]]
+    assert data["params"] == {"M": [[None, 1.0]]}
+
+
+def test_tuple_solutions_and_odd_settings() -> None:
+    U, S = torch.eye(2), torch.tensor([2.0, 1.0])
+    result = make_result(solution=(U, S), condition=None, settings={"device": torch.device("cpu"), "kinds": ("a", 1)})
+    data = json.loads(json.dumps(result.to_dict(), allow_nan=False))
+    assert data["solution"] == [[[1.0, 0.0], [0.0, 1.0]], [2.0, 1.0]]
+    assert data["condition"] is None
+    assert data["settings"] == {"device": "cpu", "kinds": ["a", 1]}
+
+
+def test_converged_property_follows_stop_reason() -> None:
+    assert make_result().converged
+    for reason in ("max_steps", "diverged", "stalled", "callback"):
+        assert not make_result(stop_reason=reason).converged
+
+
+def test_summary_is_readable() -> None:
+    text = make_result().summary()
+    lines = text.splitlines()
+    assert lines[0] == "inverse with momentum (autograd): converged after 3 steps in 0.500 s"
+    assert lines[1] == "  the relative residual reached tol"
+    assert lines[2] == "  final loss 1.000e-12; residual 1.000e-11, error 2.000e-11"
+    assert lines[3] == "  condition number estimate 1.490e+01"
+    assert lines[4] == "  warning: careful"
+
+
+def test_summary_without_losses_or_condition() -> None:
+    text = make_result(losses=[], steps=0, condition=None, warnings=[]).summary()
+    assert "final loss n/a" in text
+    assert "condition" not in text
+    assert len(text.splitlines()) == 3
+
+
+def test_every_stop_reason_has_a_sentence() -> None:
+    assert set(STOP_REASONS) == {"converged", "max_steps", "diverged", "stalled", "callback"}
+    assert all(isinstance(text, str) and text for text in STOP_REASONS.values())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_to_dict_of_float32_tensors(dtype: torch.dtype) -> None:
+    value = torch.tensor([[0.1, 0.2]], dtype=dtype)
+    data = make_result(solution=value, params={"M": value}).to_dict()
+    assert data["solution"] == value.tolist()
+    assert all(isinstance(x, float) for x in data["solution"][0])

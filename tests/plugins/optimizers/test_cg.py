@@ -1,0 +1,170 @@
+"""``cg``: conjugate gradients on each problem's least-squares form, blockwise or global."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+
+import gdla
+from gdla.testing import relative_error
+from gdla_plugins.optimizers.cg import ConjugateGradient, GenericForm, make_form
+from gdla_plugins.problems.inverse import InverseProblem
+
+
+def seeded_rand(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+class LeastSquares(gdla.Problem):
+    """``min_x ‖B x − c‖²``: a quadratic problem the optimizers know nothing about but its flag."""
+
+    name = "test-least-squares"
+    summary = "dense least squares"
+    quadratic = True
+
+    def __init__(self, B: torch.Tensor, c: torch.Tensor) -> None:  # shape: (m, n), (m,)
+        self.B, self.c = B, c
+
+    @classmethod
+    def example(cls, size: int | None = None, *, seed: int = 0, dtype: torch.dtype = torch.float64) -> LeastSquares:
+        n = size or 12
+        return cls(seeded_rand(2 * n, n, seed=seed).to(dtype), seeded_rand(2 * n, seed=seed + 1).to(dtype))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.B.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.B.device
+
+    def to(self, dtype: torch.dtype | None = None, device: Any = None) -> LeastSquares:
+        return LeastSquares(self.B.to(dtype or self.dtype), self.c.to(dtype or self.dtype))
+
+    def init_params(self, generator: torch.Generator) -> gdla.Params:
+        return {"x": torch.zeros(self.B.shape[1], dtype=self.dtype)}
+
+    def loss(self, params: gdla.Params) -> torch.Tensor:
+        return (self.B @ params["x"] - self.c).square().sum()
+
+    def solution(self, params: gdla.Params) -> torch.Tensor:
+        return params["x"]
+
+    def residual(self, params: gdla.Params) -> torch.Tensor:
+        normal = self.B.T @ (self.B @ params["x"] - self.c)
+        return torch.linalg.vector_norm(normal) / torch.linalg.vector_norm(self.B.T @ self.c)
+
+    def reference(self) -> torch.Tensor:
+        return torch.linalg.lstsq(self.B, self.c).solution
+
+    def error(self, params: gdla.Params) -> torch.Tensor:
+        return torch.linalg.vector_norm(params["x"] - self.reference()) / torch.linalg.vector_norm(self.reference())
+
+
+def solve(problem: gdla.Problem, **options: Any) -> gdla.Result:
+    return gdla.solve(problem, optimizer="cg", backend="autograd", **options)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("blocks", ["independent", "global"])
+def test_inverse_random_64(side: str, blocks: str) -> None:
+    A = seeded_rand(64, 64)
+    result = solve(InverseProblem(A, side=side), tol=1e-8, blocks=blocks)
+    assert result.converged, result.summary()
+    # 64 unknowns per column: finite termination at 64 in exact arithmetic; rounding costs some more
+    assert result.steps <= 130, result.summary()  # measured: 116
+    assert relative_error(result.solution, torch.linalg.inv(A)) <= 1e-8
+    expected_blocks = {"right": "column", "left": "row"}[side] if blocks != "global" else "global"
+    assert result.settings["optimizer.blocks"] == expected_blocks
+
+
+def test_inverse_side_both_and_batch() -> None:
+    A = InverseProblem.well_conditioned(6, batch=(4,), seed=3).A
+    result = solve(InverseProblem(A, side="both"))
+    assert result.converged, result.summary()
+    assert relative_error(result.solution, torch.linalg.inv(A)) <= 1e-9
+
+
+def test_inverse_steps_estimate() -> None:
+    A = seeded_rand(64, 64)
+    problem = InverseProblem(A)
+    opt = ConjugateGradient(problem, problem.init_params(torch.Generator().manual_seed(0)))
+    kappa = float(torch.linalg.cond(A)) ** 2
+    assert opt.spectrum().worst_condition() == pytest.approx(kappa, rel=1e-3)
+    assert opt.expected_steps(1e-8) == 128  # the CG bound √κ/2·ln(2/tol) ≈ 2.9e4 capped at 2 × 64
+
+
+def test_singular_pseudo_gives_pinv_without_nan() -> None:
+    gen = torch.Generator().manual_seed(6)
+    A = torch.rand(6, 3, generator=gen, dtype=torch.float64) @ torch.rand(3, 6, generator=gen, dtype=torch.float64)
+    result = solve(InverseProblem(A, pseudo=True), tol=0, max_steps=200)
+    assert all(math.isfinite(x) for x in result.losses)
+    assert relative_error(result.solution, torch.linalg.pinv(A)) <= 1e-9
+
+
+@pytest.mark.parametrize("loss", ["frobenius", "mse"])
+def test_sparse_masked_least_squares_rowwise(loss: str) -> None:
+    problem = gdla.get_problem("sparse").example(size=20, loss=loss)
+    result = solve(problem)
+    assert result.converged, result.summary()
+    free_per_row = int(problem.omega.sum(dim=1).max())
+    assert result.steps <= free_per_row + 2, result.summary()  # measured: 14 for 15 free entries
+    assert relative_error(result.solution, problem.reference()) <= 1e-10
+    assert result.settings["optimizer.form"] == "sparse"
+    assert result.settings["optimizer.blocks"] == "row"
+
+
+def test_sparse_seed_scenario() -> None:
+    problem = gdla.get_problem("sparse").example()
+    result = solve(problem)
+    assert result.converged
+    assert relative_error(result.solution, problem.reference()) <= 1e-12
+
+
+@pytest.mark.parametrize("loss", ["spectral", "frobenius"])
+def test_toeplitz_band_least_squares(loss: str) -> None:
+    Toeplitz = gdla.get_problem("toeplitz")
+    problem = Toeplitz(seeded_rand(3, 11, 11, seed=4), bandwidth=3, loss=loss)
+    result = solve(problem)
+    assert result.converged, result.summary()
+    assert result.steps <= 2 * 7, result.summary()  # 7 band parameters
+    assert relative_error(result.solution, problem.reference()) <= 1e-10
+
+
+def test_generic_quadratic_problem_through_its_flag() -> None:
+    problem = LeastSquares.example()
+    params = problem.init_params(torch.Generator())
+    assert isinstance(make_form(problem, params), GenericForm)
+    result = solve(problem)
+    assert result.converged, result.summary()
+    assert result.steps <= 2 * 12
+    assert relative_error(result.solution, problem.reference()) <= 1e-10
+
+
+def test_step_returns_the_problems_loss() -> None:
+    problem = gdla.get_problem("sparse").example(size=8)
+    params = problem.init_params(torch.Generator())
+    opt = ConjugateGradient(problem, params)
+    for _ in range(3):
+        before = problem.loss(params)
+        torch.testing.assert_close(opt.step(), before)
+
+
+def test_unsupported_problems_and_bad_options() -> None:
+    svd = gdla.get_problem("svd").example()
+    assert "quadratic" in ConjugateGradient.unsupported_reason(svd)
+    sparse2 = gdla.get_problem("sparse").example(hops=2)
+    reason = ConjugateGradient.unsupported_reason(sparse2)
+    assert "hops=2" in reason and "least-squares" in reason
+    with pytest.raises(gdla.InputError, match="'cg' cannot solve problem 'sparse'"):
+        solve(sparse2)
+    problem = InverseProblem(seeded_rand(4, 4))
+    with pytest.raises(gdla.InputError, match="lr: optimizer 'cg' has no learning rate"):
+        solve(problem, lr=0.1)
+    with pytest.raises(gdla.InputError, match="blocks: expected one of 'independent', 'global'"):
+        solve(problem, blocks="rows")
+    with pytest.raises(gdla.InputError, match="restart: expected None or an integer >= 1"):
+        solve(problem, restart=0)

@@ -1,0 +1,165 @@
+"""The ``momentum`` optimizer: seed notebook 000's update rule, bit for bit, and its safe defaults."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import gdla
+from gdla.testing import relative_error
+from gdla_plugins.optimizers.momentum import SEED_LR, SEED_MOMENTUM, Momentum, SeedMomentum
+from gdla_plugins.optimizers.torch_optim import estimate_scales
+from gdla_plugins.problems.inverse import InverseProblem
+
+SEED = 314
+STEPS = 1000
+
+
+def seed_matrices() -> tuple[torch.Tensor, torch.Tensor]:
+    """The notebook's matrix and start: both are the first ``rand(4, 4)`` after seeding 314."""
+    torch.manual_seed(SEED)
+    matrix = torch.rand(size=(4, 4))
+    torch.manual_seed(SEED)
+    start = torch.rand(size=(4, 4))
+    return matrix, start
+
+
+def notebook_loop(matrix: torch.Tensor, start: torch.Tensor, steps: int) -> tuple[list[torch.Tensor], list[float]]:
+    """Seed 000's loop re-written: the gradient buffer is scaled by momentum and kept for the next backward()."""
+    guess = start.clone().requires_grad_(True)
+    snapshots, losses = [], []
+    for _ in range(steps):
+        target = torch.eye(n=len(matrix))
+        loss = ((guess @ matrix - target) ** 2).mean()
+        losses.append(float(loss.detach()))
+        loss.backward()
+        with torch.no_grad():
+            guess -= SEED_LR * guess.grad
+            guess.grad *= SEED_MOMENTUM
+        snapshots.append(guess.detach().clone())
+    return snapshots, losses
+
+
+class SeedScenario(InverseProblem):
+    """Seed 000's problem: ``X`` with ``X A = I`` (side ``left``), started where the notebook started."""
+
+    def __init__(self, A: torch.Tensor, start: torch.Tensor) -> None:  # shape: (4, 4) each
+        super().__init__(A, side="left")
+        self.start = start
+
+    def init_params(self, generator: torch.Generator) -> gdla.Params:
+        return {"M": self.start.clone()}
+
+    def loss(self, params: gdla.Params) -> torch.Tensor:
+        # the notebook's expression, so the gradients agree to the bit, not only to rounding
+        return ((params["M"] @ self.A - torch.eye(n=len(self.A))) ** 2).mean()
+
+
+def test_reproduces_seed_notebook_bit_for_bit() -> None:
+    matrix, start = seed_matrices()
+    expected, expected_losses = notebook_loop(matrix, start, STEPS)
+
+    seen: list[torch.Tensor] = []
+    result = gdla.solve(
+        SeedScenario(matrix, start),
+        optimizer="momentum",
+        lr=SEED_LR,
+        momentum=SEED_MOMENTUM,
+        max_steps=STEPS,
+        tol=0,
+        backend="autograd",
+        callback=lambda step, loss, params: seen.append(params["M"].clone()),
+    )
+
+    assert result.steps == STEPS and result.stop_reason == "max_steps"
+    assert result.params["M"].dtype == torch.float32
+    for step, (ours, theirs) in enumerate(zip(seen, expected, strict=True), start=1):
+        assert torch.equal(ours, theirs), f"step {step}: max difference {(ours - theirs).abs().max():.3e}"
+    assert result.losses == expected_losses
+    # and the notebook's run does invert its matrix
+    assert relative_error(result.solution, torch.linalg.inv(matrix.double())) < 1e-4
+
+
+def test_same_recursion_as_torch_sgd_with_undamped_momentum() -> None:
+    generator = torch.Generator().manual_seed(1)
+    B = torch.randn(6, 6, generator=generator, dtype=torch.float64)
+    H = B @ B.T / 6 + torch.eye(6, dtype=torch.float64)  # shape: (6, 6), positive definite
+    ours = torch.randn(6, 3, generator=generator, dtype=torch.float64)
+    theirs = ours.clone()
+    seed_opt = SeedMomentum([ours], lr=0.1, momentum=0.7)
+    torch_opt = torch.optim.SGD([theirs], lr=0.1, momentum=0.7, dampening=0.0)
+    for _ in range(40):
+        for tensor, opt in ((ours, seed_opt), (theirs, torch_opt)):
+            tensor.grad = H @ tensor
+            opt.step()
+    torch.testing.assert_close(ours, theirs, rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(seed_opt.state[ours]["velocity"], torch_opt.state[theirs]["momentum_buffer"])
+
+
+def test_zero_momentum_is_plain_gradient_descent_and_closure_loss_is_returned() -> None:
+    x = torch.tensor([3.0, -2.0], dtype=torch.float64)
+    opt = SeedMomentum([x], lr=0.25, momentum=0.0)
+    expected = x.clone()
+    for _ in range(3):
+        before = x.clone()
+
+        def closure(point: torch.Tensor = x) -> torch.Tensor:
+            point.grad = 2 * point  # gradient of ‖x‖²
+            return (point**2).sum()
+
+        loss = opt.step(closure)
+        assert float(loss) == float((before**2).sum())
+        expected = expected - 0.25 * (2 * expected)
+        assert torch.equal(x, expected)
+
+
+def test_default_lr_is_half_the_inverse_curvature_and_converges() -> None:
+    problem = InverseProblem.well_conditioned(16, seed=3)
+    sigma_max = float(torch.linalg.matrix_norm(problem.A, ord=2))
+    lipschitz = 2 * sigma_max**2 / 16**2  # Hessian of mean((A M - I)^2): (2 / k^2) AᵀA ⊗ I
+    # power iteration approaches the top of the spectrum from below; here it gets within 0.2%
+    estimate = estimate_scales(problem).lipschitz
+    assert 0.995 * lipschitz <= estimate <= lipschitz * (1 + 1e-9)
+    assert Momentum.default_lr_for(problem) == pytest.approx(0.5 / estimate, rel=1e-12)
+
+    result = gdla.solve(problem, optimizer="momentum", backend="autograd")
+    assert result.stop_reason == "converged"
+    assert relative_error(result.solution, torch.linalg.inv(problem.A)) <= 1e-6
+    assert result.settings["optimizer.momentum"] == SEED_MOMENTUM
+
+
+@pytest.mark.parametrize(
+    ("options", "fragments"),
+    [
+        ({"momentum": 1.0}, ["momentum", "[0, 1)", "1.0"]),
+        ({"momentum": -0.1}, ["momentum", "[0, 1)", "-0.1"]),
+        ({"momentum": "0.9"}, ["momentum", "expected a number", "'0.9'"]),
+        ({"momentum": float("nan")}, ["momentum", "finite", "nan"]),
+        ({"lr": 0.0}, ["lr", "> 0", "0.0"]),
+        ({"lr": -0.9}, ["lr", "> 0", "-0.9"]),
+        ({"nesterov": True}, ["nesterov", "'momentum' has no option", "accepted options", "momentum"]),
+        ({"momentun": 0.5}, ["momentun", "did you mean 'momentum'"]),
+    ],
+)
+def test_invalid_options_are_refused_with_their_name(options: dict, fragments: list[str]) -> None:
+    problem = InverseProblem.well_conditioned(4)
+    with pytest.raises(gdla.InputError) as info:
+        gdla.solve(problem, optimizer="momentum", backend="autograd", max_steps=1, **options)
+    for fragment in fragments:
+        assert fragment in str(info.value)
+
+
+def test_direct_construction_validates_too() -> None:
+    x = torch.zeros(2)
+    with pytest.raises(gdla.InputError, match=r"lr: expected a number > 0, received -1"):
+        SeedMomentum([x], lr=-1)
+    with pytest.raises(gdla.InputError, match=r"momentum: expected a number in \[0, 1\), received 1"):
+        SeedMomentum([x], lr=0.1, momentum=1)
+
+
+def test_registered_with_summary_and_description() -> None:
+    assert gdla.get_optimizer("momentum") is Momentum
+    assert Momentum.summary and "\n" not in Momentum.summary
+    problem = InverseProblem.well_conditioned(4)
+    opt = Momentum(problem, problem.init_params(torch.Generator().manual_seed(0)), lr=0.5, momentum=0.5)
+    assert opt.describe() == {"name": "momentum", "lr": 0.5, "momentum": 0.5}
