@@ -5,7 +5,9 @@
 // whose lanes belong to different problems. The lanes are GCC/Clang vector-extension types of
 // ``Bytes`` bytes; cpu_small_inverse.cpp instantiates 16 (SSE2, any x86-64 or ARM), 32 (AVX2)
 // and 64 (AVX-512) and picks one at run time. Each lane keeps its own stop rule: a lane that
-// has stopped keeps its X while the others go on. No torch headers here.
+// has stopped keeps its X while the others go on. A float32 lane that passes is confirmed in
+// double once no lane runs any more (one widened check per group, not one per lane); a lane
+// that fails it resumes. No torch headers here.
 #pragma once
 
 #include <cstdint>
@@ -38,22 +40,38 @@ GDLA_DEFINE_VEC(double, int64_t, 32)
 GDLA_DEFINE_VEC(double, int64_t, 64)
 #undef GDLA_DEFINE_VEC
 
-// ||A X - I||_F^2 of every float32 lane, evaluated in double (lanes widened to double vectors).
+template <int L, typename M>
+GDLA_ALWAYS_INLINE bool any_lane(const M& mask) {
+  bool any = false;
+  for (int w = 0; w < L; ++w) any |= mask[w] != 0;
+  return any;
+}
+
+// Sets the lanes of ``exceeds`` whose ||A X - I||_F^2, evaluated in double, is above ``limit``
+// (float32 lanes widened to double vectors of twice the width).
 template <int Bytes, int N>
-GDLA_ALWAYS_INLINE typename Vec<float, Bytes>::M residual_exceeds_double(
-    const typename Vec<float, Bytes>::V (&a)[N][N], const typename Vec<float, Bytes>::V (&x)[N][N], double limit) {
+GDLA_ALWAYS_INLINE void residual_exceeds_double(const typename Vec<float, Bytes>::V (&a)[N][N],
+                                                const typename Vec<float, Bytes>::V (&x)[N][N], double limit,
+                                                typename Vec<float, Bytes>::M& exceeds) {
   typedef double VD __attribute__((vector_size(2 * Bytes)));
   typedef int64_t MD __attribute__((vector_size(2 * Bytes)));
+  VD ad[N][N], xd[N][N];
+  for (int i = 0; i < N; ++i) {
+    for (int j = 0; j < N; ++j) {
+      ad[i][j] = __builtin_convertvector(a[i][j], VD);
+      xd[i][j] = __builtin_convertvector(x[i][j], VD);
+    }
+  }
   VD r2 = VD{};
   for (int i = 0; i < N; ++i) {
     for (int j = 0; j < N; ++j) {
       VD acc = VD{} - (i == j ? 1.0 : 0.0);
-      for (int l = 0; l < N; ++l) acc += __builtin_convertvector(a[i][l], VD) * __builtin_convertvector(x[l][j], VD);
+      for (int l = 0; l < N; ++l) acc += ad[i][l] * xd[l][j];
       r2 += acc * acc;
     }
   }
-  const MD exceeds = r2 > limit;
-  return __builtin_convertvector(exceeds, typename Vec<float, Bytes>::M);
+  const MD above = r2 > limit;
+  exceeds |= __builtin_convertvector(above, typename Vec<float, Bytes>::M);
 }
 
 // Solves problems [0, count) of a group (count <= kLanes) stored row-major one after the other:
@@ -98,6 +116,7 @@ GDLA_ALWAYS_INLINE void newton_schulz_group(const T* A, const T* X0, T* X, int64
   }
   const T threshold = static_cast<T>(tol * tol * N);
   M running = M{} - 1;  // -1: the lane is still iterating
+  M pending = M{};      // -1: passed in float32, waiting for the double-precision check
   M taken = M{};
   for (;;) {
     V r2 = zero;  // ||A X - I||_F^2 per lane
@@ -110,17 +129,25 @@ GDLA_ALWAYS_INLINE void newton_schulz_group(const T* A, const T* X0, T* X, int64
         r2 += r * r;
       }
     }
-    M go_on = (r2 > threshold) & (r2 < T(1e30));
+    const M below_max = taken < max_steps;
     if constexpr (sizeof(T) < sizeof(double)) {
-      // A float32 lane that passes confirms its residual in double (see small::newton_schulz).
-      bool passing = false;
-      for (int w = 0; w < L; ++w) passing |= running[w] != 0 && go_on[w] == 0;
-      if (passing) go_on |= residual_exceeds_double<Bytes, N>(a, x, tol * tol * N);
+      // A float32 lane that passes waits, frozen, for a confirmation in double (see
+      // small::newton_schulz), done for all waiting lanes at once when no lane runs any more.
+      pending |= running & (r2 <= threshold);
     }
-    running = running & go_on & (taken < max_steps);
-    bool any = false;
-    for (int w = 0; w < L; ++w) any |= running[w] != 0;
-    if (!any) break;
+    running = running & (r2 > threshold) & (r2 < T(1e30)) & below_max;
+    if (!any_lane<L>(running)) {
+      if constexpr (sizeof(T) < sizeof(double)) {
+        if (!any_lane<L>(pending)) break;
+        M fails = M{};
+        residual_exceeds_double<Bytes, N>(a, x, tol * tol * N, fails);
+        running = pending & fails & below_max;  // t is still A X of these lanes: they were frozen
+        pending = M{};
+        if (!any_lane<L>(running)) break;
+      } else {
+        break;
+      }
+    }
     taken -= running;
     // X <- X (2I - A X) = 2X - X t, row by row (a row's update needs only that row of X).
     for (int i = 0; i < N; ++i) {

@@ -7,10 +7,6 @@
 
 #include <cstdint>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 namespace gdla {
 
 // Elements below which a loop runs on the calling thread.
@@ -19,13 +15,5 @@ constexpr int64_t kParallelGrain = 32768;
 // Reductions sum fixed-size chunks and then the chunk sums in order, so a loss does not depend
 // on the number of threads.
 constexpr int64_t kReductionChunk = 8192;
-
-inline int max_threads() {
-#ifdef _OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
 
 }  // namespace gdla

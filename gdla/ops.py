@@ -379,8 +379,9 @@ def small_inverse_newton_schulz(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Inverts a batch of tiny matrices by Newton-Schulz, each to its own stop, in one kernel.
 
-    Every problem iterates ``X <- X (2I - A X)`` in registers until ``||A X - I||_F / sqrt(n) <= tol``
-    (evaluated in the input precision), the residual stops being finite, or ``max_steps`` updates.
+    Every problem iterates ``X <- X (2I - A X)`` in registers until ``||A X - I||_F / sqrt(n) <= tol``,
+    the residual stops being finite, or ``max_steps`` updates. A float32 pass is confirmed in float64,
+    so a converged ``X`` meets ``tol`` exactly (not only up to the rounding of a float32 ``A X``).
     Converges when ``||I - A X0|| < 1``; the default ``X0 = A^T / (||A||_1 ||A||_inf)`` ensures that for
     any invertible ``A``. Not differentiable.
 

@@ -387,3 +387,18 @@ def test_fused_loss_and_gradient_match_autograd(shape: tuple[int, ...], side: st
     fused_loss, fused_grads = problem.loss_and_grad(params, "fused")
     torch.testing.assert_close(fused_loss, loss)
     torch.testing.assert_close(fused_grads["M"], grads["M"])
+
+
+@pytest.mark.parametrize(("dtype", "bound"), [(torch.float64, 1e-6), (torch.float32, 1e-4)])
+@pytest.mark.parametrize("backend", ["autograd", "auto"])
+def test_solve_defaults_reach_the_inverse_of_a_well_conditioned_16x16(
+    dtype: torch.dtype, bound: float, backend: str
+) -> None:
+    """gdla.solve's defaults (optimizer, lr, max_steps, tol) meet the library's promise."""
+    problem = InverseProblem.well_conditioned(16, seed=5, dtype=dtype)
+    result = gdla.solve(problem, backend=backend)
+    exact = torch.linalg.inv(problem.A.double())
+    error = float(torch.linalg.matrix_norm(result.solution.double() - exact) / torch.linalg.matrix_norm(exact))
+    assert result.stop_reason == "converged", result.summary()
+    assert error <= bound
+    assert result.metrics["error"] <= bound  # its own figure, against a reference in the same dtype
