@@ -27,11 +27,11 @@ from gdla.errors import (
     UnknownNameError,
 )
 from gdla.hookspecs import hookimpl
+from gdla.loop import solve
 from gdla.optimizer import GradientOptimizer, Optimizer
 from gdla.problem import Params, Problem
 from gdla.registry import get_optimizer, get_problem, optimizers, problems
 from gdla.result import Result
-from gdla.loop import solve
 
 try:
     from importlib.metadata import version as _version

@@ -242,8 +242,8 @@ def _cmd_info(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _cmd_solve(args: argparse.Namespace, out: TextIO) -> int:
-    from gdla.registry import get_problem
     from gdla.loop import solve
+    from gdla.registry import get_problem
 
     problem_cls = get_problem(args.problem)
     if args.plot is not None:

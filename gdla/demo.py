@@ -27,10 +27,10 @@ import torch
 
 from gdla import registry as registry_module
 from gdla.errors import ConvergenceWarning, GdlaError
+from gdla.loop import solve
 from gdla.plotting import Curve, Panel, check_figure_path, demo_figure, save_figure
 from gdla.problem import Params, Problem
 from gdla.result import Result
-from gdla.loop import solve
 
 __all__ = ["DemoReport", "DemoRow", "run_demo"]
 

@@ -20,9 +20,9 @@ from typing import Any, ClassVar
 import pytest
 import torch
 
+from gdla.loop import solve
 from gdla.problem import Problem
 from gdla.registry import get_problem
-from gdla.loop import solve
 
 __all__ = ["ProblemContract", "assert_close_relative", "relative_error"]
 
