@@ -1,0 +1,133 @@
+"""The ``gdla`` command on the built-in plugins, as users run it: real matrix files, real solvers, the demo."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import matplotlib.image
+import numpy as np
+import pytest
+import torch
+
+CliRun = Callable[..., tuple[int, str, str]]
+ErrorOf = Callable[[str], str]
+
+
+# -- data errors with the built-in problems (exit 1) ----------------------------------------------
+def save(tmp_path: Path, name: str, array: Any) -> str:
+    path = tmp_path / name
+    if name.endswith(".pt"):
+        torch.save(array, path)
+    else:
+        np.save(path, array)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (lambda t: save(t, "ones.npy", np.ones((3, 3))), ["for problem 'inverse'", "singular", "pseudo"]),
+        (lambda t: save(t, "nan.npy", np.array([[1.0, math.nan], [0.0, 1.0]])), ["nan.npy", "1 NaN/Inf entry"]),
+        (lambda t: save(t, "inf.pt", torch.tensor([[1.0, math.inf], [0.0, 1.0]])), ["inf.pt", "NaN/Inf"]),
+        (lambda t: save(t, "int.npy", np.eye(3, dtype=np.int64)), ["int.npy", "floating-point", "torch.int64"]),
+        (lambda t: save(t, "empty.npy", np.zeros((0, 3))), ["empty.npy", "non-empty"]),
+        (lambda t: save(t, "vector.npy", np.ones(3)), ["vector.npy", "expected a 2-D array, found shape (3,)"]),
+        (lambda t: save(t, "batch.pt", torch.ones(2, 2, 2)), ["batch.pt", "2-D array"]),
+        (lambda t: str(t / "missing.npy"), ["missing.npy", "no such file"]),
+        (lambda t: save(t, "matrix.csv", np.eye(2)).replace(".npy", ""), ["unsupported format", ".mtx"]),
+        (
+            lambda t: (t / "bad.mtx").write_text("not a matrix market file") and str(t / "bad.mtx"),
+            ["bad.mtx", "cannot be read as .mtx"],
+        ),
+    ],
+)
+def test_bad_matrix_files_exit_1(cli: CliRun, error_of: ErrorOf, tmp_path: Path, make: Any, words: list[str]) -> None:
+    path = make(tmp_path)
+    code, out, err = cli("solve", "inverse", "--matrix", path)
+    assert code == 1 and out == ""
+    line = error_of(err)
+    for word in words:
+        assert word in line, f"{word!r} not in {line!r}"
+
+
+def test_non_square_where_square_is_needed(cli: CliRun, error_of: ErrorOf, tmp_path: Path) -> None:
+    path = save(tmp_path, "wide.npy", np.ones((2, 3)))
+    code, _, err = cli("solve", "toeplitz", "--matrix", path)
+    assert code == 1
+    assert "expected a square matrix" in error_of(err) and "(2, 3)" in error_of(err)
+
+
+def test_builtin_inverse_from_file(cli: CliRun, error_of: ErrorOf, tmp_path: Path) -> None:
+    generator = torch.Generator().manual_seed(0)
+    A = torch.eye(5, dtype=torch.float64) + 0.2 * torch.rand(5, 5, generator=generator, dtype=torch.float64)
+    path = save(tmp_path, "A.pt", {"A": A})
+    code, out, err = cli("solve", "inverse", "--matrix", path, "--optimizer", "newton-schulz", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["stop_reason"] == "converged" and result["metrics"]["residual"] <= 1e-10
+    inverse = torch.linalg.inv(A)
+    solution = torch.tensor(result["solution"], dtype=torch.float64)
+    assert float(torch.linalg.norm(solution - inverse) / torch.linalg.norm(inverse)) < 1e-9
+
+
+def test_builtin_inverse_rectangular_gives_the_pseudo_inverse(cli: CliRun, error_of: ErrorOf, tmp_path: Path) -> None:
+    generator = torch.Generator().manual_seed(1)
+    A = torch.rand(3, 5, generator=generator, dtype=torch.float64)
+    import scipy.io
+
+    scipy.io.mmwrite(tmp_path / "A.mtx", A.numpy())
+    code, out, err = cli(
+        "solve", "inverse", "--matrix", str(tmp_path / "A.mtx"), "--optimizer", "newton-schulz", "--json"
+    )
+    assert code == 0, err
+    solution = torch.tensor(json.loads(out)["solution"], dtype=torch.float64)
+    torch.testing.assert_close(solution, torch.linalg.pinv(A), rtol=1e-8, atol=1e-10)
+
+
+def test_builtin_optimizer_rejects_unknown_options(cli: CliRun, error_of: ErrorOf) -> None:
+    code, _, err = cli("solve", "inverse", "--optimizer", "momentum", "-o", "bogus=1")
+    assert code == 1 and "bogus" in error_of(err)
+
+
+def test_demo_quick(cli: CliRun, error_of: ErrorOf, tmp_path: Path) -> None:
+    out_file = tmp_path / "demo.png"
+    code, out, err = cli("demo", "--quick", "--out", str(out_file))
+    assert code == 0, err
+    table = out.splitlines()
+    assert table[0].split() == ["PROBLEM", "OPTIMIZER", "STEPS", "STOP", "RESIDUAL", "ERROR", "SECONDS"]
+    # columns are two or more spaces apart; cells hold single spaces ("time limit")
+    cells = [re.split(r"\s{2,}", line) for line in table[1:] if line and not line.startswith(("note:", "figure"))]
+    rows = {row[0]: row for row in cells}
+    assert all(len(row) == 7 for row in cells), cells
+    assert "inverse (random)" in rows and "inverse (diagonal)" in rows
+    for problem in ("inverse", "svd", "sparse", "toeplitz", "toeplitz-net"):
+        assert problem in rows, f"{problem} missing from the demo table"
+    # seed 000's comparison: the diagonal matrix converges (and in fewer steps than the random one)
+    diagonal, random = rows["inverse (diagonal)"], rows["inverse (random)"]
+    assert diagonal[1] == "momentum" and diagonal[3] == "converged" and float(diagonal[5]) < 1e-8
+    assert int(diagonal[2]) < int(random[2])
+    assert f"figure saved to {out_file}" in out
+    image = matplotlib.image.imread(out_file)
+    assert image.shape[0] > 500 and image.shape[1] > 800
+
+
+def test_demo_rejects_a_bad_output_path(cli: CliRun, error_of: ErrorOf, tmp_path: Path) -> None:
+    code, out, err = cli("demo", "--out", str(tmp_path / "demo.gif"))
+    assert code == 1 and out == ""
+    assert "out: expected a file ending in .png, .pdf, .svg" in error_of(err)
+
+
+def test_python_dash_m_gdla() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "gdla", "solve", "inverse", "--lr", "-2"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2
+    assert "gdla: error: argument --lr: expected a number > 0, received '-2'" in done.stderr
+    assert "Traceback" not in done.stderr
