@@ -38,9 +38,9 @@ def extension_status() -> tuple[bool, str]:
 
 @functools.cache
 def _warn_fallback(reason: str) -> None:
+    hint = "" if reason.startswith("disabled") else f"; {REBUILD_HINT}"
     warnings.warn(
-        f"backend='auto' fell back to autograd: the compiled extension gdla._C is unavailable ({reason}); "
-        f"{REBUILD_HINT}",
+        f"backend='auto' fell back to autograd: the compiled extension gdla._C is unavailable ({reason}){hint}",
         BackendWarning,
         stacklevel=4,
     )

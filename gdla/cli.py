@@ -95,13 +95,24 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
 
 
 def parse_option(text: str) -> tuple[str, Any]:
+    """An optimizer option ``KEY=VALUE`` (see :func:`parse_key_value`); solve()'s own arguments are refused."""
+    key, value = parse_key_value(text, example="momentum=0.9")
+    if key in RESERVED_OPTIONS:
+        raise argparse.ArgumentTypeError(f"{key!r} is not an optimizer option; use {RESERVED_OPTIONS[key]}")
+    return key, value
+
+
+def parse_problem_option(text: str) -> tuple[str, Any]:
+    """A problem option ``KEY=VALUE``, passed to the problem's constructor (``pseudo=true``)."""
+    return parse_key_value(text, example="pseudo=true")
+
+
+def parse_key_value(text: str, example: str = "key=1") -> tuple[str, Any]:
     """Split ``KEY=VALUE``; the value is read as JSON (numbers, booleans, lists, dicts) or kept as text."""
     key, sep, raw = text.partition("=")
     key = key.strip().replace("-", "_")
     if not sep or not OPTION_KEY.match(key):
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE such as momentum=0.9, received {text!r}")
-    if key in RESERVED_OPTIONS:
-        raise argparse.ArgumentTypeError(f"{key!r} is not an optimizer option; use {RESERVED_OPTIONS[key]}")
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE such as {example}, received {text!r}")
     raw = raw.strip()
     python_words = {"True": True, "False": False, "None": None}
     if raw in python_words:
@@ -172,6 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="optimizer option, repeatable, e.g. -o momentum=0.9 -o schedule=cosine",
+    )
+    solve.add_argument(
+        "--problem-option",
+        "-p",
+        action="append",
+        type=parse_problem_option,
+        default=[],
+        metavar="KEY=VALUE",
+        help="problem option, repeatable, e.g. -p pseudo=true -p side=left (see the problem's docstring)",
     )
     solve.set_defaults(run=_cmd_solve)
 
@@ -255,7 +275,7 @@ def _cmd_solve(args: argparse.Namespace, out: TextIO) -> int:
 
         matrix = load_matrix(args.matrix)
         try:
-            problem = problem_cls.from_matrix(matrix)
+            problem = _build(args, problem_cls.from_matrix, matrix)
         except InputError as exc:
             # the problem names its argument ("A: ..."); say which file that argument came from
             raise type(exc)(f"matrix file {args.matrix!r} for problem {args.problem!r}: {exc}") from None
@@ -263,7 +283,7 @@ def _cmd_solve(args: argparse.Namespace, out: TextIO) -> int:
         import torch
 
         dtype = torch.float32 if args.dtype == "float32" else torch.float64
-        problem = problem_cls.example(size=args.size, dtype=dtype)
+        problem = _build(args, problem_cls.example, size=args.size, dtype=dtype)
     result = solve(
         problem,
         optimizer=args.optimizer,
@@ -289,6 +309,20 @@ def _cmd_solve(args: argparse.Namespace, out: TextIO) -> int:
         if args.plot is not None:
             print(f"  loss plot saved to {args.plot}", file=out)
     return 0 if result.stop_reason != "diverged" else 1
+
+
+def _build(args: argparse.Namespace, factory: Callable[..., Any], *positional: Any, **keywords: Any) -> Any:
+    """Call a problem factory with the ``--problem-option`` values; an option it lacks is bad usage."""
+    options = dict(args.problem_option)
+    try:
+        return factory(*positional, **keywords, **options)
+    except TypeError as exc:
+        if not options or "keyword argument" not in str(exc):
+            raise
+        raise InputError(
+            f"--problem-option: problem {args.problem!r} does not accept these options "
+            f"({', '.join(sorted(options))}): {exc}"
+        ) from None
 
 
 def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:

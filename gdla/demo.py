@@ -144,7 +144,7 @@ def _row(result: Result, budget: _TimeBudget) -> DemoRow:
     stop = "time limit" if result.stop_reason == "callback" and budget.expired else result.stop_reason
     return DemoRow(
         problem=result.problem,
-        optimizer=result.optimizer,
+        optimizer=result.method,
         steps=result.steps,
         stop_reason=stop,
         residual=float(result.metrics.get("residual", math.nan)),

@@ -11,9 +11,10 @@ from typing import Any
 import torch
 
 from gdla.backend import resolve_backend
-from gdla.errors import ConvergenceWarning, InputError
+from gdla.errors import ConvergenceWarning, GdlaError, InputError
+from gdla.optimizer import Optimizer
 from gdla.problem import Params, Problem
-from gdla.registry import get_optimizer, get_problem
+from gdla.registry import get_optimizer, get_problem, optimizers
 from gdla.result import STOP_REASONS, Result
 from gdla.validation import (
     as_device,
@@ -73,6 +74,7 @@ def solve(
             (default ``max(100, max_steps // 10)``).
         **optimizer_options: passed to the optimizer (``momentum=0.9``, ``schedule="cosine"``...).
     """
+    called = time.perf_counter()
     if isinstance(problem, str):
         problem = get_problem(problem).example()
     if not isinstance(problem, Problem):
@@ -107,7 +109,7 @@ def solve(
             else f"is expected to need about {expected:.3g} steps to reach tol={tol:g} on this problem, "
             f"more than max_steps={steps_budget}"
         )
-        text = f"optimizer {opt.name!r} {need}; {_better_method(problem, opt.name)}"
+        text = f"optimizer {opt.name!r} {need}; {_better_method(problem, opt, tol, steps_budget)}"
         notes.append(text)
         warnings.warn(text, ConvergenceWarning, stacklevel=2)
 
@@ -116,6 +118,7 @@ def solve(
     best_loss, best_residual, best_step = math.inf, math.inf, 0
     stop = "max_steps"
     start = time.perf_counter()
+    setup_seconds = start - called
     with torch.no_grad():
         for step in range(1, steps_budget + 1):
             loss = float(opt.step())
@@ -162,7 +165,8 @@ def solve(
         steps=len(losses),
         stop_reason=stop,
         seconds=seconds,
-        backend=chosen_backend,
+        setup_seconds=setup_seconds,
+        backend=opt.ran_backend,
         metrics=metrics,
         problem=problem.name,
         optimizer=opt.name,
@@ -177,21 +181,22 @@ def _bad_optimizer(value: Any) -> Any:
     raise InputError(f"optimizer: expected a registered optimizer name (str), received {type(value).__name__}")
 
 
-def _better_method(problem: Problem, current: str) -> str:
-    from gdla.registry import registry
-
-    for candidate in ("auto", "newton-schulz", "cg", "lbfgs"):
-        if candidate == current:
+def _better_method(problem: Problem, opt: Optimizer, tol: float, budget: int) -> str:
+    """Advice for a run that will not converge: a method expected to make it within ``budget``."""
+    running = {opt.name, opt.describe().get("method")}
+    for candidate in ("newton-schulz", "cg", "line-search", "heavy-ball", "lbfgs"):
+        if candidate in running or candidate not in optimizers():
             continue
-        try:
-            cls = registry.entry("optimizer", candidate).obj
-        except Exception:
+        cls = get_optimizer(candidate)
+        if cls.unsupported_reason(problem) is not None:
             continue
-        picks = getattr(cls, "method_for", None)
-        if picks is not None and picks(problem) == current:
+        try:  # on copies: constructors may write a starting point into the parameters
+            trial = cls(problem, {k: v.clone() for k, v in opt.params.items()}, max_steps=budget)
+            need = trial.expected_steps(tol)
+        except GdlaError:
             continue
-        if cls.unsupported_reason(problem) is None:
-            return f"try optimizer={candidate!r} or raise max_steps"
+        if need is not None and need <= budget:
+            return f"optimizer={candidate!r} should need about {need:.3g} steps"
     return "raise max_steps"
 
 

@@ -43,10 +43,19 @@ class Result:
     condition: float | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    #: Time before the first step (conversions, the starting point, the optimizer's own set-up
+    #: such as curvature estimates); ``seconds`` is the iteration loop alone.
+    setup_seconds: float = 0.0
 
     @property
     def converged(self) -> bool:
         return self.stop_reason == "converged"
+
+    @property
+    def method(self) -> str:
+        """The optimizer, and for one that delegates (``auto``) the method it picked: ``"auto → cg"``."""
+        picked = self.settings.get("optimizer.method")
+        return f"{self.optimizer} → {picked}" if picked else self.optimizer
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy: tensors become nested lists, non-finite floats become ``None``."""
@@ -60,6 +69,7 @@ class Result:
             "stop_reason": self.stop_reason,
             "message": self.message,
             "seconds": self.seconds,
+            "setup_seconds": self.setup_seconds,
             "backend": self.backend,
             "metrics": {key: _plain(value) for key, value in self.metrics.items()},
             "condition": _plain(self.condition),
@@ -72,11 +82,15 @@ class Result:
         metrics = ", ".join(f"{key} {value:.3e}" for key, value in self.metrics.items())
         last = f"{self.losses[-1]:.3e}" if self.losses else "n/a"
         lines = [
-            f"{self.problem} with {self.optimizer} ({self.backend}): {self.stop_reason} after {self.steps} steps "
-            f"in {self.seconds:.3f} s",
+            f"{self.problem} with {self.method} ({self.backend}): {self.stop_reason} after {self.steps} steps "
+            f"in {self.seconds:.3f} s (set-up {self.setup_seconds:.3f} s)",
             f"  {self.message}",
             f"  final loss {last}; {metrics}",
         ]
+        if "optimizer.reason" in self.settings:
+            lines.append(
+                f"  {self.optimizer} chose {self.settings['optimizer.method']}: {self.settings['optimizer.reason']}"
+            )
         if self.condition is not None:
             lines.append(f"  condition number estimate {self.condition:.3e}")
         lines.extend(f"  warning: {w}" for w in self.warnings)

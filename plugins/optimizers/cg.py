@@ -389,6 +389,11 @@ class ConjugateGradient(Optimizer):
         size = self.form.block_size(x) * (1 if self._dims is not None else self.form.distinct_blocks(x))
         return float(math.ceil(min(bound, 2 * size)))
 
+    @property
+    def ran_backend(self) -> str:
+        # only the generic form goes through problem.loss_and_grad; the others are plain tensor algebra
+        return self.backend if isinstance(self.form, GenericForm) else "autograd"
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,

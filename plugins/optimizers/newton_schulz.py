@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 import gdla
+from gdla.backend import extension_status
 from gdla.errors import InputError
 from gdla.optimizer import Optimizer
 from gdla.problem import Params, Problem
@@ -189,6 +190,10 @@ class NewtonSchulz(Optimizer):
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "lr": None, "start": self.start, "fused_kernel": self._fused is not None}
 
+    @property
+    def ran_backend(self) -> str:
+        return "fused" if self._fused is not None else "autograd"
+
     # -- the iteration ----------------------------------------------------------------------------
     def _residual(self, X: torch.Tensor) -> torch.Tensor:
         """``P(X) − I`` with the problem's product ``P``.  # shape: (..., k, k)"""
@@ -268,11 +273,11 @@ class NewtonSchulz(Optimizer):
 
 
 def _ops_function(name: str) -> Any:
-    """``gdla.ops.<name>`` if the compiled extension and that wrapper exist, else ``None``."""
-    try:
-        from gdla import ops
-    except Exception:  # the extension is optional: the PyTorch iteration is always there
+    """``gdla.ops.<name>`` if the compiled extension loaded (and is not disabled) and has it, else ``None``."""
+    if not extension_status()[0]:  # the extension is optional: the PyTorch iteration is always there
         return None
+    from gdla import ops
+
     return getattr(ops, name, None)
 
 

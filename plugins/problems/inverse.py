@@ -125,7 +125,8 @@ class InverseProblem(Problem):
                 )
             raise SingularMatrixError(
                 f"A: expected {expected}, received a {what} or numerically {what} one{where} ({detail}); "
-                "it has no inverse: pass pseudo=True for the Moore-Penrose pseudo-inverse"
+                "it has no inverse: pass pseudo=True (on the command line: -p pseudo=true) "
+                "for the Moore-Penrose pseudo-inverse"
             )
         # the exact equation P = I_k is attainable only where rank(A) == k
         self._attainable = rank == self._k

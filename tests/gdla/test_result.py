@@ -21,6 +21,7 @@ def make_result(**overrides: Any) -> Result:
         "steps": 3,
         "stop_reason": "converged",
         "seconds": 0.5,
+        "setup_seconds": 0.25,
         "backend": "autograd",
         "metrics": {"residual": 1e-11, "error": 2e-11},
         "problem": "inverse",
@@ -47,6 +48,7 @@ def test_to_dict_survives_a_json_round_trip() -> None:
         "stop_reason": "converged",
         "message": "the relative residual reached tol",
         "seconds": 0.5,
+        "setup_seconds": 0.25,
         "backend": "autograd",
         "metrics": {"residual": 1e-11, "error": 2e-11},
         "condition": 14.9,
@@ -93,11 +95,20 @@ def test_converged_property_follows_stop_reason() -> None:
 def test_summary_is_readable() -> None:
     text = make_result().summary()
     lines = text.splitlines()
-    assert lines[0] == "inverse with momentum (autograd): converged after 3 steps in 0.500 s"
+    assert lines[0] == "inverse with momentum (autograd): converged after 3 steps in 0.500 s (set-up 0.250 s)"
     assert lines[1] == "  the relative residual reached tol"
     assert lines[2] == "  final loss 1.000e-12; residual 1.000e-11, error 2.000e-11"
     assert lines[3] == "  condition number estimate 1.490e+01"
     assert lines[4] == "  warning: careful"
+
+
+def test_summary_names_the_method_auto_picked() -> None:
+    settings = {"optimizer.method": "newton-schulz", "optimizer.reason": "matrix inverse"}
+    result = make_result(optimizer="auto", settings=settings)
+    assert result.method == "auto → newton-schulz"
+    lines = result.summary().splitlines()
+    assert lines[0].startswith("inverse with auto → newton-schulz (autograd):")
+    assert "  auto chose newton-schulz: matrix inverse" in lines
 
 
 def test_summary_without_losses_or_condition() -> None:

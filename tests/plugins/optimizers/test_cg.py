@@ -168,3 +168,14 @@ def test_unsupported_problems_and_bad_options() -> None:
         solve(problem, blocks="rows")
     with pytest.raises(gdla.InputError, match="restart: expected None or an integer >= 1"):
         solve(problem, restart=0)
+
+
+def test_result_backend_reports_what_ran() -> None:
+    """cg's least-squares forms are plain tensor algebra: no fused op runs, whatever was asked."""
+    problem = gdla.get_problem("inverse")(torch.eye(6, dtype=torch.float64) + 0.1)
+    result = gdla.solve(problem, optimizer="cg", backend="autograd")
+    assert result.backend == "autograd" and result.converged
+    if gdla.extension_status()[0]:
+        fused = gdla.solve(problem, optimizer="cg", backend="fused")
+        assert fused.backend == "autograd"
+        assert gdla.solve(problem, optimizer="sgd", backend="fused", max_steps=5, tol=0).backend == "fused"
