@@ -317,7 +317,7 @@ def _build(args: argparse.Namespace, factory: Callable[..., Any], *positional: A
     try:
         return factory(*positional, **keywords, **options)
     except TypeError as exc:
-        if not options or "keyword argument" not in str(exc):
+        if not options or not any(words in str(exc) for words in ("keyword argument", "multiple values")):
             raise
         raise InputError(
             f"--problem-option: problem {args.problem!r} does not accept these options "
@@ -339,8 +339,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except UsageError as exc:
-        print(exc.usage, file=sys.stderr)
-        _print_error(str(exc))
+        # one paragraph: the error, then where the full usage is (not the usage block itself)
+        command = exc.usage.removeprefix("usage: ").split(" [")[0].split(" PROBLEM")[0]
+        _print_error(f"{exc} (see `{command} --help`)")
         return 2
     except SystemExit as exc:  # --help and --version exit on their own
         return exc.code if isinstance(exc.code, int) else 0
@@ -360,6 +361,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             _print_error("interrupted")
             return 130
+        except BrokenPipeError:  # `gdla plugins --json | head -1`: the reader left, nothing to say
+            sys.stderr.close()
+            return 0
 
 
 def _warning_printer(fallback: Callable[..., None]) -> Callable[..., None]:

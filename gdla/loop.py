@@ -90,6 +90,8 @@ def solve(
     )
     tol = default_tol(problem.dtype) if tol is None else check_nonnegative(tol, "tol")
     seed = check_int(seed, "seed")
+    if not -(2**63) <= seed < 2**64:
+        raise InputError(f"seed: expected an integer that fits in 64 bits, received {seed}")
     check_callable(callback, "callback")
     patience = max(100, steps_budget // 10) if patience is None else check_int(patience, "patience", minimum=1)
     chosen_backend = resolve_backend(backend, problem)
@@ -115,7 +117,8 @@ def solve(
 
     bar = _progress_bar(steps_budget, enabled=progress)
     losses: list[float] = []
-    best_loss, best_residual, best_step = math.inf, math.inf, 0
+    best_loss = best_residual = mark_loss = mark_residual = math.inf
+    mark_step = 0
     stop = "max_steps"
     start = time.perf_counter()
     setup_seconds = start - called
@@ -139,14 +142,15 @@ def solve(
                 if residual <= tol:
                     stop = "converged"
                     break
-                # progress on either the loss or the residual counts: a least-squares loss
-                # levels off at its nonzero minimum while the residual still falls
-                improved = loss < best_loss * (1 - STALL_IMPROVEMENT)
-                improved |= residual < best_residual * (1 - STALL_IMPROVEMENT)
+                # Progress is measured against a checkpoint, so slow steady progress counts; either
+                # the loss or the residual may make it (a least-squares loss levels off at its
+                # nonzero minimum while the residual still falls).
                 best_loss, best_residual = min(best_loss, loss), min(best_residual, residual)
-                if improved:
-                    best_step = step
-                elif step - best_step >= patience:
+                if best_loss < mark_loss * (1 - STALL_IMPROVEMENT) or best_residual < mark_residual * (
+                    1 - STALL_IMPROVEMENT
+                ):
+                    mark_loss, mark_residual, mark_step = best_loss, best_residual, step
+                elif step - mark_step >= patience:
                     stop = "stalled"
                     break
     seconds = time.perf_counter() - start

@@ -8,10 +8,12 @@ which ``torch.optim.Optimizer`` to build; problem-aware solvers subclass :class:
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
 
+from gdla.errors import InputError
 from gdla.problem import Params, Problem
 from gdla.schedules import make_schedule
 from gdla.validation import check_positive
@@ -36,8 +38,6 @@ class Optimizer(abc.ABC):
     ) -> None:
         reason = self.unsupported_reason(problem)
         if reason is not None:
-            from gdla.errors import InputError
-
             raise InputError(f"optimizer: {self.name!r} cannot solve problem {problem.name!r}: {reason}")
         self.problem = problem
         self.params = params
@@ -92,6 +92,10 @@ class GradientOptimizer(Optimizer):
     ) -> None:
         schedule = options.pop("schedule", None)
         schedule_options = options.pop("schedule_options", None) or {}
+        if not isinstance(schedule_options, Mapping):
+            raise InputError(
+                f"schedule_options: expected a mapping such as {{'gamma': 0.99}}, received {schedule_options!r}"
+            )
         max_steps = options.pop("max_steps", None)
         super().__init__(problem, params, lr=lr, backend=backend, max_steps=max_steps, **options)
         self.torch_optimizer = self.build(list(params.values()), self.lr, **options)

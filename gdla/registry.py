@@ -81,6 +81,15 @@ class Registry:
         if self._loaded:
             return
         self._loaded = True
+        try:
+            self._load_entry_points()
+        except BaseException:
+            # strict mode (or warnings turned into errors) stopped the load half way: forget it
+            # all, so the next lookup tries again instead of seeing a partial registry
+            self.__init__(self._entry_points)  # type: ignore[misc]
+            raise
+
+    def _load_entry_points(self) -> None:
         for ep in self._entry_points():
             dist = ep.dist.name if ep.dist is not None else "unknown distribution"
             version = ep.dist.version if ep.dist is not None else "unknown"
@@ -115,6 +124,12 @@ class Registry:
         try:
             self._pm.register(plugin, name=plugin_name)
         except (ValueError, pluggy.PluginValidationError) as exc:
+            self._fail(where, f"not a valid plugin: {exc}", strict)
+            return
+        try:  # a function named like a hook but not one (register_problem) is a mistake
+            self._pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            self._pm.unregister(name=plugin_name)
             self._fail(where, f"not a valid plugin: {exc}", strict)
             return
         if not self._pm.get_hookcallers(plugin):

@@ -67,7 +67,7 @@ def check_matrix(
     if not (value.is_floating_point()):
         raise InputError(
             f"{name}: expected a floating-point matrix (float32 or float64), received {value.dtype} "
-            "data; convert it with .double() or .float() first"
+            "data; store it as floating point (in Python: tensor.double() or array.astype('float64'))"
         )
     if value.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         raise InputError(f"{name}: expected float32 or float64 data, received {value.dtype}")

@@ -8,6 +8,7 @@ the built-in plugins as users do: real matrix files, real solvers, the demo.
 from __future__ import annotations
 
 import json
+import re
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -336,7 +337,9 @@ def test_usage_errors_exit_2(tiny: Any, cli: CliRun, error_of: ErrorOf, argv: li
     code, out, err = cli(*argv)
     assert code == 2 and out == ""
     assert message in error_of(err)
-    assert err.startswith("usage: gdla")
+    # one paragraph: the error line alone, pointing at the help of the command it concerns
+    assert err.count("\n") == 1 and err.startswith("gdla: error: ")
+    assert re.search(r"\(see `gdla( solve| demo| plugins| info)? --help`\)$", err.strip())
 
 
 def test_unknown_names_exit_2_and_list_valid_ones(tiny: Any, cli: CliRun, error_of: ErrorOf) -> None:

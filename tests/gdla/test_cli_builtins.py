@@ -131,3 +131,22 @@ def test_python_dash_m_gdla() -> None:
     assert done.returncode == 2
     assert "gdla: error: argument --lr: expected a number > 0, received '-2'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_problem_options_reach_the_problem(cli: CliRun, error_of: ErrorOf, tmp_path: Path) -> None:
+    singular = str(tmp_path / "singular.npy")
+    np.save(singular, np.array([[1.0, 2.0], [2.0, 4.0]]))
+    code, _, err = cli("solve", "inverse", "--matrix", singular)
+    assert code == 1 and "-p pseudo=true" in error_of(err)
+    code, out, err = cli("solve", "inverse", "--matrix", singular, "-p", "pseudo=true", "--json")
+    assert code == 0, err
+    expected = np.linalg.pinv(np.array([[1.0, 2.0], [2.0, 4.0]]))
+    np.testing.assert_allclose(json.loads(out)["solution"], expected, rtol=1e-9, atol=1e-12)
+    for bad in ("bogus=1", "A=[[1.0]]"):
+        code, _, err = cli("solve", "inverse", "--matrix", singular, "-p", bad)
+        assert code == 1 and "--problem-option: problem 'inverse' does not accept" in error_of(err)
+
+
+def test_schedule_options_must_be_a_mapping(cli: CliRun, error_of: ErrorOf) -> None:
+    code, _, err = cli("solve", "inverse", "--optimizer", "adam", "-o", "schedule=cosine", "-o", "schedule_options=[1]")
+    assert code == 1 and "schedule_options: expected a mapping" in error_of(err)

@@ -106,6 +106,10 @@ BROKEN_PLUGINS = {
         "import gdla\n\n@gdla.hookimpl\ndef register_problems(register, extra):\n    pass\n",
         ["not a valid plugin", "extra"],
     ),
+    "misspelled-hook": (
+        "import gdla\n\n@gdla.hookimpl\ndef register_problem(register):\n    pass\n",
+        ["not a valid plugin", "register_problem"],
+    ),
     "optimizer-as-problem": (
         GOOD_CLASSES.format(problem="p", optimizer="o")
         + "\n@gdla.hookimpl\ndef register_problems(register):\n    register(Optimizer)\n",
@@ -261,8 +265,12 @@ def test_duplicate_names_raise_in_strict_mode(dists: Distributions, monkeypatch:
     dists.add("first-dist", "1.0", {"one": good_plugin(optimizer="twin-gd")})
     dists.add("second-dist", "1.0", {"two": good_plugin(optimizer="twin-gd")})
     monkeypatch.setenv("GDLA_STRICT_PLUGINS", "1")
+    registry = dists.registry()
     with pytest.raises(DuplicateNameError, match="'twin-gd' is registered twice"):
-        dists.registry().load()
+        registry.load()
+    # no half-loaded registry is left behind: the next lookup tries again and fails again
+    with pytest.raises(DuplicateNameError, match="'twin-gd' is registered twice"):
+        registry.names("optimizer")
 
 
 def test_same_name_for_a_problem_and_an_optimizer_is_no_clash(dists: Distributions) -> None:

@@ -51,7 +51,7 @@ def test_check_matrix_converts_dtype_and_keeps_batches() -> None:
             InputError,
             r"A: expected a floating-point matrix .* received torch.int64",
         ),
-        (np.ones((2, 2), dtype=np.int32), {}, InputError, r"received torch.int32 data; convert it with .double\(\)"),
+        (np.ones((2, 2), dtype=np.int32), {}, InputError, r"received torch.int32 data; store it as floating point"),
         (torch.ones(2, 2, dtype=torch.bool), {}, InputError, r"received torch.bool"),
         (torch.ones(2, 2, dtype=torch.complex64), {}, InputError, r"received torch.complex64"),
         (
