@@ -8,8 +8,8 @@ the built-in plugins as users do: real matrix files, real solvers, the demo.
 from __future__ import annotations
 
 import json
-import re
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
