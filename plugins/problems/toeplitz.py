@@ -126,7 +126,14 @@ class ToeplitzProblem(Problem):
 
     @classmethod
     def from_matrix(cls, matrix: Any, **options: Any) -> ToeplitzProblem:
-        """Build from a square matrix ``(..., n, n)`` or a row vector ``(n,)``."""
+        """Build from a square matrix ``(..., n, n)``, or from a row given as ``(n,)`` or ``(1, n)``.
+
+        A one-row matrix (what a row saved to a file looks like) is read as the seed's row
+        convention, ``T[i, j] = row[n // 2 + j − i]``.
+        """
+        shape = tuple(getattr(matrix, "shape", ()))
+        if len(shape) == 2 and shape[0] == 1 and shape[1] > 1:
+            return cls.from_row(matrix[0], **options)
         return cls(matrix, **options)
 
     @classmethod

@@ -240,3 +240,10 @@ def test_conjugate_gradients_solve_the_design_form(loss: str) -> None:
     result = gdla.solve(problem, optimizer="cg", max_steps=50)
     assert result.converged, result.summary()
     assert result.metrics["error"] < 1e-10
+
+
+def test_from_matrix_reads_a_one_row_matrix_as_the_seed_row() -> None:
+    row = torch.tensor([[0.0, 0.0, 0.0, 1.0, 2.0, 4.0, 2.0, 1.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    problem = ToeplitzProblem.from_matrix(row)
+    torch.testing.assert_close(problem.target, ToeplitzProblem.from_row(row[0]).target)
+    assert problem.target[5, 5] == 4.0 and problem.target[5, 6] == 2.0 and problem.target[5, 7] == 1.0
