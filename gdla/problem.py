@@ -84,6 +84,14 @@ class Problem(abc.ABC):
         }
         return loss.detach(), out
 
+    def update_masks(self) -> Params:
+        """0/1 masks of parameters whose gradient is zero outside the mask (default: none).
+
+        A fused optimizer step (``gdla.ops.masked_update_``) may then update such a parameter
+        as ``U ← U − lr·(Ω ⊙ G)`` in one pass over memory.
+        """
+        return {}
+
     def project(self, params: Params) -> None:
         """Map ``params`` back onto the feasible set in place after each step (default: nothing).
 

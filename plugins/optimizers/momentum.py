@@ -50,9 +50,17 @@ class SeedMomentum(torch.optim.Optimizer):
         momentum: buffer decay ``μ`` in ``[0, 1)``; 0 gives plain gradient descent.
     """
 
-    def __init__(self, params: Iterable[Any], lr: float, momentum: float = SEED_MOMENTUM) -> None:
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float,
+        momentum: float = SEED_MOMENTUM,
+        masks: dict[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
         defaults = {"lr": check_positive(lr, "lr"), "momentum": check_probability(momentum, "momentum")}
         super().__init__(params, defaults)
+        #: parameter -> 0/1 mask: such parameters take the fused ``gdla.ops.masked_update_`` step
+        self.masks = masks or {}
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:  # type: ignore[override]
@@ -68,6 +76,15 @@ class SeedMomentum(torch.optim.Optimizer):
                     continue
                 state = self.state[param]
                 velocity = state.get("velocity")
+                mask = self.masks.get(param)
+                if mask is not None:
+                    from gdla import ops  # only reached when the fused backend was chosen
+
+                    if velocity is None:
+                        velocity = state["velocity"] = torch.zeros_like(param)
+                    # v <- μ v + Ω ⊙ g; x <- x − lr v in one pass (g is already zero outside Ω)
+                    ops.masked_update_(param, mask, param.grad, lr, momentum, velocity)
+                    continue
                 if velocity is None:
                     velocity = state["velocity"] = param.grad.detach().clone()
                 else:
@@ -87,6 +104,13 @@ class Momentum(TorchOptimizer):
     fixed_step = True
     accepted = {"momentum": Option(unit_interval, SEED_MOMENTUM)}
     lr_rule = ("inverse_lipschitz", 0.5)
+
+    def build(self, tensors: list[torch.Tensor], lr: float | None, **options: Any) -> torch.optim.Optimizer:
+        optimizer = super().build(tensors, lr, **options)
+        if self.backend == "fused":  # masked parameters take the fused masked-update kernel
+            masks = self.problem.update_masks()
+            optimizer.masks = {self.params[key]: mask for key, mask in masks.items() if key in self.params}
+        return optimizer
 
 
 @gdla.hookimpl

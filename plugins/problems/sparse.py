@@ -178,6 +178,10 @@ class SparseProblem(Problem):
             Y = act(truth @ Y)
         return cls(X.to(dtype), Y.to(dtype), omega=omega, init=init.to(dtype), hops=hops, **options)
 
+    def update_masks(self) -> Params:
+        """``U`` moves only where ``Ω`` is 1: the fused momentum step uses the mask directly."""
+        return {"U": self.omega}
+
     # -- data ---------------------------------------------------------------------------------
     @property
     def dtype(self) -> torch.dtype:

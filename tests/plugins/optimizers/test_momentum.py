@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -163,3 +165,26 @@ def test_registered_with_summary_and_description() -> None:
     problem = InverseProblem.well_conditioned(4)
     opt = Momentum(problem, problem.init_params(torch.Generator().manual_seed(0)), lr=0.5, momentum=0.5)
     assert opt.describe() == {"name": "momentum", "lr": 0.5, "momentum": 0.5}
+
+
+@pytest.mark.skipif(not gdla.extension_status()[0], reason="needs the compiled extension gdla._C")
+def test_fused_backend_takes_the_masked_update_kernel_on_sparse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On ``sparse`` the fused momentum step is ``gdla.ops.masked_update_``, with the same iterates."""
+    from gdla import ops
+
+    calls: list[int] = []
+    real = ops.masked_update_
+
+    def spy(*args: Any, **kwargs: Any) -> torch.Tensor:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    problem = gdla.get_problem("sparse").example(6, dtype=torch.float64)
+    options = {"optimizer": "momentum", "lr": 0.05, "momentum": 0.9, "max_steps": 200, "tol": 0}
+    reference = gdla.solve(problem, backend="autograd", **options)
+    monkeypatch.setattr(ops, "masked_update_", spy)
+    fused = gdla.solve(problem, backend="fused", **options)
+    assert fused.backend == "fused" and len(calls) == 200
+    torch.testing.assert_close(torch.tensor(fused.losses), torch.tensor(reference.losses), rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(fused.params["U"], reference.params["U"], rtol=1e-10, atol=1e-14)
+    assert torch.all(fused.params["U"][problem.omega == 0] == 0)  # nothing moves outside the mask
