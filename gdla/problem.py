@@ -58,6 +58,14 @@ class Problem(abc.ABC):
     def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> Problem:
         """Return a copy of the problem with its data converted (``self`` if nothing changes)."""
 
+    def conversion(
+        self, dtype: torch.dtype | None, device: torch.device | str | None
+    ) -> tuple[torch.dtype, torch.device] | None:
+        """The ``(dtype, device)`` that ``to(dtype, device)`` converts to, or ``None`` if nothing changes."""
+        dtype = dtype or self.dtype
+        device = torch.device(device) if device is not None else self.device
+        return None if (dtype == self.dtype and device == self.device) else (dtype, device)
+
     # -- optimisation -------------------------------------------------------------------------
     @abc.abstractmethod
     def init_params(self, generator: torch.Generator) -> Params:

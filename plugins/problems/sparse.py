@@ -192,10 +192,10 @@ class SparseProblem(Problem):
         return self.X.device
 
     def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> SparseProblem:
-        dtype = dtype or self.dtype
-        device = torch.device(device) if device is not None else self.device
-        if dtype == self.dtype and device == self.device:
+        target = self.conversion(dtype, device)
+        if target is None:
             return self
+        dtype, device = target
         return type(self)(
             self.X.to(dtype=dtype, device=device),
             self.Y.to(dtype=dtype, device=device),

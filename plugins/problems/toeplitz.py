@@ -164,10 +164,10 @@ class ToeplitzProblem(Problem):
         return self.target.device
 
     def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> ToeplitzProblem:
-        dtype = dtype or self.dtype
-        device = torch.device(device) if device is not None else self.device
-        if dtype == self.dtype and device == self.device:
+        target = self.conversion(dtype, device)
+        if target is None:
             return self
+        dtype, device = target
         probes = None if self.probes is None else self.probes.to(dtype=dtype, device=device)
         return type(self)(
             self.target.to(dtype=dtype, device=device),

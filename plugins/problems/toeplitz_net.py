@@ -175,10 +175,10 @@ class ToeplitzNetProblem(Problem):
         return self.rows.device
 
     def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> ToeplitzNetProblem:
-        dtype = dtype or self.dtype
-        device = torch.device(device) if device is not None else self.device
-        if dtype == self.dtype and device == self.device:
+        target = self.conversion(dtype, device)
+        if target is None:
             return self
+        dtype, device = target
 
         def move(value: torch.Tensor | None) -> torch.Tensor | None:
             return None if value is None else value.to(dtype=dtype, device=device)
