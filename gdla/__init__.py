@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from gdla import registry  # the module: registry.entries(), registry.register_plugin(), ...
 from gdla.backend import extension_status
+from gdla.capabilities import LinearLeastSquares, MatrixInverse, SumOfSquares
 from gdla.errors import (
     BackendError,
     BackendWarning,
@@ -28,7 +29,7 @@ from gdla.errors import (
 )
 from gdla.hookspecs import hookimpl
 from gdla.loop import solve
-from gdla.optimizer import GradientOptimizer, Optimizer
+from gdla.optimizer import GradientOptimizer, Optimizer, Suitability
 from gdla.problem import Params, Problem
 from gdla.registry import get_optimizer, get_problem, optimizers, problems
 from gdla.result import Result
@@ -49,6 +50,8 @@ __all__ = [
     "GdlaWarning",
     "GradientOptimizer",
     "InputError",
+    "LinearLeastSquares",
+    "MatrixInverse",
     "MatrixFileError",
     "Optimizer",
     "Params",
@@ -58,6 +61,8 @@ __all__ = [
     "Result",
     "ShapeError",
     "SingularMatrixError",
+    "SumOfSquares",
+    "Suitability",
     "UnknownNameError",
     "__version__",
     "extension_status",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -18,7 +19,25 @@ from gdla.problem import Params, Problem
 from gdla.schedules import make_schedule
 from gdla.validation import check_positive
 
-__all__ = ["GradientOptimizer", "Optimizer"]
+__all__ = ["GradientOptimizer", "Optimizer", "Suitability"]
+
+
+@dataclass(frozen=True)
+class Suitability:
+    """How well an optimizer fits a problem, as :meth:`Optimizer.suitability` declares it for ``auto``.
+
+    Attributes:
+        rank: lower is preferred. Bands: 0-19 a direct method for the problem's declared structure
+            (Newton-Schulz on a matrix inverse), 20-39 exact least-squares methods (CG), 40-59
+            second-order methods on residuals or manifolds, 60-79 quasi-Newton on any smooth loss,
+            80-99 first-order fallbacks.
+        reason: one sentence saying why, shown in ``Result.settings["optimizer.reason"]``.
+        options: options ``auto`` passes to the optimizer unless the caller set them.
+    """
+
+    rank: int
+    reason: str
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 class Optimizer(abc.ABC):
@@ -52,6 +71,23 @@ class Optimizer(abc.ABC):
     def unsupported_reason(cls, problem: Problem) -> str | None:
         """Why this optimizer cannot solve ``problem``, or ``None`` if it can."""
         return None
+
+    @classmethod
+    def suitability(cls, problem: Problem) -> Suitability | None:
+        """How well this method fits ``problem`` (``None``: ``auto`` never picks it).
+
+        Decided from the problem's declared capabilities (``least_squares()``, ``matrix_inverse()``...)
+        only, never from its name.
+        """
+        return None
+
+    @classmethod
+    def fused_reason(cls, problem: Problem, options: Mapping[str, Any]) -> str | None:
+        """Why this method, run with ``options`` on ``problem``, has no fused path; ``None`` if it has one.
+
+        The default suits methods that evaluate ``problem.loss_and_grad``: fused exactly when the problem is.
+        """
+        return problem.fused_reason()
 
     @classmethod
     def default_lr_for(cls, problem: Problem) -> float | None:

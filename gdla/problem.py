@@ -8,9 +8,13 @@ against the exact ``torch.linalg`` reference). The solve loop knows nothing else
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar
+import copy
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+
+if TYPE_CHECKING:
+    from gdla.capabilities import LinearLeastSquares, MatrixInverse, SumOfSquares
 
 __all__ = ["Params", "Problem"]
 
@@ -44,19 +48,42 @@ class Problem(abc.ABC):
         """Build the problem from one user matrix (the command line's ``--matrix``)."""
         return cls(matrix, **options)  # type: ignore[call-arg]
 
+    def _data(self) -> dict[str, torch.Tensor]:
+        """The problem's floating-point tensor attributes (what :meth:`to` converts)."""
+        return {
+            key: value
+            for key, value in vars(self).items()
+            if isinstance(value, torch.Tensor) and value.is_floating_point()
+        }
+
     @property
-    @abc.abstractmethod
     def dtype(self) -> torch.dtype:
-        """Floating dtype of the problem's data."""
+        """Floating dtype of the problem's data (default: that of its first floating tensor attribute)."""
+        data = self._data()
+        return next(iter(data.values())).dtype if data else torch.get_default_dtype()
 
     @property
-    @abc.abstractmethod
     def device(self) -> torch.device:
-        """Device of the problem's data."""
+        """Device of the problem's data (default: that of its first floating tensor attribute)."""
+        data = self._data()
+        return next(iter(data.values())).device if data else torch.device("cpu")
 
-    @abc.abstractmethod
     def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> Problem:
-        """Return a copy of the problem with its data converted (``self`` if nothing changes)."""
+        """Return a copy of the problem with its data converted (``self`` if nothing changes).
+
+        The default converts every floating tensor attribute of a shallow copy (integer and boolean
+        tensors move device only). Override it when derived data must be recomputed in the new dtype.
+        """
+        target = self.conversion(dtype, device)
+        if target is None:
+            return self
+        new_dtype, new_device = target
+        moved = copy.copy(self)
+        for key, value in vars(self).items():
+            if isinstance(value, torch.Tensor):
+                kind = new_dtype if value.is_floating_point() else value.dtype
+                setattr(moved, key, value.to(dtype=kind, device=new_device))
+        return moved
 
     def conversion(
         self, dtype: torch.dtype | None, device: torch.device | str | None
@@ -91,6 +118,35 @@ class Problem(abc.ABC):
             for (key, value), grad in zip(leaves.items(), grads, strict=True)
         }
         return loss.detach(), out
+
+    # -- declared capabilities (see gdla.capabilities) ------------------------------------------
+    def least_squares(self) -> LinearLeastSquares | None:
+        """The loss's linear least-squares form ``r = J x − b`` in one parameter tensor, or ``None``.
+
+        Declaring it unlocks conjugate gradients, exact line search and tuned heavy-ball.
+        """
+        return None
+
+    def sum_of_squares(self) -> SumOfSquares | None:
+        """The loss as a function of a differentiable residual vector, or ``None`` (Gauss-Newton methods)."""
+        least_squares = self.least_squares()
+        if least_squares is None:
+            return None
+        from gdla.capabilities import SumOfSquares
+
+        key, form = least_squares.key, least_squares
+        return SumOfSquares(residuals=lambda params: form.residual(params[key]), loss_of=form.loss_of)
+
+    def matrix_inverse(self) -> MatrixInverse | None:
+        """The matrix whose (pseudo-)inverse is the answer, or ``None`` (unlocks Newton-Schulz)."""
+        return None
+
+    def fused_reason(self) -> str | None:
+        """Why :meth:`loss_and_grad` has no fused-kernel path here, or ``None`` if it has one.
+
+        The default reads the class attribute ``fused``.
+        """
+        return None if self.fused else f"problem {self.name!r} has no fused kernel"
 
     def update_masks(self) -> Params:
         """0/1 masks of parameters whose gradient is zero outside the mask (default: none).

@@ -1,0 +1,159 @@
+r"""What a problem can declare about its structure, so that optimizers choose by capability, not by name.
+
+A problem offers a capability by overriding the matching :class:`~gdla.Problem` method to return
+one of the descriptions below (the default returns ``None``: "not offered"). Optimizers ask for
+the capability they need and never read a problem's private attributes or its name.
+
+===========================  ==============================  =============================================
+``Problem`` method           returns                         unlocks
+===========================  ==============================  =============================================
+``least_squares()``          :class:`LinearLeastSquares`     ``cg`` (CGLS), ``line-search``, ``heavy-ball``
+``sum_of_squares()``         :class:`SumOfSquares`           Gauss-Newton / Levenberg-Marquardt methods
+``matrix_inverse()``         :class:`MatrixInverse`          ``newton-schulz``
+``fused_reason()``           ``None`` or why not             ``backend="fused"`` for gradient methods
+``update_masks()``           0/1 masks                       the fused masked momentum step
+``quadratic``                ``True``/``False``/``None``     Hessian-based step estimates
+===========================  ==============================  =============================================
+
+Every description states its math in terms of tensors shaped like the parameters, so the same
+optimizer serves a built-in and a third-party problem. :class:`gdla.testing.ProblemContract`
+checks that a declared description reproduces the problem's own loss and gradient.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = ["LinearLeastSquares", "MatrixInverse", "SumOfSquares", "squared_norm"]
+
+TensorMap = Callable[[torch.Tensor], torch.Tensor]
+
+
+def squared_norm(r: torch.Tensor) -> torch.Tensor:
+    """``‖r‖²`` summed over every entry: the default loss of a residual."""
+    return r.square().sum()
+
+
+@dataclass(frozen=True)
+class LinearLeastSquares:
+    r"""The problem's loss is a function of ``r(x) = J x − b`` that is minimal where ``JᵀJ x = Jᵀ b``.
+
+    ``x`` is the parameter tensor ``params[key]`` (the problem's only unknown); ``J`` is linear
+    and applied, never formed, to tensors shaped like ``x``. Shapes: ``apply`` maps ``x``-shaped
+    tensors to ``rhs``-shaped ones, ``adjoint`` back.
+
+    Attributes:
+        key: name of the parameter tensor ``x``.
+        apply: ``d ↦ J d``.
+        adjoint: ``r ↦ Jᵀ r`` (exactly the adjoint of ``apply``: ``⟨J d, r⟩ = ⟨d, Jᵀ r⟩``).
+        rhs: ``b``.
+        loss_of: the problem's loss as a function of ``r`` (default :func:`squared_norm`); it
+            must be an increasing function of ``‖r‖²`` per independent block, so the minimiser
+            is the least-squares one.
+        block_dims: dimensions of ``x`` that make up one independent least-squares problem
+            (a column of ``M`` is ``(-2,)``); ``None``: ``x`` is one problem.
+        block_name: what a block is, for reports ("column", "row", "matrix").
+        distinct_blocks: how many different block operators there are (``None``: one per block);
+            a global CG terminates within this many times the block size.
+        gram_factor: a (batched) matrix ``F`` such that each block's ``JᵀJ`` spectrum lies inside
+            that of ``FᵀF`` (for step estimates); ``None``: estimated by Lanczos on ``JᵀJ``.
+    """
+
+    key: str
+    apply: TensorMap
+    adjoint: TensorMap
+    rhs: torch.Tensor
+    loss_of: TensorMap = squared_norm
+    block_dims: tuple[int, ...] | None = None
+    block_name: str = "global"
+    distinct_blocks: int | None = None
+    gram_factor: torch.Tensor | None = field(default=None, repr=False)
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        """``J x − b``."""
+        return self.apply(x) - self.rhs
+
+    def gradient(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loss, Jᵀ(J x − b))``: the loss and the normal-equations residual (unscaled gradient)."""
+        r = self.residual(x)
+        return self.loss_of(r), self.adjoint(r)
+
+    def gram(self, d: torch.Tensor) -> torch.Tensor:
+        """``JᵀJ d``, so that ``gradient(x + d)[1] = gradient(x)[1] + gram(d)``."""
+        return self.adjoint(self.apply(d))
+
+    def block_size(self, x: torch.Tensor) -> int:
+        """Unknowns in one independent block of ``x``."""
+        if self.block_dims is None:
+            return x.numel()
+        return math.prod(x.shape[dim] for dim in self.block_dims)
+
+
+@dataclass(frozen=True)
+class SumOfSquares:
+    r"""The loss is ``loss_of(r(params))`` with ``r`` a differentiable residual and ``loss_of`` increasing in ``‖r‖²``.
+
+    Gauss-Newton methods linearise ``r`` (Jacobian-vector products through ``torch.func``) and
+    minimise ``‖r‖²``; with the default ``loss_of`` the problem's loss *is* ``‖r‖²``.
+
+    Attributes:
+        residuals: ``params ↦ r``, any shape, differentiable in every parameter that matters.
+        loss_of: the problem's loss from ``r`` (default :func:`squared_norm`).
+    """
+
+    residuals: Callable[[dict[str, torch.Tensor]], torch.Tensor]
+    loss_of: TensorMap = squared_norm
+
+
+@dataclass(frozen=True)
+class MatrixInverse:
+    r"""The answer is the inverse (or Moore-Penrose pseudo-inverse) of ``A``, held in ``params[key]``.
+
+    ``A`` has shape ``(..., m, n)`` (leading dimensions: independent problems) and the unknown
+    ``(..., n, m)``. ``side`` names the equation the problem's residual measures: ``"right"``
+    (``A X = I``), ``"left"`` (``X A = I``) or ``"both"``.
+    """
+
+    A: torch.Tensor
+    side: str = "right"
+    pseudo: bool = False
+    key: str = "M"
+
+    def product(self, X: torch.Tensor) -> torch.Tensor:
+        """``P(X)``: ``A X``, ``X A`` or their average, the product compared with the identity."""
+        if self.side == "right":
+            return self.A @ X
+        if self.side == "left":
+            return X @ self.A
+        return (self.A @ X + X @ self.A) / 2
+
+    def adjoint(self, R: torch.Tensor) -> torch.Tensor:
+        """The adjoint of :meth:`product`'s linear map applied to ``R``."""
+        if self.side == "right":
+            return self.A.mT @ R
+        if self.side == "left":
+            return R @ self.A.mT
+        return (self.A.mT @ R + R @ self.A.mT) / 2
+
+    @property
+    def identity_size(self) -> int:
+        """Size ``k`` of the identity ``P(X)`` is compared with."""
+        return self.A.shape[-1] if self.side == "left" else self.A.shape[-2]
+
+    def safe_start(self) -> torch.Tensor:
+        r"""``Aᵀ / (‖A‖₁ ‖A‖_∞)``: a start from which the Newton-Schulz iteration converges.
+
+        ``‖A‖₂² ≤ ‖A‖₁‖A‖_∞`` puts every eigenvalue of ``A X₀`` in ``(0, 1]``. The two norms are
+        divided one at a time so the product never overflows or underflows on its own.
+        """
+        A = self.A
+        norm_1 = torch.linalg.matrix_norm(A, ord=1)
+        norm_inf = torch.linalg.matrix_norm(A, ord=math.inf)
+        one = torch.ones_like(norm_1)
+        norm_1 = torch.where(norm_1 > 0, norm_1, one)[..., None, None]
+        norm_inf = torch.where(norm_inf > 0, norm_inf, one)[..., None, None]
+        return (A.mT / norm_1) / norm_inf
