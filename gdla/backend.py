@@ -1,9 +1,11 @@
-"""Which implementation computes the loss and its gradient: ``autograd`` or ``fused``.
+"""Which implementation runs a solve: ``autograd`` (the pure-PyTorch reference) or ``fused``.
 
-``autograd`` is the pure-PyTorch reference. ``fused`` runs the custom ops of the compiled
-extension ``gdla._C`` (see :mod:`gdla.ops`). ``auto`` picks ``fused`` when the problem has a
-fused path and the extension loaded, else falls back to ``autograd`` with one warning saying why.
-Set ``GDLA_DISABLE_EXTENSION=1`` to act as if the extension were missing.
+``fused`` runs the custom ops of the compiled extension ``gdla._C`` (see :mod:`gdla.ops`). The
+choice is made once per solve, before the first step, by asking the optimizer (and through it the
+problem) with :meth:`gdla.Optimizer.fused_reason`: ``"fused"`` runs fused for the whole run or
+raises :class:`~gdla.errors.BackendError` saying which part has no fused path; ``"auto"`` picks
+fused exactly where the whole run has one, and warns once when only a missing extension stood in
+the way. Set ``GDLA_DISABLE_EXTENSION=1`` to act as if the extension were missing.
 """
 
 from __future__ import annotations
@@ -13,8 +15,14 @@ import importlib
 import os
 import warnings
 
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
 from gdla.errors import BackendError, BackendWarning
 from gdla.problem import Problem
+
+if TYPE_CHECKING:
+    from gdla.optimizer import Optimizer
 from gdla.validation import check_choice
 
 __all__ = ["BACKENDS", "extension_status", "resolve_backend"]
@@ -46,24 +54,38 @@ def _warn_fallback(reason: str) -> None:
     )
 
 
-def resolve_backend(requested: str, problem: Problem) -> str:
-    """Map the requested backend to the one that will run for ``problem``."""
+def resolve_backend(
+    requested: str,
+    problem: Problem,
+    optimizer: type[Optimizer] | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> str:
+    """The backend that will run ``optimizer`` (with ``options``) on ``problem``: decided once, before any step.
+
+    Without ``optimizer`` only the problem's own fused path (``Problem.fused_reason``) is asked.
+    """
     check_choice(requested, "backend", BACKENDS)
     if requested == "autograd":
         return "autograd"
-    if not problem.fused:
+    loaded, detail = extension_status()
+    if not loaded:
         if requested == "fused":
             raise BackendError(
-                f"backend: 'fused' was requested but problem {problem.name!r} has no fused kernel; "
-                "use backend='autograd' or 'auto'"
+                f"backend: 'fused' needs the compiled extension gdla._C, which is unavailable ({detail}); "
+                f"{REBUILD_HINT}"
             )
+        if problem.fused_reason() is None:  # a fused path existed, only the extension is missing
+            _warn_fallback(detail)
         return "autograd"
-    loaded, detail = extension_status()
-    if loaded:
+    reason = (
+        problem.fused_reason() if optimizer is None else optimizer.fused_reason(problem, dict(options or {}))
+    )
+    if reason is None:
         return "fused"
     if requested == "fused":
+        who = "" if optimizer is None else f" with optimizer {optimizer.name!r}"
         raise BackendError(
-            f"backend: 'fused' needs the compiled extension gdla._C, which is unavailable ({detail}); {REBUILD_HINT}"
+            f"backend: 'fused' was requested for problem {problem.name!r}{who}, but part of the run has no fused "
+            f"path: {reason}; use backend='autograd' or 'auto'"
         )
-    _warn_fallback(detail)
     return "autograd"

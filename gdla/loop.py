@@ -1,4 +1,9 @@
-"""The solve loop: one problem, one optimizer, iterate until a stop rule fires."""
+"""The solve loop: prepare a run, iterate until a stop rule fires, summarise it in a :class:`~gdla.Result`.
+
+The loop knows problems and optimizers only through their interfaces: it asks the problem for
+normalised units and its residual, the optimizer for steps, and the plugins (through
+``suitability`` and ``expected_steps``) for advice. No built-in name appears here.
+"""
 
 from __future__ import annotations
 
@@ -6,38 +11,43 @@ import math
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from gdla.backend import resolve_backend
-from gdla.errors import ConvergenceWarning, GdlaError, InputError
+from gdla.errors import ConvergenceWarning, GdlaError, InputError, PluginError
 from gdla.optimizer import Optimizer
 from gdla.problem import Params, Problem
 from gdla.registry import get_optimizer, get_problem, optimizers
 from gdla.result import STOP_REASONS, Result
-from gdla.validation import (
-    as_device,
-    as_dtype,
-    check_callable,
-    check_int,
-    check_nonnegative,
-    check_positive,
-)
+from gdla.stopping import BLOW_UP, LossHistory, StopRules, default_patience, default_tol
+from gdla.validation import as_device, as_dtype, check_callable, check_int, check_nonnegative, check_positive
 
-__all__ = ["default_tol", "solve"]
-
-#: Loss growth over the starting loss that counts as divergence.
-BLOW_UP = 1e12
-#: A stall: neither the best loss nor the best residual improved by this fraction in ``patience`` steps.
-STALL_IMPROVEMENT = 1e-3
+__all__ = ["BLOW_UP", "default_tol", "solve"]
 
 Callback = Callable[[int, float, Params], Any]
 
 
-def default_tol(dtype: torch.dtype) -> float:
-    """Relative-residual tolerance used when ``tol`` is not given: about 100 ulps of ``dtype``."""
-    return 1e-10 if dtype == torch.float64 else 1e-5
+@dataclass
+class Run:
+    """Everything :func:`solve` prepared before the first step."""
+
+    problem: Problem  # the problem as the caller gave it (converted)
+    full: Problem  # the problem in normalised units (the whole batch)
+    work: Problem  # the problem the optimizer sees: normalised units, this rank's shard
+    restore: Callable[[Params], Params]  # work params -> the caller's problem's params
+    optimizer: Optimizer
+    params: Params
+    backend: str
+    budget: int
+    rules: StopRules
+    seed: int
+    callback: Callback | None
+    progress: bool
+    sharding: Any = None
+    notes: list[str] = field(default_factory=list)
 
 
 def solve(
@@ -54,6 +64,7 @@ def solve(
     callback: Callback | None = None,
     progress: bool = False,
     patience: int | None = None,
+    distributed: bool = False,
     **optimizer_options: Any,
 ) -> Result:
     """Minimise ``problem``'s loss with ``optimizer`` and return a :class:`~gdla.Result`.
@@ -66,15 +77,44 @@ def solve(
         tol: stop once the relative residual is ``<= tol``; ``None`` takes :func:`default_tol`;
             ``0`` runs all ``max_steps`` (only divergence stops early).
         seed: seeds the starting point; the same seed and inputs give identical results.
-        backend: ``"auto"``, ``"autograd"`` or ``"fused"`` (see :mod:`gdla.backend`).
+        backend: ``"auto"``, ``"autograd"`` or ``"fused"`` (see :mod:`gdla.backend`), decided once before the run.
         dtype, device: convert the problem's data first (``None`` keeps them).
         callback: ``callback(step, loss, params)`` after every step; returning ``True`` stops.
         progress: show a progress bar.
         patience: steps without a 0.1% improvement of the best loss or best residual before ``stalled``
-            (default ``max(100, max_steps // 10)``).
+            (default ``max(100, max_steps // 10)``, at most 10,000).
+        distributed: shard a batched problem over the ranks of the initialised default process group
+            (:mod:`gdla.distributed`); every rank gets the whole result.
         **optimizer_options: passed to the optimizer (``momentum=0.9``, ``schedule="cosine"``...).
     """
     called = time.perf_counter()
+    run = _prepare(
+        problem, optimizer, lr, max_steps, tol, seed, backend, dtype, device, callback, progress, patience,
+        distributed, optimizer_options,
+    )
+    start = time.perf_counter()
+    losses, stop = _iterate(run)
+    seconds = time.perf_counter() - start
+    return _summarise(run, losses, stop, setup_seconds=start - called, seconds=seconds)
+
+
+# -- prepare ------------------------------------------------------------------------------------
+def _prepare(
+    problem: Problem | str,
+    optimizer: str,
+    lr: float | None,
+    max_steps: int | None,
+    tol: float | None,
+    seed: int,
+    backend: str,
+    dtype: torch.dtype | str | None,
+    device: torch.device | str | None,
+    callback: Callback | None,
+    progress: bool,
+    patience: int | None,
+    distributed: bool,
+    options: dict[str, Any],
+) -> Run:
     if isinstance(problem, str):
         problem = get_problem(problem).example()
     if not isinstance(problem, Problem):
@@ -85,116 +125,86 @@ def solve(
     optimizer_cls = get_optimizer(optimizer) if isinstance(optimizer, str) else _bad_optimizer(optimizer)
     if lr is not None:
         check_positive(lr, "lr")
-    steps_budget = check_int(
-        optimizer_cls.default_max_steps if max_steps is None else max_steps, "max_steps", minimum=1
-    )
+    budget = check_int(optimizer_cls.default_max_steps if max_steps is None else max_steps, "max_steps", minimum=1)
     tol = default_tol(problem.dtype) if tol is None else check_nonnegative(tol, "tol")
     seed = check_int(seed, "seed")
     if not -(2**63) <= seed < 2**64:
         raise InputError(f"seed: expected an integer that fits in 64 bits, received {seed}")
     check_callable(callback, "callback")
-    patience = max(100, steps_budget // 10) if patience is None else check_int(patience, "patience", minimum=1)
-    chosen_backend = resolve_backend(backend, problem)
+    patience = default_patience(budget) if patience is None else check_int(patience, "patience", minimum=1)
+    if not isinstance(distributed, bool):
+        raise InputError(f"distributed: expected True or False, received {distributed!r}")
+
+    work, restore = problem, _identity
+    normalization = problem.normalized()
+    if normalization is not None:
+        work, restore = normalization.problem, normalization.restore
+    full, sharding = work, None
+    if distributed:
+        from gdla.distributed import Sharding
+
+        sharding = Sharding(work)
+        work = sharding.local
+    chosen_backend = resolve_backend(backend, work, optimizer_cls, options)
 
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        params = problem.init_params(generator)
-        opt = optimizer_cls(problem, params, lr=lr, backend=chosen_backend, max_steps=steps_budget, **optimizer_options)
-
-    notes: list[str] = []
-    expected = opt.expected_steps(tol) if tol > 0 else None
-    if expected is not None and expected > steps_budget:
-        need = (
-            "is expected to diverge at this learning rate"
-            if math.isinf(expected)
-            else f"is expected to need about {expected:.3g} steps to reach tol={tol:g} on this problem, "
-            f"more than max_steps={steps_budget}"
-        )
-        text = f"optimizer {opt.name!r} {need}; {_better_method(problem, opt, tol, steps_budget)}"
-        notes.append(text)
-        warnings.warn(text, ConvergenceWarning, stacklevel=2)
-
-    bar = _progress_bar(steps_budget, enabled=progress)
-    losses: list[float] = []
-    best_loss = best_residual = mark_loss = mark_residual = math.inf
-    mark_step = 0
-    stop = "max_steps"
-    start = time.perf_counter()
-    setup_seconds = start - called
-    with torch.no_grad():
-        for step in range(1, steps_budget + 1):
-            loss = float(opt.step())
-            problem.project(params)
-            losses.append(loss)
-            if bar is not None:
-                bar.update(1)
-                if step % 50 == 0:
-                    bar.set_postfix(loss=f"{loss:.3e}", refresh=False)
-            if not math.isfinite(loss) or (step > 1 and loss > BLOW_UP * max(losses[0], 1e-30)):
-                stop = "diverged"
-                break
-            if callback is not None and callback(step, loss, params) is True:
-                stop = "callback"
-                break
-            if tol > 0:
-                residual = float(problem.residual(params))
-                if residual <= tol:
-                    stop = "converged"
-                    break
-                # Progress is measured against a checkpoint, so slow steady progress counts; either
-                # the loss or the residual may make it (a least-squares loss levels off at its
-                # nonzero minimum while the residual still falls).
-                best_loss, best_residual = min(best_loss, loss), min(best_residual, residual)
-                if best_loss < mark_loss * (1 - STALL_IMPROVEMENT) or best_residual < mark_residual * (
-                    1 - STALL_IMPROVEMENT
-                ):
-                    mark_loss, mark_residual, mark_step = best_loss, best_residual, step
-                elif step - mark_step >= patience:
-                    stop = "stalled"
-                    break
-    seconds = time.perf_counter() - start
-    if bar is not None:
-        bar.close()
-
-    params_out = {key: value.detach() for key, value in params.items()}
-    finite = all(bool(torch.isfinite(v).all()) for v in params_out.values())
-    metrics = problem.metrics(params_out) if finite else {"residual": math.nan, "error": math.nan}
-    settings = {"lr": opt.lr, "max_steps": steps_budget, "tol": tol, "seed": seed, "dtype": problem.dtype}
-    settings.update({f"optimizer.{k}": v for k, v in opt.describe().items() if k not in ("name", "lr")})
-    return Result(
-        solution=problem.solution(params_out),
-        params=params_out,
-        losses=losses,
-        steps=len(losses),
-        stop_reason=stop,
-        seconds=seconds,
-        setup_seconds=setup_seconds,
-        backend=opt.ran_backend,
-        metrics=metrics,
-        problem=problem.name,
-        optimizer=opt.name,
-        message=STOP_REASONS[stop],
-        condition=problem.condition_estimate(),
-        settings=settings,
-        warnings=notes,
+        params = work.init_params(generator)
+        opt = optimizer_cls(work, params, lr=lr, backend=chosen_backend, max_steps=budget, **options)
+    run = Run(
+        problem=problem, full=full, work=work, restore=restore, optimizer=opt, params=params, backend=chosen_backend,
+        budget=budget, rules=StopRules(tol, patience), seed=seed, callback=callback, progress=progress,
+        sharding=sharding,
     )
+    _advise(run)
+    return run
+
+
+def _identity(params: Params) -> Params:
+    return params
 
 
 def _bad_optimizer(value: Any) -> Any:
     raise InputError(f"optimizer: expected a registered optimizer name (str), received {type(value).__name__}")
 
 
+def _advise(run: Run) -> None:
+    """Warn before the run when the chosen method is not expected to reach ``tol`` within the budget."""
+    tol, budget, opt = run.rules.tol, run.budget, run.optimizer
+    expected = opt.expected_steps(tol) if tol > 0 else None
+    if expected is None or expected <= budget:
+        return
+    need = (
+        "is expected to diverge at this learning rate"
+        if math.isinf(expected)
+        else f"is expected to need about {expected:.3g} steps to reach tol={tol:g} on this problem, "
+        f"more than max_steps={budget}"
+    )
+    text = f"optimizer {opt.name!r} {need}; {_better_method(run.work, opt, tol, budget)}"
+    run.notes.append(text)
+    warnings.warn(text, ConvergenceWarning, stacklevel=4)
+
+
 def _better_method(problem: Problem, opt: Optimizer, tol: float, budget: int) -> str:
-    """Advice for a run that will not converge: a method expected to make it within ``budget``."""
+    """Advice for a run that will not converge: a registered method expected to make it within ``budget``."""
     running = {opt.name, opt.describe().get("method")}
-    for candidate in ("newton-schulz", "cg", "line-search", "heavy-ball", "lbfgs"):
-        if candidate in running or candidate not in optimizers():
+    candidates: list[tuple[int, str, type[Optimizer]]] = []
+    for name in optimizers():
+        try:
+            cls = get_optimizer(name)
+            fit = cls.suitability(problem)
+        except GdlaError:
             continue
-        cls = get_optimizer(candidate)
-        if cls.unsupported_reason(problem) is not None:
+        # methods that declare themselves suitable first, best first; then any other that accepts the problem
+        candidates.append((fit.rank if fit is not None else 1000, name, cls))
+    for _, candidate, cls in sorted(candidates, key=lambda item: (item[0], item[1])):
+        if candidate in running:
             continue
-        try:  # on copies: constructors may write a starting point into the parameters
+        try:
+            if cls.unsupported_reason(problem) is not None:
+                continue
+            # on copies: constructors may write a starting point into the parameters
             trial = cls(problem, {k: v.clone() for k, v in opt.params.items()}, max_steps=budget)
             need = trial.expected_steps(tol)
         except GdlaError:
@@ -204,9 +214,121 @@ def _better_method(problem: Problem, opt: Optimizer, tol: float, budget: int) ->
     return "raise max_steps"
 
 
+# -- iterate ------------------------------------------------------------------------------------
+def _iterate(run: Run) -> tuple[LossHistory, str]:
+    opt, work, params, rules, callback, sharding = (
+        run.optimizer, run.work, run.params, run.rules, run.callback, run.sharding
+    )
+    losses = LossHistory()
+    bar = _progress_bar(run.budget, enabled=run.progress)
+    stop = "max_steps"
+    with torch.no_grad():
+        for step in range(1, run.budget + 1):
+            loss = _first_step(opt, work) if step == 1 else float(opt.step())
+            work.project(params)
+            if sharding is not None:
+                loss = sharding.reduce_loss(loss)
+            losses.append(loss)
+            if bar is not None:
+                bar.update(1)
+                if step % 50 == 0:
+                    bar.set_postfix(loss=f"{loss:.3e}", refresh=False)
+            stop_now = rules.on_loss(step, loss)
+            if stop_now is None and callback is not None and callback(step, loss, params) is True:
+                stop_now = "callback"
+            if stop_now is None and rules.checks_residual:
+                residual = float(work.residual(params))
+                if sharding is not None:
+                    residual = sharding.reduce_residual(residual)
+                stop_now = rules.on_residual(step, loss, residual)
+            if stop_now is not None:
+                stop = stop_now
+                break
+    if bar is not None:
+        bar.close()
+    return losses, stop
+
+
+def _first_step(opt: Optimizer, problem: Problem) -> float:
+    """The first step, whose failures are checked for a plugin's broken rule (later steps run unchecked)."""
+    try:
+        value = opt.step()
+    except GdlaError:
+        raise
+    except Exception as exc:
+        _blame_problem(problem, opt.params, exc)
+        raise
+    return _checked_loss(value, opt, problem)
+
+
+def _blame_problem(problem: Problem, params: Params, exc: Exception) -> None:
+    """Raise a :class:`PluginError` if ``problem.loss`` breaks its rule (a scalar), the likely cause of ``exc``."""
+    try:
+        with torch.enable_grad():
+            value = problem.loss({key: value.detach() for key, value in params.items()})
+    except Exception:
+        return
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return
+    shape = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else repr(value)
+    cls = type(problem)
+    raise PluginError(
+        f"problem {problem.name!r} ({cls.__module__}.{cls.__qualname__}): loss() must return a scalar tensor, "
+        f"returned {shape}; the first step failed with {type(exc).__name__}: {exc}"
+    ) from exc
+
+
+def _checked_loss(value: Any, opt: Optimizer, problem: Problem) -> float:
+    """The first step's loss as a float, or a :class:`PluginError` naming whose rule was broken."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return float(value)
+    if isinstance(value, (float, int)) and not isinstance(value, bool):
+        return float(value)
+    shape = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else repr(value)
+    cls = type(opt)
+    raise PluginError(
+        f"optimizer {opt.name!r} ({cls.__module__}.{cls.__qualname__}): step() must return the loss it evaluated "
+        f"as a scalar tensor, returned {shape} (problem {problem.name!r})"
+    )
+
+
 def _progress_bar(total: int, *, enabled: bool) -> Any:
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="step", mininterval=0.2, leave=False)
+
+
+# -- summarise ----------------------------------------------------------------------------------
+def _summarise(run: Run, losses: LossHistory, stop: str, *, setup_seconds: float, seconds: float) -> Result:
+    began = time.perf_counter()
+    opt, work = run.optimizer, run.work
+    work_params = {key: value.detach() for key, value in run.params.items()}
+    if run.sharding is not None:  # every rank reports the whole batch
+        work_params = run.sharding.gather_params(work_params)
+    params_out = run.restore(work_params)
+    finite = all(bool(torch.isfinite(v).all()) for v in work_params.values())
+    # relative metrics are free of units: computed in the normalised ones, where nothing over- or underflows
+    metrics = run.full.metrics(work_params) if finite else {"residual": math.nan, "error": math.nan}
+    settings = {"lr": opt.lr, "max_steps": run.budget, "tol": run.rules.tol, "seed": run.seed, "dtype": run.problem.dtype}
+    settings.update({f"optimizer.{k}": v for k, v in opt.describe().items() if k not in ("name", "lr")})
+    condition = run.problem.condition_estimate()
+    return Result(
+        solution=run.problem.solution(params_out),
+        params=params_out,
+        losses=losses.to_list(),
+        steps=len(losses),
+        stop_reason=stop,
+        seconds=seconds,
+        setup_seconds=setup_seconds,
+        summary_seconds=time.perf_counter() - began,
+        backend=run.backend,
+        metrics=metrics,
+        problem=run.problem.name,
+        optimizer=opt.name,
+        message=STOP_REASONS[stop],
+        condition=condition,
+        settings=settings,
+        warnings=run.notes,
+    )

@@ -15,6 +15,7 @@ import torch
 
 if TYPE_CHECKING:
     from gdla.capabilities import LinearLeastSquares, MatrixInverse, SumOfSquares
+    from gdla.scaling import Normalization
 
 __all__ = ["Params", "Problem"]
 
@@ -36,6 +37,9 @@ class Problem(abc.ABC):
     #: Whether the loss is a quadratic function of the parameters (exact line search and
     #: conjugate gradient rely on it). ``None``: unknown. Instances may override it with a property.
     quadratic: ClassVar[bool | None] = None
+    #: Curvature pairs a quasi-Newton method should keep on this loss (``None``: the method's default);
+    #: a hint for losses whose coupling only a long memory resolves.
+    quasi_newton_memory: ClassVar[int | None] = None
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -147,6 +151,25 @@ class Problem(abc.ABC):
         The default reads the class attribute ``fused``.
         """
         return None if self.fused else f"problem {self.name!r} has no fused kernel"
+
+    def normalized(self) -> Normalization | None:
+        """The same problem in normalised units (data scaled by an exact power of two) and the map back.
+
+        :func:`gdla.solve` runs every method on the normalised problem, so a method behaves the
+        same on ``A`` and ``2ᵏ·A``; ``None`` (the default) solves the problem as given.
+        """
+        return None
+
+    def batch_size(self) -> int | None:
+        """Length of the leading batch dimension of independent problems, or ``None`` if not batched.
+
+        Declaring it (with :meth:`batch_slice`) lets ``gdla.solve(..., distributed=True)`` shard the batch.
+        """
+        return None
+
+    def batch_slice(self, start: int, stop: int) -> Problem:
+        """The sub-problem of batch members ``start:stop`` (only for problems whose :meth:`batch_size` is set)."""
+        raise NotImplementedError(f"problem {self.name!r} is not batched: it does not implement batch_slice()")
 
     def update_masks(self) -> Params:
         """0/1 masks of parameters whose gradient is zero outside the mask (default: none).

@@ -46,6 +46,8 @@ class Result:
     #: Time before the first step (conversions, the starting point, the optimizer's own set-up
     #: such as curvature estimates); ``seconds`` is the iteration loop alone.
     setup_seconds: float = 0.0
+    #: Time after the last step: gathering, metrics and the condition estimate.
+    summary_seconds: float = 0.0
 
     @property
     def converged(self) -> bool:
@@ -70,6 +72,7 @@ class Result:
             "message": self.message,
             "seconds": self.seconds,
             "setup_seconds": self.setup_seconds,
+            "summary_seconds": self.summary_seconds,
             "backend": self.backend,
             "metrics": {key: _plain(value) for key, value in self.metrics.items()},
             "condition": _plain(self.condition),

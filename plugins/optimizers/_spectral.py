@@ -288,11 +288,11 @@ def quadratic_reason(problem: Problem, method: str) -> str | None:
         )
     return (
         f"{method} needs a loss that is quadratic in the parameters; problem {problem.name!r} "
-        f"({_describe(problem)}) is not: use 'adam' or 'lbfgs'"
+        f"({problem_options(problem)}) is not: use 'adam' or 'lbfgs'"
     )
 
 
-def _describe(problem: Problem) -> str:
+def problem_options(problem: Problem) -> str:
     try:
         info: dict[str, Any] = problem.describe()
     except Exception:  # a description is a courtesy here, never a reason to fail

@@ -1,77 +1,84 @@
-"""``auto``: the default optimizer of :func:`gdla.solve`; picks the fastest reliable method and says why.
+"""``auto``: the default optimizer of :func:`gdla.solve`; picks the best-suited method and says why.
 
-The choice depends on the problem's structure, read through its name and documented attributes
-(no problem module is imported):
+Every registered optimizer states how well it fits a problem through its
+:meth:`~gdla.Optimizer.suitability` (read from the problem's declared capabilities, never its
+name); ``auto`` takes the lowest rank, ties broken by name, among those whose
+``unsupported_reason`` accepts the problem. With the built-ins:
 
-=============================================  ===============  ==========================================
-problem                                        method           why
-=============================================  ===============  ==========================================
-``inverse`` (any side, batch, pseudo)          newton-schulz    quadratic convergence: ~log₂(κ²) + 6 steps
-least squares: ``toeplitz``, ``sparse`` with   cg               exact steps, at most one step per unknown
-one linear hop, any problem declared quadratic                  of an independent block
-``svd``                                        lbfgs (200 pairs) measured best: the factors' coupling defeats
-                                                                first-order methods
-anything else (``toeplitz-net``, nonlinear     lbfgs            measured best on the built-in nonlinear
-``sparse``...)                                                  problems; adam where lbfgs is missing
-=============================================  ===============  ==========================================
+==============================================  ===============  ====  ==========================================
+declared capability                             method           rank  why
+==============================================  ===============  ====  ==========================================
+``matrix_inverse()``                            newton-schulz    10    quadratic convergence: ~log₂(κ²) + 6 steps
+``least_squares()``                             cg               20    exact steps, at most one per unknown
+any differentiable loss                         lbfgs            60    measured best on the nonlinear built-ins
+any differentiable loss                         adam             90    fallback where lbfgs is missing
+==============================================  ===============  ====  ==========================================
 
-Each candidate is checked with its own ``unsupported_reason``; the first that accepts the
-problem is built through :func:`gdla.get_optimizer` and every step is delegated to it.
-``describe()`` (hence ``Result.settings``) reports ``method``, ``reason`` and the delegate's settings.
+A third-party optimizer joins the ranking by implementing ``suitability``. ``describe()`` (hence
+``Result.settings``) reports ``method``, ``reason`` and the delegate's settings.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 import gdla
-from gdla.errors import InputError
-from gdla.optimizer import Optimizer
+from gdla.errors import GdlaError, InputError, PluginError
+from gdla.optimizer import Optimizer, Suitability
 from gdla.problem import Params, Problem
 
-__all__ = ["Auto", "choose"]
-
-#: Options auto adds for a delegate unless the caller set them (measured on the svd example).
-#: On the svd example (float64) L-BFGS needs about 640 steps with 100 or more pairs, about 4000 with
-#: torch's 20: the penalised loss is ill-conditioned, and only a memory that is not recycled resolves it.
-DELEGATE_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {("svd", "lbfgs"): {"history_size": 200}}
+__all__ = ["Auto", "choose", "ranking"]
 
 
-def _candidates(problem: Problem) -> list[tuple[str, str]]:
-    """``(method, reason)`` pairs in order of preference for ``problem``."""
-    from gdla_plugins.optimizers.cg import form_reason
-
-    name = getattr(problem, "name", "")
-    out: list[tuple[str, str]] = []
-    if name == "inverse":
-        out.append(
-            ("newton-schulz", "matrix inverse: Newton-Schulz converges quadratically, in about log2(cond^2) + 6 steps")
-        )
-    if form_reason(problem) is None:
-        out.append(("cg", "least-squares problem: conjugate gradients with exact steps, at most one step per unknown"))
-    if name == "svd":
-        out.append(("lbfgs", "svd: L-BFGS with 200 curvature pairs converged fastest in measurements (adam stalls)"))
-    out.append(("lbfgs", "nonlinear loss: L-BFGS with a strong-Wolfe line search converged fastest in measurements"))
-    out.append(("adam", "nonlinear loss: adam (L-BFGS is not available)"))
-    return out
+def ranking(problem: Problem) -> list[tuple[type[Optimizer], Suitability]]:
+    """Every registered optimizer that declares itself suitable for ``problem`` and accepts it, best first."""
+    found: list[tuple[int, str, type[Optimizer], Suitability]] = []
+    for name in gdla.optimizers():
+        if name == Auto.name:
+            continue
+        try:
+            cls = gdla.get_optimizer(name)
+        except GdlaError:  # registered twice, or failed to load: it cannot be picked by name either
+            continue
+        try:
+            fit = cls.suitability(problem)
+        except GdlaError:
+            raise
+        except Exception as exc:
+            raise PluginError(
+                f"optimizer {name!r} ({cls.__module__}.{cls.__qualname__}): suitability() raised "
+                f"{type(exc).__name__}: {exc}; it must return a gdla.Suitability or None"
+            ) from exc
+        if fit is None:
+            continue
+        if not isinstance(fit, Suitability):
+            raise PluginError(
+                f"optimizer {name!r} ({cls.__module__}.{cls.__qualname__}): suitability() returned {fit!r}; "
+                "it must return a gdla.Suitability or None"
+            )
+        if cls.unsupported_reason(problem) is None:
+            found.append((fit.rank, name, cls, fit))
+    found.sort(key=lambda item: (item[0], item[1]))
+    return [(cls, fit) for _, _, cls, fit in found]
 
 
 def choose(problem: Problem) -> tuple[type[Optimizer], str]:
     """The optimizer class ``auto`` uses for ``problem`` and the reason, as a sentence."""
-    tried: list[str] = []
-    for method, reason in _candidates(problem):
-        try:
-            cls = gdla.get_optimizer(method)
-        except gdla.PluginError:  # not installed (or registered twice): try the next one
-            tried.append(f"{method} (not available)")
-            continue
-        refusal = cls.unsupported_reason(problem)
-        if refusal is None:
-            return cls, reason
-        tried.append(f"{method} ({refusal})")
-    raise InputError(f"optimizer: 'auto' found no method for problem {problem.name!r}; tried " + "; ".join(tried))
+    cls, fit = _best(problem)
+    return cls, fit.reason
+
+
+def _best(problem: Problem) -> tuple[type[Optimizer], Suitability]:
+    ranked = ranking(problem)
+    if not ranked:
+        raise InputError(
+            f"optimizer: 'auto' found no method for problem {problem.name!r}: no registered optimizer declares "
+            f"itself suitable (registered: {', '.join(gdla.optimizers())})"
+        )
+    return ranked[0]
 
 
 class Auto(Optimizer):
@@ -91,11 +98,12 @@ class Auto(Optimizer):
     ) -> None:
         max_steps = options.pop("max_steps", None)
         super().__init__(problem, params, lr=None, backend=backend, max_steps=max_steps)
-        cls, reason = choose(problem)
+        cls, fit = _best(problem)
+        reason = fit.reason
         if lr is not None and cls.default_lr is None:
             reason += f"; lr={lr!r} ignored, {cls.name} has no learning rate"
             lr = None
-        merged = {**DELEGATE_DEFAULTS.get((problem.name, cls.name), {}), **options}
+        merged = {**fit.options, **options}
         try:
             self.delegate = cls(problem, params, lr=lr, backend=backend, max_steps=max_steps, **merged)
         except InputError as exc:  # say which method the options went to: the caller asked for 'auto'
@@ -110,6 +118,15 @@ class Auto(Optimizer):
     def method_for(cls, problem: Problem) -> str:
         """The name of the method ``auto`` would run on ``problem`` (for advice such as "try auto")."""
         return choose(problem)[0].name
+
+    @classmethod
+    def suitability(cls, problem: Problem) -> Suitability | None:
+        return None  # auto is never its own delegate
+
+    @classmethod
+    def fused_reason(cls, problem: Problem, options: Mapping[str, Any]) -> str | None:
+        chosen, fit = _best(problem)
+        return chosen.fused_reason(problem, {**fit.options, **options})
 
     def step(self) -> torch.Tensor:
         return self.delegate.step()

@@ -31,7 +31,8 @@ from gdla.errors import InputError
 from gdla.optimizer import Optimizer
 from gdla.problem import Params, Problem
 from gdla.validation import check_int, check_nonnegative, check_positive
-from gdla_plugins.optimizers._spectral import HESSIAN_STEPS, hessian_extremes, quadratic_reason
+from gdla_plugins.optimizers._quadratic import LeastSquaresView, QuadraticView, quadratic_view, view_reason
+from gdla_plugins.optimizers._spectral import HESSIAN_STEPS, hessian_extremes
 
 __all__ = ["HeavyBall", "heavy_ball_parameters", "heavy_ball_steps"]
 
@@ -92,12 +93,18 @@ class HeavyBall(Optimizer):
         steps = check_int(options.pop("lanczos_steps", HESSIAN_STEPS), "lanczos_steps", minimum=2)
         margin = check_nonnegative(options.pop("margin", 0.05), "margin")
         super().__init__(problem, params, lr=None, backend=backend, **options)
+        view = quadratic_view(problem, params, backend, prefer_loss=True)
+        if view is None:
+            raise InputError(f"optimizer: 'heavy-ball' cannot solve problem {problem.name!r}: {self.unsupported_reason(problem)}")
+        self.view: QuadraticView = view
         self.matvecs = 0
         if given_l is None or given_mu is None:
-            spectrum = hessian_extremes(problem, params, steps=steps)
+            spectrum = (
+                view.spectrum() if isinstance(view, LeastSquaresView) else hessian_extremes(problem, params, steps=steps)
+            )
             self.matvecs = spectrum.matvecs
-            estimated_l = float(spectrum.largest) * (1 + margin)
-            estimated_mu = float(spectrum.smallest)
+            estimated_l = float(spectrum.largest.max()) * (1 + margin)
+            estimated_mu = float(spectrum.smallest.min())
         self.L = check_positive(given_l, "L") if given_l is not None else estimated_l
         self.mu = check_positive(given_mu, "mu") if given_mu is not None else estimated_mu
         if not (self.L > 0 and math.isfinite(self.L)) or not (self.mu > 0):
@@ -113,10 +120,16 @@ class HeavyBall(Optimizer):
 
     @classmethod
     def unsupported_reason(cls, problem: Problem) -> str | None:
-        return quadratic_reason(problem, "heavy-ball (its step and momentum come from a constant Hessian)")
+        return view_reason(problem, "heavy-ball (its step and momentum come from a constant Hessian)")
+
+    @classmethod
+    def fused_reason(cls, problem: Problem, options: Any) -> str | None:
+        if problem.least_squares() is not None:
+            return "'heavy-ball' computes with the problem's least-squares operator in plain tensor algebra"
+        return problem.fused_reason()
 
     def step(self) -> torch.Tensor:
-        loss, grads = self.problem.loss_and_grad(self.params, self.backend)
+        loss, grads = self.view.gradient(self.params)
         for key, x in self.params.items():
             moved = x - self.alpha * grads[key] + self.beta * (x - self._previous[key])
             self._previous[key].copy_(x)

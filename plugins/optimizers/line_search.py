@@ -30,7 +30,8 @@ from gdla.errors import InputError
 from gdla.optimizer import Optimizer
 from gdla.problem import Params, Problem
 from gdla.validation import check_choice
-from gdla_plugins.optimizers._spectral import Spectrum, hessian_extremes, quadratic_reason
+from gdla_plugins.optimizers._quadratic import QuadraticView, quadratic_view, view_reason
+from gdla_plugins.optimizers._spectral import Spectrum
 
 __all__ = ["ExactLineSearch", "steepest_descent_steps"]
 
@@ -82,6 +83,10 @@ class ExactLineSearch(Optimizer):
             )
         self.direction = check_choice(options.pop("direction", "steepest"), "direction", DIRECTIONS)
         super().__init__(problem, params, lr=None, backend=backend, **options)
+        view = quadratic_view(problem, params, backend, prefer_loss=True)
+        if view is None:
+            raise InputError(f"optimizer: 'line-search' cannot solve problem {problem.name!r}: {self.unsupported_reason(problem)}")
+        self.view: QuadraticView = view
         self._trial: float | None = None
         self._previous: Params | None = None
         self._gg: torch.Tensor | None = None
@@ -90,10 +95,16 @@ class ExactLineSearch(Optimizer):
 
     @classmethod
     def unsupported_reason(cls, problem: Problem) -> str | None:
-        return quadratic_reason(problem, "the exact line search (it fits a parabola along each direction)")
+        return view_reason(problem, "the exact line search (it fits a parabola along each direction)")
+
+    @classmethod
+    def fused_reason(cls, problem: Problem, options: Any) -> str | None:
+        if problem.least_squares() is not None:
+            return "'line-search' computes with the problem's least-squares operator in plain tensor algebra"
+        return problem.fused_reason()
 
     def step(self) -> torch.Tensor:
-        loss, g = self.problem.loss_and_grad(self.params, self.backend)
+        loss, g = self.view.gradient(self.params)
         gg = _dot(g, g)
         if self.direction == "cg" and self._previous is not None and float(self._gg) > 0:
             beta = gg / self._gg
@@ -108,7 +119,7 @@ class ExactLineSearch(Optimizer):
             slope = -gg
         tau = self._trial if self._trial is not None else self._first_trial(loss, gg)
         trial = {key: value + tau * d[key] for key, value in self.params.items()}
-        _, g_trial = self.problem.loss_and_grad(trial, self.backend)
+        _, g_trial = self.view.gradient(trial)
         curvature = (_dot(g_trial, d) - slope) / tau  # dᵀ H d
         if float(curvature) > 0:
             t = float(-slope / curvature)
@@ -128,11 +139,13 @@ class ExactLineSearch(Optimizer):
 
     def spectrum(self) -> Spectrum:
         if self._spectrum is None:
-            self._spectrum = hessian_extremes(self.problem, self.params)
+            self._spectrum = self.view.spectrum()
         return self._spectrum
 
     def expected_steps(self, tol: float) -> float | None:
-        kappa = self.spectrum().worst_condition()
+        spectrum = self.spectrum()  # one step length for every block: the whole Hessian's condition
+        smallest = float(spectrum.smallest.min())
+        kappa = float(spectrum.largest.max()) / smallest if smallest > 0 else math.inf
         if self.direction == "steepest":
             return steepest_descent_steps(kappa, tol)
         if not (0 < tol < 1):

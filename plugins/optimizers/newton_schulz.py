@@ -28,8 +28,9 @@ import torch
 
 import gdla
 from gdla.backend import extension_status
+from gdla.capabilities import MatrixInverse
 from gdla.errors import InputError
-from gdla.optimizer import Optimizer
+from gdla.optimizer import Optimizer, Suitability
 from gdla.problem import Params, Problem
 from gdla.validation import check_choice, check_finite, check_int, check_matrix, check_nonnegative
 from gdla_plugins.optimizers._spectral import gram_extremes
@@ -37,20 +38,19 @@ from gdla_plugins.optimizers._spectral import gram_extremes
 __all__ = ["NewtonSchulz", "batched_inverse", "newton_schulz_steps", "polar_newton_schulz", "safe_start"]
 
 STARTS = ("safe", "init")
+SIDES = ("right", "left", "both")
 #: Largest matrix side the extension's small-matrix kernel accepts.
 FUSED_MAX_SIDE = 16
 OPTIONS = ("start",)
 
 
 def safe_start(A: torch.Tensor) -> torch.Tensor:
-    """``Aᵀ / (‖A‖₁ ‖A‖_∞)`` per matrix: the start from which Newton-Schulz always converges.
+    """``Aᵀ / (‖A‖₁ ‖A‖_∞)`` per matrix (see :meth:`gdla.MatrixInverse.safe_start`), contiguous.
 
     Args:
         A: shape ``(..., m, n)``. Returns shape ``(..., n, m)``; a zero matrix gives zeros.
     """
-    scale = torch.linalg.matrix_norm(A, ord=1) * torch.linalg.matrix_norm(A, ord=math.inf)
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    return (A.mT / scale[..., None, None]).contiguous()
+    return MatrixInverse(A).safe_start().contiguous()
 
 
 def newton_schulz_steps(A: torch.Tensor, tol: float, *, lanczos_steps: int = 100) -> float:
@@ -114,7 +114,7 @@ def polar_newton_schulz(U: torch.Tensor, *, max_steps: int = 50, tol: float | No
 
 
 class NewtonSchulz(Optimizer):
-    r"""Newton-Schulz iteration for the ``inverse`` problem (square, rectangular, batched).
+    r"""Newton-Schulz iteration for any problem declaring :meth:`~gdla.Problem.matrix_inverse` (square, rectangular, batched).
 
     One :meth:`step` is one iteration ``X ← X(2I − AX)`` (computed through the problem's own
     product, ``A X`` for ``side="right"``, ``X A`` for ``"left"``) and returns the loss at the
@@ -150,21 +150,28 @@ class NewtonSchulz(Optimizer):
         start = check_choice(options.pop("start", "safe"), "start", STARTS)
         super().__init__(problem, params, lr=None, backend=backend, **options)
         self.start = start
-        self.A: torch.Tensor = problem.A  # type: ignore[attr-defined]  # shape: (..., m, n)
-        self.side: str = problem.side  # type: ignore[attr-defined]
-        k = self.A.shape[-1] if self.side == "left" else self.A.shape[-2]  # the size of P = I_k
+        self.inverse: MatrixInverse = problem.matrix_inverse()  # type: ignore[assignment]  # checked above
+        self.key = self.inverse.key
+        self.A = self.inverse.A  # shape: (..., m, n)
+        self.side = self.inverse.side
+        k = self.inverse.identity_size  # the size of P = I_k
         self._eye = torch.eye(k, dtype=self.A.dtype, device=self.A.device)
         if start == "safe":
             with torch.no_grad():
-                params["M"].copy_(safe_start(self.A))
-        with torch.no_grad():
-            cheap = self._cheap_loss(self._residual(params["M"]))
-            exact = problem.loss(params)
-        # the loss is read off the residual only where that provably is the problem's loss
-        self._loss_from_residual = bool(torch.isclose(cheap, exact, rtol=1e-4, atol=1e-12))
+                params[self.key].copy_(self.inverse.safe_start())
+        # the loss is read off the residual the update needs anyway, where the problem's declared
+        # least-squares form provably gives its loss from that residual; else the problem computes it
+        form = problem.least_squares()
+        self._loss_of = form.loss_of if form is not None and form.key == self.key else None
+        if self._loss_of is not None:
+            with torch.no_grad():
+                cheap = self._loss_of(self._residual(params[self.key]))
+                exact = problem.loss(params)
+            if not bool(torch.isclose(cheap, exact, rtol=1e-4, atol=1e-12)):
+                self._loss_of = None
         self._fused = self._fused_kernel()
         # rank-deficient input is allowed only in pseudo mode, and only there needs the cleaning
-        self._pseudo = bool(getattr(problem, "pseudo", False))
+        self._pseudo = self.inverse.pseudo
         batch = self.A.shape[:-2]
         self._done = torch.zeros(batch, dtype=torch.bool, device=self.A.device)
         self._last_change = torch.full(batch, math.inf, dtype=self.A.dtype, device=self.A.device)
@@ -173,13 +180,34 @@ class NewtonSchulz(Optimizer):
     # -- what it can do ---------------------------------------------------------------------------
     @classmethod
     def unsupported_reason(cls, problem: Problem) -> str | None:
-        if problem.name != "inverse" or not all(hasattr(problem, a) for a in ("A", "side")):
+        inverse = problem.matrix_inverse()
+        if inverse is None:
             return (
-                "Newton-Schulz computes a matrix inverse, so it solves only the 'inverse' problem; "
-                "for least-squares problems use 'cg', for the others 'auto'"
+                f"Newton-Schulz computes a matrix inverse, and problem {problem.name!r} does not declare one "
+                "(Problem.matrix_inverse() returns None); for least-squares problems use 'cg', for the others 'auto'"
             )
-        if getattr(problem, "side", None) not in ("right", "left", "both"):
-            return f"it knows sides 'right', 'left' and 'both', the problem has side={problem.side!r}"  # type: ignore[attr-defined]
+        if inverse.side not in SIDES:
+            return f"it knows sides 'right', 'left' and 'both', the problem declares side={inverse.side!r}"
+        return None
+
+    @classmethod
+    def suitability(cls, problem: Problem) -> Suitability | None:
+        if cls.unsupported_reason(problem) is not None:
+            return None
+        return Suitability(10, "matrix inverse: Newton-Schulz converges quadratically, in about log2(cond^2) + 6 steps")
+
+    @classmethod
+    def fused_reason(cls, problem: Problem, options: Any) -> str | None:
+        inverse = problem.matrix_inverse()
+        if inverse is None:
+            return cls.unsupported_reason(problem)
+        m, n = inverse.A.shape[-2], inverse.A.shape[-1]
+        if m != n or n > FUSED_MAX_SIDE:
+            return f"'newton-schulz' has a fused kernel for square matrices up to {FUSED_MAX_SIDE}×{FUSED_MAX_SIDE}, not {m}×{n}"
+        if inverse.pseudo:
+            return "'newton-schulz' keeps the PyTorch iteration for pseudo=True (its rank cleaning has no fused kernel)"
+        if _ops_function("small_inverse_newton_schulz") is None:
+            return "'newton-schulz' needs the extension's small_inverse_newton_schulz kernel, which did not load"
         return None
 
     def expected_steps(self, tol: float) -> float | None:
@@ -197,22 +225,17 @@ class NewtonSchulz(Optimizer):
     # -- the iteration ----------------------------------------------------------------------------
     def _residual(self, X: torch.Tensor) -> torch.Tensor:
         """``P(X) − I`` with the problem's product ``P``.  # shape: (..., k, k)"""
-        if self.side == "right":
-            return self.A @ X - self._eye
-        if self.side == "left":
-            return X @ self.A - self._eye
-        return (self.A @ X + X @ self.A) / 2 - self._eye
+        return self.inverse.product(X) - self._eye
 
-    @staticmethod
-    def _cheap_loss(residual: torch.Tensor) -> torch.Tensor:
-        return residual.square().mean(dim=(-2, -1)).sum()
+    def _loss(self, residual: torch.Tensor) -> torch.Tensor:
+        return self._loss_of(residual) if self._loss_of is not None else self.problem.loss(self.params)
 
     def step(self) -> torch.Tensor:
-        X = self.params["M"]
+        X = self.params[self.key]
         if self._fused is not None:
             return self._fused(X)
         residual = self._residual(X)
-        loss = self._cheap_loss(residual) if self._loss_from_residual else self.problem.loss(self.params)
+        loss = self._loss(residual)
         if self.side == "right":
             update = X @ residual  # X (2I − A X) = X − update
         elif self.side == "left":
@@ -250,21 +273,14 @@ class NewtonSchulz(Optimizer):
         The kernel iterates ``X ← 2X − X A X``, which is the update of every side for a square
         ``A`` (``X(2I − AX) = (2I − XA)X``). Pseudo mode keeps the PyTorch path for its cleaning.
         """
-        m, n = self.A.shape[-2], self.A.shape[-1]
-        if self.backend != "fused" or m != n or n > FUSED_MAX_SIDE or getattr(self.problem, "pseudo", False):
+        if self.backend != "fused" or self.fused_reason(self.problem, {}) is not None:
             return None
         kernel = _ops_function("small_inverse_newton_schulz")
-        if kernel is None:
-            return None
-        fused_loss = _ops_function("inverse_mse")
+        # the fused MSE is the problem's loss only where the declared form's loss was checked to be it
+        fused_loss = _ops_function("inverse_mse") if self._loss_of is not None else None
 
         def one_step(X: torch.Tensor) -> torch.Tensor:
-            if fused_loss is not None:
-                loss = fused_loss(self.A, X, self.side)
-            elif self._loss_from_residual:
-                loss = self._cheap_loss(self._residual(X))
-            else:
-                loss = self.problem.loss(self.params)
+            loss = fused_loss(self.A, X, self.side) if fused_loss is not None else self._loss(self._residual(X))
             out = kernel(self.A, X, 1, 0.0)
             X.copy_(out[0] if isinstance(out, (tuple, list)) else out)
             return loss

@@ -31,7 +31,7 @@ import torch
 
 import gdla
 from gdla.errors import InputError
-from gdla.optimizer import GradientOptimizer
+from gdla.optimizer import GradientOptimizer, Suitability
 from gdla.problem import Params, Problem
 from gdla.validation import check_choice, check_int, check_nonnegative, check_positive, check_probability
 
@@ -284,6 +284,10 @@ class Adam(TorchOptimizer):
     lr_rule = ("distance", 1.0)
     default_schedule = "exponential"
 
+    @classmethod
+    def suitability(cls, problem: Problem) -> Suitability | None:
+        return Suitability(90, "nonlinear loss: adam, the first-order fallback")
+
 
 class Adagrad(TorchOptimizer):
     """``torch.optim.Adagrad`` (seed 004's method). Default ``lr = 3 D``.
@@ -371,6 +375,16 @@ class LBFGS(TorchOptimizer):
                 f"max_eval: expected more loss evaluations than max_iter={settings['max_iter']} "
                 f"(the line search needs some), received {settings['max_eval']}"
             )
+
+    @classmethod
+    def suitability(cls, problem: Problem) -> Suitability | None:
+        memory = problem.quasi_newton_memory
+        return Suitability(
+            60,
+            "nonlinear loss: L-BFGS with a strong-Wolfe line search converged fastest in measurements"
+            + (f" ({memory} curvature pairs, as the problem advises)" if memory else ""),
+            {"history_size": memory} if memory else {},
+        )
 
     def __init__(self, problem: Problem, params: Params, **options: Any) -> None:
         schedule = options.get("schedule")

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 import gdla
+from gdla.capabilities import LinearLeastSquares, MatrixInverse
 from gdla.errors import InputError, ShapeError, SingularMatrixError
 from gdla.problem import Params, Problem
 from gdla.validation import as_dtype, check_choice, check_int, check_matrix
@@ -210,11 +211,32 @@ class InverseProblem(Problem):
     # -- optimisation -------------------------------------------------------------------------
     def _product(self, M: torch.Tensor) -> torch.Tensor:
         """``P(M)``, shape ``(..., k, k)``."""
-        if self.side == "right":
-            return self.A @ M
-        if self.side == "left":
-            return M @ self.A
-        return (self.A @ M + M @ self.A) / 2
+        return self.matrix_inverse().product(M)
+
+    # -- declared capabilities ----------------------------------------------------------------
+    def matrix_inverse(self) -> MatrixInverse:
+        """The answer is ``A⁻¹`` (``A⁺`` with ``pseudo``), measured on this problem's side."""
+        return MatrixInverse(self.A, side=self.side, pseudo=self.pseudo, key="M")
+
+    def least_squares(self) -> LinearLeastSquares:
+        r"""``r = P(M) − I``, linear in ``M``; the loss is ``Σ_b mean(r_b²)``.
+
+        Right: ``Jᵀr = Aᵀr``, columns of ``M`` are independent problems with Gram ``AᵀA``. Left:
+        ``Jᵀr = rAᵀ``, rows are, with Gram ``AAᵀ``. Both: ``Jᵀr = (Aᵀr + rAᵀ)/2``, one block per matrix.
+        """
+        inverse = self.matrix_inverse()
+        dims, block = {"right": ((-2,), "column"), "left": ((-1,), "row"), "both": ((-2, -1), "matrix")}[self.side]
+        return LinearLeastSquares(
+            key="M",
+            apply=inverse.product,
+            adjoint=inverse.adjoint,
+            rhs=self._eye().expand(*self.batch_shape, self._k, self._k),
+            loss_of=batched_mse,
+            block_dims=dims,
+            block_name=block,
+            distinct_blocks=self.A[..., 0, 0].numel(),  # every column (row) of one matrix meets the same A
+            gram_factor=None if self.side == "both" else self.A,
+        )
 
     def _eye(self) -> torch.Tensor:
         return torch.eye(self._k, dtype=self.dtype, device=self.device)
@@ -230,9 +252,7 @@ class InverseProblem(Problem):
         if self.init == "zeros":
             M = torch.zeros(shape, dtype=self.dtype, device=self.device)
         elif self.init == "scaled-transpose":
-            norm_1 = torch.linalg.matrix_norm(self.A, ord=1)
-            norm_inf = torch.linalg.matrix_norm(self.A, ord=math.inf)
-            M = self.A.mT / safe_scale(norm_1 * norm_inf)[..., None, None]
+            M = self.matrix_inverse().safe_start()
         else:
             M = self._restrict(uniform(shape, generator, dtype=self.dtype, device=self.device))
             # start with ‖P(M₀)‖_F = ‖I_k‖_F = √k, whatever the scale of A

@@ -60,6 +60,10 @@ class SVDProblem(Problem):
     summary = "singular value decomposition U diag(s^2) V^T = M by minimising a least-squares loss"
     fused = True
     quadratic = False
+    #: Measured on the example (float64): L-BFGS needs about 640 steps with 100 or more curvature
+    #: pairs and about 4000 with torch's 20: the penalised loss is ill-conditioned, and only a
+    #: memory that is not recycled resolves it.
+    quasi_newton_memory = 200
 
     def __init__(
         self,

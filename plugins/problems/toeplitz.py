@@ -18,6 +18,7 @@ import numpy
 import torch
 
 import gdla
+from gdla.capabilities import LinearLeastSquares
 from gdla.errors import ShapeError
 from gdla.problem import Params, Problem
 from gdla.validation import check_choice, check_int, check_matrix
@@ -192,6 +193,20 @@ class ToeplitzProblem(Problem):
             ``"frobenius"``. The constant is 1: the loss equals the squared residual exactly.
         """
         return design(self._weights, self.bandwidth), self._target_w.flatten(-2)
+
+    def least_squares(self) -> LinearLeastSquares:
+        """``r = D c − t`` from :meth:`design`; the loss is ``‖r‖²`` and every batch member is its own problem."""
+        D, t = self.design()
+        return LinearLeastSquares(
+            key="band",
+            apply=lambda c: c @ D.mT,
+            adjoint=lambda r: r @ D,
+            rhs=t,
+            block_dims=(-1,),
+            block_name="matrix",
+            distinct_blocks=1,  # one design matrix for the whole batch
+            gram_factor=D,
+        )
 
     # -- optimisation -------------------------------------------------------------------------
     def init_params(self, generator: torch.Generator) -> Params:

@@ -10,7 +10,8 @@ import torch
 
 import gdla
 from gdla.testing import relative_error
-from gdla_plugins.optimizers.cg import ConjugateGradient, GenericForm, make_form
+from gdla_plugins.optimizers._quadratic import HessianView, quadratic_view
+from gdla_plugins.optimizers.cg import ConjugateGradient
 from gdla_plugins.problems.inverse import InverseProblem
 
 
@@ -137,7 +138,7 @@ def test_toeplitz_band_least_squares(loss: str) -> None:
 def test_generic_quadratic_problem_through_its_flag() -> None:
     problem = LeastSquares.example()
     params = problem.init_params(torch.Generator())
-    assert isinstance(make_form(problem, params), GenericForm)
+    assert isinstance(quadratic_view(problem, params), HessianView)
     result = solve(problem)
     assert result.converged, result.summary()
     assert result.steps <= 2 * 12
@@ -170,12 +171,13 @@ def test_unsupported_problems_and_bad_options() -> None:
         solve(problem, restart=0)
 
 
-def test_result_backend_reports_what_ran() -> None:
-    """cg's least-squares forms are plain tensor algebra: no fused op runs, whatever was asked."""
+def test_backend_is_decided_before_the_run() -> None:
+    """cg's least-squares form is plain tensor algebra: 'auto' runs autograd, 'fused' is refused up front."""
     problem = gdla.get_problem("inverse")(torch.eye(6, dtype=torch.float64) + 0.1)
     result = gdla.solve(problem, optimizer="cg", backend="autograd")
     assert result.backend == "autograd" and result.converged
+    assert gdla.solve(problem, optimizer="cg", backend="auto").backend == "autograd"
     if gdla.extension_status()[0]:
-        fused = gdla.solve(problem, optimizer="cg", backend="fused")
-        assert fused.backend == "autograd"
+        with pytest.raises(gdla.BackendError, match="'cg' computes with the problem's least-squares operator"):
+            gdla.solve(problem, optimizer="cg", backend="fused")
         assert gdla.solve(problem, optimizer="sgd", backend="fused", max_steps=5, tol=0).backend == "fused"

@@ -1,0 +1,94 @@
+"""When a solve stops: the stop rules in one small object, and the compact loss history.
+
+A run stops on the first of: a non-finite loss or one that grew far beyond its start
+(``diverged``), the callback (``callback``), the relative residual at or below ``tol``
+(``converged``), ``patience`` steps in which neither the best loss nor the best residual improved
+by 0.1% (``stalled``), or the step budget (``max_steps``).
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+
+import torch
+
+__all__ = ["BLOW_UP", "MAX_PATIENCE", "STALL_IMPROVEMENT", "LossHistory", "StopRules", "default_patience", "default_tol"]
+
+#: Loss growth over the starting loss that counts as divergence.
+BLOW_UP = 1e12
+#: A stall: neither the best loss nor the best residual improved by this fraction in ``patience`` steps.
+STALL_IMPROVEMENT = 1e-3
+#: The default patience never exceeds this many steps, whatever ``max_steps`` is: a run that has
+#: not improved by 0.1% in 10,000 steps has stalled.
+MAX_PATIENCE = 10_000
+
+
+def default_tol(dtype: torch.dtype) -> float:
+    """Relative-residual tolerance used when ``tol`` is not given: about 100 ulps of ``dtype``."""
+    return 1e-10 if dtype == torch.float64 else 1e-5
+
+
+def default_patience(max_steps: int) -> int:
+    """``max(100, max_steps // 10)``, capped at :data:`MAX_PATIENCE`."""
+    return min(MAX_PATIENCE, max(100, max_steps // 10))
+
+
+class StopRules:
+    """The stop tests of one run, fed one step at a time."""
+
+    def __init__(self, tol: float, patience: int) -> None:
+        self.tol = tol
+        self.patience = patience
+        self._first_loss: float | None = None
+        self._best_loss = self._best_residual = math.inf
+        self._mark_loss = self._mark_residual = math.inf
+        self._mark_step = 0
+
+    @property
+    def checks_residual(self) -> bool:
+        """Whether the residual is needed at all (``tol = 0`` runs every step)."""
+        return self.tol > 0
+
+    def on_loss(self, step: int, loss: float) -> str | None:
+        """``"diverged"`` if ``loss`` is not finite or grew ``BLOW_UP``-fold over the first one."""
+        if self._first_loss is None:
+            self._first_loss = loss
+        if not math.isfinite(loss) or (step > 1 and loss > BLOW_UP * max(self._first_loss, 1e-30)):
+            return "diverged"
+        return None
+
+    def on_residual(self, step: int, loss: float, residual: float) -> str | None:
+        """``"converged"`` at ``residual <= tol``; ``"stalled"`` after ``patience`` steps without progress."""
+        if residual <= self.tol:
+            return "converged"
+        # progress is measured against a checkpoint, so slow steady progress counts; either the loss or
+        # the residual may make it (a least-squares loss levels off at its nonzero minimum while the
+        # residual still falls)
+        self._best_loss = min(self._best_loss, loss)
+        self._best_residual = min(self._best_residual, residual)
+        keep = 1 - STALL_IMPROVEMENT
+        if self._best_loss < self._mark_loss * keep or self._best_residual < self._mark_residual * keep:
+            self._mark_loss, self._mark_residual, self._mark_step = self._best_loss, self._best_residual, step
+        elif step - self._mark_step >= self.patience:
+            return "stalled"
+        return None
+
+
+class LossHistory:
+    """The loss of every step as packed float64 (8 bytes a step), growing in chunks as steps run."""
+
+    def __init__(self) -> None:
+        self._values = array("d")
+
+    def append(self, loss: float) -> None:
+        self._values.append(loss)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def first(self) -> float:
+        return self._values[0]
+
+    def to_list(self) -> list[float]:
+        return self._values.tolist()
