@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from gdla import registry  # the module: registry.entries(), registry.register_plugin(), ...
 from gdla.backend import extension_status
+from gdla.demo import DemoPanel, DemoRun
 from gdla.capabilities import LinearLeastSquares, MatrixInverse, SumOfSquares
 from gdla.errors import (
     BackendError,
@@ -45,6 +46,8 @@ __all__ = [
     "BackendError",
     "BackendWarning",
     "ConvergenceWarning",
+    "DemoPanel",
+    "DemoRun",
     "DuplicateNameError",
     "GdlaError",
     "GdlaWarning",

@@ -1,12 +1,10 @@
-"""``gdla demo``: every built-in problem on its seed scenario, a summary table and one figure.
+"""``gdla demo``: every built-in problem's own demo scenarios, a summary table and one figure.
 
-The figure has two large panels on top and one small panel per built-in problem below:
-
-* seed notebook 000's comparison: the inverse of a random 4×4 matrix against the inverse of
-  ``diag(1, 2, 3, 4)``, both by gradient descent with momentum (lr 0.9, momentum 0.9);
-* a comparison of methods on the inverse of ``torch.rand(64, 64)``: the relative residual
-  ``‖A M − I‖_F / √n`` against the step for each solver that is installed;
-* the loss history of each built-in problem solved with the default optimizer.
+Each problem plugin says what to show through :meth:`gdla.Problem.demo`, a list of
+:class:`DemoPanel` (each a few :class:`DemoRun`). Headline panels (for example seed notebook
+000's momentum comparison and a comparison of methods, both declared by the ``inverse`` problem)
+are drawn large on top; every problem's small panel below. The demo itself names no problem or
+optimizer.
 
 Every run has a wall-clock budget, so the demo ends in well under a minute on two cores.
 """
@@ -23,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-import torch
-
 from gdla import registry as registry_module
 from gdla.errors import ConvergenceWarning, GdlaError
 from gdla.loop import solve
@@ -32,7 +28,7 @@ from gdla.plotting import Curve, Panel, check_figure_path, demo_figure, save_fig
 from gdla.problem import Params, Problem
 from gdla.result import Result
 
-__all__ = ["DemoReport", "DemoRow", "run_demo"]
+__all__ = ["DemoPanel", "DemoReport", "DemoRow", "DemoRun", "run_demo"]
 
 # Looked up at call time (``_registry()``), so a registry swapped in by tests is the one used.
 
@@ -41,21 +37,43 @@ def _registry() -> Any:
     return registry_module.registry
 
 
-#: Methods compared on ``torch.rand(64, 64)``, with the options each runs with.
-COMPARED_METHODS: dict[str, dict[str, Any]] = {
-    "newton-schulz": {},
-    "cg": {},
-    "heavy-ball": {},
-    "adam": {},
-    "momentum": {},
-}
-#: Seed notebook 000's settings.
-SEED_LR, SEED_MOMENTUM, SEED_STEPS = 0.9, 0.9, 10_000
-#: Step budgets for built-in problems whose default would outlast the demo (an amortised fit
-#: improves slowly for thousands of steps); a fixed count keeps the table reproducible.
-BUILTIN_STEPS = {"toeplitz-net": 500}
 #: The distribution whose problems count as built in.
 BUILTIN_DIST = "gdla"
+
+
+@dataclass
+class DemoRun:
+    """One solve in a demo panel.
+
+    Attributes:
+        label: the curve's legend and, with the problem's name, the table row.
+        problem: the problem to solve.
+        options: keyword arguments for :func:`gdla.solve` (``optimizer``, ``lr``, ``max_steps``...).
+        quick_steps: ``max_steps`` under ``gdla demo --quick`` (``None``: the demo's quick default).
+        row: the table's PROBLEM cell (default: the problem's name).
+        halve_lr_on_divergence: retry with half the learning rate (up to 5 times) when the run diverges,
+            and say so in the legend (for a notebook's bold learning rate).
+        plot_residual: plot the relative residual per step instead of the loss.
+    """
+
+    label: str
+    problem: Problem
+    options: dict[str, Any] = field(default_factory=dict)
+    quick_steps: int | None = None
+    row: str | None = None
+    halve_lr_on_divergence: bool = False
+    plot_residual: bool = False
+
+
+@dataclass
+class DemoPanel:
+    """A figure panel: its title, its runs, and whether it is a large headline panel."""
+
+    title: str
+    runs: list[DemoRun]
+    headline: bool = False
+    ylabel: str = "loss"
+    note: str = ""
 
 
 @dataclass
@@ -158,88 +176,53 @@ def builtin_problems() -> list[str]:
     return [entry.name for entry in _registry().entries("problem") if entry.plugin == BUILTIN_DIST]
 
 
-def _run_builtins(report: DemoReport, clock: _Clock, max_steps: int | None) -> list[Panel]:
-    panels = []
+def _panels(report: DemoReport, quick: bool) -> list[DemoPanel]:
+    panels: list[DemoPanel] = []
     for name in builtin_problems():
-        budget = clock.budget()
         try:
-            problem = _registry().entry("problem", name).obj.example()
-            steps = max_steps if max_steps is not None else BUILTIN_STEPS.get(name)
-            result = solve(problem, max_steps=steps, callback=budget)
+            panels.extend(_registry().entry("problem", name).obj.demo(quick=quick))
         except GdlaError as exc:
-            report.notes.append(f"{name}: skipped ({exc})")
-            continue
-        row = _row(result, budget)
-        report.rows.append(row)
-        panels.append(Panel(f"{name} ({row.optimizer})", [Curve(row.stop_reason, result.losses)]))
+            report.notes.append(f"{name}: demo skipped ({exc})")
     return panels
 
 
-def _seed_comparison(report: DemoReport, max_steps: int, clock: _Clock) -> Panel | None:
-    """Seed 000: random 4×4 against diag(1..4), gradient descent with momentum 0.9 at lr 0.9."""
-    if "momentum" not in _registry().names("optimizer") or "inverse" not in _registry().names("problem"):
-        report.notes.append("seed comparison skipped: needs the 'inverse' problem and the 'momentum' optimizer")
-        return None
-    inverse = _registry().entry("problem", "inverse").obj
-    curves = []
-    for kind, label in (("random", "random 4×4"), ("diagonal", "diag(1, 2, 3, 4)")):
-        lr = SEED_LR
-        try:
-            problem = inverse.example(kind=kind, side="left")  # the notebook learns M with M @ A ≈ I
-            # The notebook's lr may be too bold for some matrices; halve it until the run stays
-            # finite and say so in the legend, rather than draw a diverged curve.
-            for _attempt in range(6):
-                budget = clock.budget()
-                result = solve(
-                    problem, optimizer="momentum", lr=lr, momentum=SEED_MOMENTUM, max_steps=max_steps, callback=budget
-                )
-                if result.stop_reason != "diverged":
-                    break
-                lr /= 2
-        except GdlaError as exc:
-            report.notes.append(f"seed comparison, {kind} matrix: skipped ({exc})")
-            continue
-        row = _row(result, budget)
-        row.problem = f"inverse ({kind})"
-        report.rows.append(row)
-        changed = "" if lr == SEED_LR else f"; lr {SEED_LR} diverged, lr {lr:g} shown"
-        curves.append(Curve(f"{label}: {row.stop_reason} at step {result.steps}{changed}", result.losses))
-    if not curves:
-        return None
-    return Panel(f"seed 000: momentum {SEED_MOMENTUM}, lr {SEED_LR}: random vs diagonal matrix", curves, ylabel="loss")
+def _solve_run(run: DemoRun, clock: _Clock, quick: bool) -> tuple[Result, _TimeBudget, str]:
+    """Solve one demo run within its time share; returns the result, its budget and a legend suffix."""
+    options = dict(run.options)
+    if quick:
+        options["max_steps"] = run.quick_steps or min(options.get("max_steps") or 300, 300)
+    problem = run.problem
+    for _attempt in range(6):
+        budget = clock.budget(record=(lambda params: float(problem.residual(params))) if run.plot_residual else None)
+        with warnings.catch_warnings():
+            # slow methods are shown on purpose, to be compared: no "will not converge" warning
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            result = solve(problem, callback=budget, **options)
+        if result.stop_reason != "diverged" or not run.halve_lr_on_divergence or options.get("lr") is None:
+            break
+        options["lr"] = options["lr"] / 2
+    changed = "" if options.get("lr") == run.options.get("lr") else f"; lr {run.options['lr']:g} diverged, lr {options['lr']:g} shown"
+    return result, budget, changed
 
 
-def _method_comparison(report: DemoReport, max_steps: int, clock: _Clock) -> Panel | None:
-    """Residual against step for several solvers on the inverse of ``torch.rand(64, 64)``."""
-    if "inverse" not in _registry().names("problem"):
-        return None
-    generator = torch.Generator().manual_seed(0)
-    A = torch.rand(64, 64, generator=generator, dtype=torch.float64)  # shape: (64, 64)
-    problem: Problem = _registry().entry("problem", "inverse").obj(A)
-    available = _registry().names("optimizer")
+def _draw(report: DemoReport, panel: DemoPanel, clock: _Clock, quick: bool) -> Panel | None:
     curves = []
-    for method, options in COMPARED_METHODS.items():
-        if method not in available:
-            report.notes.append(f"method comparison: {method!r} is not installed, left out")
-            continue
-        budget = clock.budget(record=lambda params: float(problem.residual(params)))
+    for run in panel.runs:
         try:
-            with warnings.catch_warnings():
-                # slow methods are here on purpose, to be compared: no "will not converge" warning
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                result = solve(problem, optimizer=method, max_steps=max_steps, callback=budget, **options)
+            result, budget, changed = _solve_run(run, clock, quick)
         except GdlaError as exc:
-            report.notes.append(f"method comparison: {method} failed ({exc})")
+            report.notes.append(f"{panel.title}, {run.label}: skipped ({exc})")
             continue
         row = _row(result, budget)
-        row.problem = "inverse (rand 64×64)"
+        row.problem = run.row or row.problem
         report.rows.append(row)
-        curves.append(Curve(f"{method}: {row.stop_reason}, {result.steps} steps", budget.history))
+        history = budget.history if run.plot_residual else result.losses
+        label = f"{run.label}: {row.stop_reason}, {result.steps} steps{changed}" if run.label else row.stop_reason
+        curves.append(Curve(label, history))
     if not curves:
         return None
-    cond = problem.condition_estimate()
-    note = f"cond(A) ≈ {cond:.2e}" if cond is not None else ""
-    return Panel("inverse of torch.rand(64, 64): methods compared", curves, ylabel="relative residual", note=note)
+    title = panel.title if panel.headline else f"{panel.title} ({report.rows[-1].optimizer})"
+    return Panel(title, curves, ylabel=panel.ylabel, note=panel.note)
 
 
 def run_demo(
@@ -257,13 +240,13 @@ def run_demo(
         check_figure_path(out, "out")
     start = time.perf_counter()
     report = DemoReport()
-    runs = 2 + len(COMPARED_METHODS) + len(builtin_problems())
+    panels = _panels(report, quick)
+    runs = sum(len(panel.runs) for panel in panels)
     clock = _Clock(total=8.0 if quick else 40.0, per_run=1.0 if quick else 6.0, runs=runs)
-    seed_panel = _seed_comparison(report, 1_000 if quick else SEED_STEPS, clock)
-    method_panel = _method_comparison(report, 150 if quick else 500, clock)
-    small = _run_builtins(report, clock, 300 if quick else None)
+    drawn = [(panel.headline, _draw(report, panel, clock, quick)) for panel in panels]
+    headline = [figure for top, figure in drawn if top and figure is not None]
+    small = [figure for top, figure in drawn if not top and figure is not None]
     report.seconds = time.perf_counter() - start
-    headline = [panel for panel in (seed_panel, method_panel) if panel is not None]
     print(report.table(), file=stream)
     for note in report.notes:
         print(f"note: {note}", file=stream)

@@ -102,15 +102,6 @@ class Optimizer(abc.ABC):
         """Estimated iterations to reach relative residual ``tol``, or ``None`` if unknown."""
         return None
 
-    @property
-    def ran_backend(self) -> str:
-        """The backend that actually computed this run, reported in ``Result.backend``.
-
-        By default the one it was given; a method that does its own tensor arithmetic instead of
-        calling ``problem.loss_and_grad`` reports ``"fused"`` only when it runs a fused op.
-        """
-        return self.backend
-
     def describe(self) -> dict[str, Any]:
         """JSON-ready facts about this run's settings (and choices made, for ``auto``)."""
         return {"name": self.name, "lr": self.lr}

@@ -15,6 +15,7 @@ import torch
 
 if TYPE_CHECKING:
     from gdla.capabilities import LinearLeastSquares, MatrixInverse, SumOfSquares
+    from gdla.demo import DemoPanel
     from gdla.scaling import Normalization
 
 __all__ = ["Params", "Problem"]
@@ -46,6 +47,17 @@ class Problem(abc.ABC):
     @abc.abstractmethod
     def example(cls, size: int | None = None, *, seed: int = 0, dtype: torch.dtype = torch.float64) -> Problem:
         """Build the problem on its seed notebook's scenario (``size`` overrides its dimension)."""
+
+    @classmethod
+    def demo(cls, quick: bool = False) -> list[DemoPanel]:
+        """What ``gdla demo`` shows for this problem: by default its :meth:`example` solved with ``auto``.
+
+        Override to add headline panels (a notebook's comparison, methods side by side); ``quick``
+        asks for a smoke-test-sized version.
+        """
+        from gdla.demo import DemoPanel, DemoRun
+
+        return [DemoPanel(cls.name, [DemoRun("", cls.example())])]
 
     @classmethod
     def from_matrix(cls, matrix: torch.Tensor, **options: Any) -> Problem:

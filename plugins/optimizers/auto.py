@@ -134,10 +134,6 @@ class Auto(Optimizer):
     def expected_steps(self, tol: float) -> float | None:
         return self.delegate.expected_steps(tol)
 
-    @property
-    def ran_backend(self) -> str:
-        return self.delegate.ran_backend
-
     def describe(self) -> dict[str, Any]:
         inner = {key: value for key, value in self.delegate.describe().items() if key not in ("name", "lr")}
         return {"name": self.name, "lr": self.lr, "method": self.method, "reason": self.reason, **inner}

@@ -154,11 +154,6 @@ class ConjugateGradient(Optimizer):
         size = self.form.block_size(x) * (1 if self._dims is not None else self.form.distinct_blocks(x))
         return float(math.ceil(min(bound, 2 * size)))
 
-    @property
-    def ran_backend(self) -> str:
-        # only a declared-quadratic loss goes through problem.loss_and_grad; least squares is plain tensor algebra
-        return self.backend if isinstance(self.form, HessianView) else "autograd"
-
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,

@@ -218,9 +218,6 @@ class NewtonSchulz(Optimizer):
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "lr": None, "start": self.start, "fused_kernel": self._fused is not None}
 
-    @property
-    def ran_backend(self) -> str:
-        return "fused" if self._fused is not None else "autograd"
 
     # -- the iteration ----------------------------------------------------------------------------
     def _residual(self, X: torch.Tensor) -> torch.Tensor:

@@ -173,6 +173,32 @@ class InverseProblem(Problem):
         return cls(A.to(dtype), **options)
 
     @classmethod
+    def demo(cls, quick: bool = False) -> list[Any]:
+        """Seed 000's comparison (momentum lr 0.9, μ 0.9: random 4×4 against ``diag(1..4)``), methods
+        compared on ``torch.rand(64, 64)``, and the example solved with ``auto``."""
+        from gdla.demo import DemoPanel, DemoRun
+
+        seed = {"optimizer": "momentum", "lr": 0.9, "momentum": 0.9, "max_steps": 10_000}
+        seed_runs = [
+            # the notebook learns M with M @ A ≈ I, and its lr may be too bold for some matrices
+            DemoRun(label, cls.example(kind=kind, side="left"), seed, quick_steps=1_000, row=f"inverse ({kind})",
+                    halve_lr_on_divergence=True)
+            for kind, label in (("random", "random 4×4"), ("diagonal", "diag(1, 2, 3, 4)"))
+        ]
+        rand = cls(torch.rand(64, 64, generator=cpu_generator(0), dtype=torch.float64))
+        method_runs = [
+            DemoRun(method, rand, {"optimizer": method, "max_steps": 500}, quick_steps=150,
+                    row="inverse (rand 64×64)", plot_residual=True)
+            for method in ("newton-schulz", "cg", "heavy-ball", "adam", "momentum")
+        ]
+        return [
+            DemoPanel("seed 000: momentum 0.9, lr 0.9: random vs diagonal matrix", seed_runs, headline=True),
+            DemoPanel("inverse of torch.rand(64, 64): methods compared", method_runs, headline=True,
+                      ylabel="relative residual", note=f"cond(A) ≈ {rand.condition_estimate():.2e}"),
+            *super().demo(quick=quick),
+        ]
+
+    @classmethod
     def well_conditioned(
         cls,
         n: int,

@@ -166,6 +166,13 @@ class ToeplitzNetProblem(Problem):
         return cls(rows[:train], test_rows=rows[train:], **options)
 
     # -- data ---------------------------------------------------------------------------------
+    @classmethod
+    def demo(cls, quick: bool = False) -> list[Any]:
+        """The example with a fixed budget of 500 steps: the amortised fit improves slowly for thousands."""
+        from gdla.demo import DemoPanel, DemoRun
+
+        return [DemoPanel(cls.name, [DemoRun("", cls.example(), {"max_steps": 500})])]
+
     @property
     def dtype(self) -> torch.dtype:
         return self.rows.dtype
