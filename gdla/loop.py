@@ -311,9 +311,10 @@ def _summarise(run: Run, losses: LossHistory, stop: str, *, setup_seconds: float
     finite = all(bool(torch.isfinite(v).all()) for v in work_params.values())
     # relative metrics are free of units: computed in the normalised ones, where nothing over- or underflows
     metrics = run.full.metrics(work_params) if finite else {"residual": math.nan, "error": math.nan}
+    members, status = _batch_status(run.full, work_params, run.rules.tol)
+    condition = run.problem.condition_estimate()
     settings = {"lr": opt.lr, "max_steps": run.budget, "tol": run.rules.tol, "seed": run.seed, "dtype": run.problem.dtype}
     settings.update({f"optimizer.{k}": v for k, v in opt.describe().items() if k not in ("name", "lr")})
-    condition = run.problem.condition_estimate()
     return Result(
         solution=run.problem.solution(params_out),
         params=params_out,
@@ -327,8 +328,37 @@ def _summarise(run: Run, losses: LossHistory, stop: str, *, setup_seconds: float
         metrics=metrics,
         problem=run.problem.name,
         optimizer=opt.name,
-        message=STOP_REASONS[stop],
+        message=_message(run, stop, status),
         condition=condition,
         settings=settings,
         warnings=run.notes,
+        batch_status=status,
+        member_residuals=members,
     )
+
+
+def _batch_status(problem: Problem, params: Params, tol: float) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Each member's residual and verdict (0 converged, 1 not converged, 2 non-finite), where declared."""
+    members = problem.member_residuals(params)
+    if members is None or members.dim() == 0:
+        return None, None
+    members = members.detach()
+    status = torch.ones(members.shape, dtype=torch.int8, device=members.device)
+    status[members <= tol] = 0
+    finite = torch.ones(members.shape, dtype=torch.bool, device=members.device)
+    for value in params.values():
+        if value.shape[: members.dim()] == members.shape:
+            finite &= torch.isfinite(value).flatten(members.dim()).all(-1)
+    status[~(finite & torch.isfinite(members))] = 2
+    return members, status
+
+
+def _message(run: Run, stop: str, status: torch.Tensor | None) -> str:
+    """The stop reason's sentence, with what the problem and the numbers add (as lsqr's ``istop`` does)."""
+    text = STOP_REASONS[stop]
+    if stop == "converged" and run.full.residual_kind() == "normal-equations":
+        text += " (of the normal equations: the equation has no exact solution, the answer is the least-squares one)"
+    if status is not None and stop != "converged":
+        done = int((status == 0).sum())
+        text += f"; {done} of {status.numel()} batch members converged (Result.batch_status)"
+    return text

@@ -207,6 +207,19 @@ class Problem(abc.ABC):
     def residual(self, params: Params) -> torch.Tensor:
         """Relative residual of the problem's defining equation (worst over a batch): the stop test."""
 
+    def member_residuals(self, params: Params) -> torch.Tensor | None:
+        """The relative residual of each independent member of a batched problem (shape: the batch), or ``None``.
+
+        Declaring it gives ``Result.batch_status``, one verdict per member, so one bad matrix does not
+        hide the others.
+        """
+        return None
+
+    def residual_kind(self) -> str:
+        """What :meth:`residual` measures: ``"equation"`` (the defining equation, default) or
+        ``"normal-equations"`` (its least-squares optimality condition, where the equation has no solution)."""
+        return "equation"
+
     @abc.abstractmethod
     def reference(self) -> Any:
         """The exact answer computed by ``torch.linalg`` (or a closed form)."""

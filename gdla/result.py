@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["STOP_REASONS", "Result"]
+__all__ = ["BATCH_STATUS", "STOP_REASONS", "Result"]
 
 #: Why a run ended, with the sentence shown to people.
 STOP_REASONS = {
@@ -18,6 +18,9 @@ STOP_REASONS = {
     "stalled": "the loss stopped improving before reaching tol",
     "callback": "the callback asked to stop",
 }
+
+#: ``Result.batch_status`` codes, one per member of a batched problem (as ``torch.linalg.inv_ex``'s ``info``: 0 is success).
+BATCH_STATUS = {0: "converged", 1: "not converged", 2: "non-finite"}
 
 
 @dataclass
@@ -48,6 +51,10 @@ class Result:
     setup_seconds: float = 0.0
     #: Time after the last step: gathering, metrics and the condition estimate.
     summary_seconds: float = 0.0
+    #: For a batched problem that declares ``member_residuals``: one :data:`BATCH_STATUS` code per member
+    #: (shape: the batch), and each member's final relative residual.
+    batch_status: torch.Tensor | None = None
+    member_residuals: torch.Tensor | None = None
 
     @property
     def converged(self) -> bool:
@@ -73,6 +80,8 @@ class Result:
             "seconds": self.seconds,
             "setup_seconds": self.setup_seconds,
             "summary_seconds": self.summary_seconds,
+            "batch_status": _plain(self.batch_status),
+            "member_residuals": _plain(self.member_residuals),
             "backend": self.backend,
             "metrics": {key: _plain(value) for key, value in self.metrics.items()},
             "condition": _plain(self.condition),

@@ -308,7 +308,15 @@ class InverseProblem(Problem):
         return params["M"].detach()
 
     def residual(self, params: Params) -> torch.Tensor:
-        r"""Worst over the batch of the per-problem relative residual.
+        """Worst over the batch of :meth:`member_residuals`."""
+        return worst(self.member_residuals(params))
+
+    def residual_kind(self) -> str:
+        """``"normal-equations"`` where ``P = I_k`` is unattainable for some member, else ``"equation"``."""
+        return "equation" if bool(self._attainable.all()) else "normal-equations"
+
+    def member_residuals(self, params: Params) -> torch.Tensor:
+        r"""The relative residual of every matrix of the batch, shape ``batch_shape``.
 
         Where ``P = I_k`` is attainable: :math:`\|P - I_k\|_F / \sqrt{k}` (for ``side="both"``
         the larger of the right and left products). Where it is not (``pseudo=True`` with a
@@ -322,15 +330,14 @@ class InverseProblem(Problem):
         M, A, eye = params["M"], self.A, self._eye()
         root_k = math.sqrt(self._k)
         if self.side == "both":
-            value = torch.maximum(frobenius(A @ M - eye), frobenius(M @ A - eye)) / root_k
-            return worst(value)
+            return torch.maximum(frobenius(A @ M - eye), frobenius(M @ A - eye)) / root_k
         error = self._product(M) - eye
         value = frobenius(error) / root_k
         if not bool(self._attainable.all()):
             normal = A.mT @ error if self.side == "right" else error @ A.mT
             normal_value = frobenius(normal) / (safe_scale(self._sigma_max) * root_k)
             value = torch.where(self._attainable, value, normal_value)
-        return worst(value)
+        return value
 
     def reference(self) -> torch.Tensor:
         """``torch.linalg.inv(A)``, or ``torch.linalg.pinv(A)`` for ``pseudo=True`` or rectangular ``A``."""
