@@ -87,8 +87,5 @@ class LossHistory:
     def __len__(self) -> int:
         return len(self._values)
 
-    def first(self) -> float:
-        return self._values[0]
-
     def to_list(self) -> list[float]:
         return self._values.tolist()

@@ -219,6 +219,12 @@ def test_default_patience(problem: DiagonalSystem) -> None:
     assert (result.stop_reason, result.steps) == ("stalled", 501)  # max(100, 5000 // 10) + 1
 
 
+def test_default_patience_is_capped_whatever_the_budget(problem: DiagonalSystem) -> None:
+    result = gdla.solve(problem, optimizer="frozen", max_steps=10**12)
+    assert (result.stop_reason, result.steps) == ("stalled", 10_001)  # the cap, not 10**11
+    assert len(result.losses) == result.steps
+
+
 def test_callback_sees_every_step_and_can_stop(problem: DiagonalSystem) -> None:
     seen: list[tuple[int, float]] = []
 

@@ -1,0 +1,52 @@
+"""The stop rules and the packed loss history, on their own."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from gdla.stopping import MAX_PATIENCE, LossHistory, StopRules, default_patience, default_tol
+
+
+def test_default_tol_per_dtype() -> None:
+    assert default_tol(torch.float64) == 1e-10 and default_tol(torch.float32) == 1e-5
+
+
+def test_default_patience_is_a_tenth_of_the_budget_within_bounds() -> None:
+    assert default_patience(10) == 100
+    assert default_patience(50_000) == 5_000
+    assert default_patience(10**12) == MAX_PATIENCE == 10_000
+
+
+def test_divergence_on_non_finite_or_blown_up_loss() -> None:
+    rules = StopRules(tol=1e-8, patience=5)
+    assert rules.on_loss(1, 1.0) is None
+    assert rules.on_loss(2, 1e11) is None
+    assert rules.on_loss(3, 2e12) == "diverged"
+    assert StopRules(1e-8, 5).on_loss(1, math.nan) == "diverged"
+
+
+def test_convergence_and_stall() -> None:
+    rules = StopRules(tol=1e-3, patience=3)
+    assert rules.on_residual(1, 1.0, 0.5) is None
+    assert rules.on_residual(2, 0.9999, 0.49999) is None  # less than 0.1% better: no new checkpoint
+    assert rules.on_residual(3, 0.9999, 0.49999) is None
+    assert rules.on_residual(4, 0.9999, 0.49999) == "stalled"
+    assert StopRules(tol=1e-3, patience=3).on_residual(1, 1.0, 1e-3) == "converged"
+
+
+def test_slow_steady_progress_is_not_a_stall() -> None:
+    rules = StopRules(tol=1e-12, patience=2)
+    residual = 1.0
+    for step in range(1, 200):
+        residual *= 0.999  # 0.1% per step: each checkpoint is beaten within the patience
+        assert rules.on_residual(step, 1.0, residual) is None
+
+
+def test_history_is_packed_doubles() -> None:
+    history = LossHistory()
+    for value in (3.0, 2.0, 1.0):
+        history.append(value)
+    assert len(history) == 3 and history.to_list() == [3.0, 2.0, 1.0]
+    assert history._values.itemsize == 8
