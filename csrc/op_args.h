@@ -5,6 +5,7 @@
 #include "small_inverse_math.h"
 
 #include <optional>
+#include <string>
 
 #include <cmath>
 
@@ -79,6 +80,40 @@ inline int check_heavy_ball_args(const at::Tensor& A, const at::Tensor& X0, doub
   TORCH_CHECK_VALUE(steps >= 0 && steps <= INT32_MAX, op, ": steps must be an integer in [0, 2^31); received ",
                     steps);
   return n;
+}
+
+// inverse_momentum_run: A square n x n with n <= 8 (a problem in registers); X, buf like A and
+// contiguous (updated in place). Returns n.
+inline int check_momentum_run_args(const at::Tensor& A, const at::Tensor& X, const at::Tensor& buf, double lr,
+                                   double momentum, int64_t steps, double blow_up) {
+  const char* op = "inverse_momentum_run";
+  check_matrix(A, op, "A");
+  const int64_t n = A.size(-1);
+  TORCH_CHECK_VALUE(A.size(-2) == n && n >= 1 && n <= small::kMaxUnrolledN, op,
+                    ": A must hold square n x n matrices with n <= ", small::kMaxUnrolledN, "; received shape ",
+                    shape_str(A.sizes()));
+  check_like(X, "X", A, "A", op);
+  check_shape(X, "X", A.sizes(), "to match A", op);
+  check_like(buf, "buf", A, "A", op);
+  check_shape(buf, "buf", A.sizes(), "to match A", op);
+  TORCH_CHECK_VALUE(A.is_contiguous() && X.is_contiguous() && buf.is_contiguous(), op,
+                    ": A, X and buf must be contiguous (X and buf are updated in place)");
+  TORCH_CHECK_VALUE(std::isfinite(lr) && lr > 0.0, op, ": lr must be a finite number > 0; received ", lr);
+  TORCH_CHECK_VALUE(std::isfinite(momentum) && momentum >= 0.0 && momentum < 1.0, op,
+                    ": momentum must be a number in [0, 1); received ", momentum);
+  TORCH_CHECK_VALUE(steps >= 0, op, ": steps must be an integer >= 0; received ", steps);
+  TORCH_CHECK_VALUE(blow_up > 0.0, op, ": blow_up must be > 0; received ", blow_up);
+  return static_cast<int>(n);
+}
+
+// 0 right, 1 left, 2 both.
+inline int momentum_run_side(c10::string_view side) {
+  if (side == "right") return 0;
+  if (side == "left") return 1;
+  if (side == "both") return 2;
+  TORCH_CHECK_VALUE(false, "inverse_momentum_run: side must be 'right', 'left' or 'both'; received '",
+                    std::string(side), "'");
+  return 0;
 }
 
 }  // namespace gdla

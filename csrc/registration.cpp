@@ -49,6 +49,11 @@ TORCH_LIBRARY(gdla, m) {
   // Batches of tiny inverses, each problem iterated in registers until its own stop.
   m.def("small_inverse_newton_schulz(Tensor A, Tensor? X0, int max_steps, float tol) -> (Tensor, Tensor)", tags);
   m.def("small_inverse_momentum(Tensor A, Tensor X0, float lr, float momentum, int steps) -> Tensor", tags);
+  // Seed 000's momentum on the inverse MSE, many steps per call: X, buf updated in place; returns each step's loss.
+  m.def(
+      "inverse_momentum_run(Tensor A, Tensor(a!) X, Tensor(b!) buf, str side, float lr, float momentum, int steps, "
+      "bool started, float first_loss, float blow_up) -> Tensor",
+      tags);
   m.def("openmp_max_threads() -> int", &openmp_max_threads);
 }
 
@@ -60,7 +65,7 @@ TORCH_LIBRARY(gdla, m) {
 // gdla/ops.py instead.
 TORCH_LIBRARY_IMPL(gdla, Autograd, m) {
   for (const char* op : {"inverse_mse_and_grad", "inverse_mse_backward", "masked_update_", "svd_loss_and_grad",
-                         "small_inverse_newton_schulz", "small_inverse_momentum"}) {
+                         "small_inverse_newton_schulz", "small_inverse_momentum", "inverse_momentum_run"}) {
     m.impl(op, torch::autograd::autogradNotImplementedFallback());
   }
 }

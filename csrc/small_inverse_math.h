@@ -304,6 +304,64 @@ GDLA_HD double inverse_mse_small(const T* A, const T* M, int side, T scale, T* g
   return sum;
 }
 
+// One step of seed 000's momentum on one problem's inverse MSE, all in local storage (n == N):
+//   R = P(X) - I, loss = sum(R^2) (returned, in double; the caller divides by k^2),
+//   g = scale adjoint_P(R), buf = started ? momentum buf + g : g, X = X - buf lr.
+// side: 0 right (P = A X), 1 left (P = X A), 2 both (P = (A X + X A)/2); scale is 2/n^2 for one
+// side and 1/n^2 for both (the derivative of mean((P - I)^2)). The update rounds as the Python
+// path writes it: (momentum buf) + g, then X - (buf lr).
+template <typename T, int N>
+GDLA_HD double momentum_step(const T* a, T* x, T* buf, int side, T scale, T lr, T momentum, bool started) {
+  constexpr bool kFixed = true;
+  const int n = N;
+  T r[N * N], u[N * N];
+  if (side == 1) {
+    matmul<T, N, kFixed>(x, a, r, n);
+  } else {
+    matmul<T, N, kFixed>(a, x, r, n);
+  }
+  if (side == 2) {
+    matmul<T, N, kFixed>(x, a, u, n);
+    GDLA_UNROLL
+    for (int i = 0; i < N * N; ++i) r[i] = T(0.5) * (r[i] + u[i]);
+  }
+  double sum = 0.0;
+  GDLA_UNROLL
+  for (int i = 0; i < N; ++i) {
+    GDLA_UNROLL
+    for (int j = 0; j < N; ++j) {
+      const T value = r[i * N + j] - (i == j ? T(1) : T(0));
+      sum += static_cast<double>(value) * static_cast<double>(value);
+      r[i * N + j] = value;
+    }
+  }
+  if (side == 1) {
+    matmul_t<T, N, kFixed, false>(r, a, u, n);  // R A^T
+  } else {
+    matmul_t<T, N, kFixed, true>(a, r, u, n);  // A^T R
+  }
+  if (side == 2) {
+    T v[N * N];
+    matmul_t<T, N, kFixed, false>(r, a, v, n);
+    GDLA_UNROLL
+    for (int i = 0; i < N * N; ++i) u[i] += v[i];
+  }
+  GDLA_UNROLL
+  for (int i = 0; i < N * N; ++i) {
+    const T g = scale * u[i];
+    buf[i] = started ? momentum * buf[i] + g : g;
+    x[i] = x[i] - buf[i] * lr;
+  }
+  return sum;
+}
+
+// Whether a run stops after a step with this loss: not finite, or blown up over the run's first.
+GDLA_HD bool diverged(double loss, double first, double blow_up, bool is_first) {
+  if (!(loss - loss == 0.0)) return true;  // NaN or +-inf
+  const double floor = first > 1e-30 ? first : 1e-30;
+  return !is_first && loss > blow_up * floor;
+}
+
 // Calls f(std::integral_constant<int, N>) for the register-resident size n <= kMaxUnrolledN.
 template <typename F>
 inline void dispatch_unrolled_size(int n, F&& f) {

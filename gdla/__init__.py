@@ -12,7 +12,7 @@ from __future__ import annotations
 from gdla import registry  # the module: registry.entries(), registry.register_plugin(), ...
 from gdla.backend import extension_status
 from gdla.demo import DemoPanel, DemoRun
-from gdla.capabilities import LinearLeastSquares, MatrixInverse, SumOfSquares
+from gdla.capabilities import InverseMSE, LinearLeastSquares, MatrixInverse, SumOfSquares
 from gdla.errors import (
     BackendError,
     BackendWarning,
@@ -53,6 +53,7 @@ __all__ = [
     "GdlaWarning",
     "GradientOptimizer",
     "InputError",
+    "InverseMSE",
     "LinearLeastSquares",
     "MatrixInverse",
     "MatrixFileError",

@@ -11,6 +11,7 @@ the capability they need and never read a problem's private attributes or its na
 ``sum_of_squares()``         :class:`SumOfSquares`           Gauss-Newton / Levenberg-Marquardt methods
 ``matrix_inverse()``         :class:`MatrixInverse`          ``newton-schulz``
 ``fused_reason()``           ``None`` or why not             ``backend="fused"`` for gradient methods
+``fused_loss()``             :class:`InverseMSE`             whole-run kernels (``momentum``: many steps a call)
 ``update_masks()``           0/1 masks                       the fused masked momentum step
 ``quadratic``                ``True``/``False``/``None``     Hessian-based step estimates
 ===========================  ==============================  =============================================
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["LinearLeastSquares", "MatrixInverse", "SumOfSquares", "squared_norm"]
+__all__ = ["InverseMSE", "LinearLeastSquares", "MatrixInverse", "SumOfSquares", "squared_norm"]
 
 TensorMap = Callable[[torch.Tensor], torch.Tensor]
 
@@ -157,3 +158,16 @@ class MatrixInverse:
         norm_1 = torch.where(norm_1 > 0, norm_1, one)[..., None, None]
         norm_inf = torch.where(norm_inf > 0, norm_inf, one)[..., None, None]
         return (A.mT / norm_1) / norm_inf
+
+
+@dataclass(frozen=True)
+class InverseMSE:
+    r"""The loss is exactly ``gdla.ops.inverse_mse(A, params[key], side)``: ``Σ_b mean((P_b − I)²)``.
+
+    Declaring it lets an optimizer with a whole-run kernel for this loss (``momentum``: the
+    extension's ``inverse_momentum_run``) run many steps in one call under ``backend="fused"``.
+    """
+
+    A: torch.Tensor
+    side: str = "right"
+    key: str = "M"

@@ -149,7 +149,8 @@ def _prepare(
 
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        # the CPU generator alone on CPU (seeding every device's generator costs a stack trace each)
+        torch.default_generator.manual_seed(seed) if work.device.type == "cpu" else torch.manual_seed(seed)
         params = work.init_params(generator)
         opt = optimizer_cls(work, params, lr=lr, backend=chosen_backend, max_steps=budget, **options)
     run = Run(
@@ -220,6 +221,11 @@ def _iterate(run: Run) -> tuple[LossHistory, str]:
         run.optimizer, run.work, run.params, run.rules, run.callback, run.sharding
     )
     losses = LossHistory()
+    if _runs_in_bulk(run):
+        with torch.no_grad():
+            bulk = opt.run(run.budget)
+        if bulk is not None:
+            return _replay(bulk, run, losses)
     bar = _progress_bar(run.budget, enabled=run.progress)
     stop = "max_steps"
     with torch.no_grad():
@@ -247,6 +253,24 @@ def _iterate(run: Run) -> tuple[LossHistory, str]:
     if bar is not None:
         bar.close()
     return losses, stop
+
+
+def _runs_in_bulk(run: Run) -> bool:
+    """Whether nothing needs to see the steps one by one, so the optimizer may run them all in one call."""
+    return (
+        run.callback is None
+        and not run.progress
+        and run.sharding is None
+        and not run.rules.checks_residual
+        and not run.work.needs_projection()
+    )
+
+
+def _replay(bulk: torch.Tensor, run: Run, losses: LossHistory) -> tuple[LossHistory, str]:
+    """The stop rules over the losses of a bulk run (which, like the loop, stopped after a diverging step)."""
+    diverged = run.rules.on_bulk(bulk)
+    losses.extend(bulk if diverged is None else bulk[:diverged])
+    return losses, "max_steps" if diverged is None else "diverged"
 
 
 def _first_step(opt: Optimizer, problem: Problem) -> float:

@@ -29,8 +29,10 @@ except ImportError as exc:
     ) from exc
 
 __all__ = [
+    "RUN_MAX_N",
     "SIDES",
     "has_cuda_kernels",
+    "inverse_momentum_run",
     "inverse_mse",
     "inverse_mse_and_grad",
     "masked_hadamard",
@@ -43,6 +45,7 @@ __all__ = [
 
 SIDES = ("right", "left", "both")
 SMALL_MAX_N = 16  # the largest n the batched tiny-problem kernels keep in registers
+RUN_MAX_N = 8  # the largest n the whole-run kernels keep in registers
 _ops = torch.ops.gdla
 _CUDA_KERNELS = torch._C._dispatch_has_kernel_for_dispatch_key("gdla::inverse_mse", "CUDA")
 
@@ -438,3 +441,60 @@ def _newton_schulz_fake(A, X0, max_steps, tol):
 @torch.library.register_fake("gdla::small_inverse_momentum")
 def _momentum_fake(A, X0, lr, momentum, steps):
     return A.new_empty(A.shape)
+
+
+# -- whole runs -----------------------------------------------------------------------------------
+def inverse_momentum_run(
+    A: torch.Tensor,
+    X: torch.Tensor,
+    buf: torch.Tensor,
+    side: str,
+    lr: float,
+    momentum: float,
+    steps: int,
+    *,
+    started: bool,
+    first_loss: float = float("nan"),
+    blow_up: float = 1e12,
+) -> torch.Tensor:
+    """Seed 000's momentum on ``Σ_b mean((P_b − I)²)``, ``steps`` steps in one call; ``X``, ``buf`` in place.
+
+    Per step: ``R = P(X) − I``; the step's loss is ``Σ_b mean(R_b²)`` at the iterate before the
+    update; ``g = ∂loss/∂X``; ``buf ← momentum·buf + g`` (``buf ← g`` on a run's first step,
+    ``started=False``); ``X ← X − buf·lr``. The call stops early after a step whose loss is not
+    finite or exceeds ``blow_up · max(first_loss, 1e-30)`` (``first_loss`` NaN: this call's first
+    step is the run's first, whose loss sets it). Not differentiable.
+
+    Args:
+        A: square matrices, ``n <= 8``.  # shape: (..., n, n)
+        X, buf: iterates and momentum buffers, like ``A``, contiguous.  # shape: (..., n, n)
+        side: ``"right"``, ``"left"`` or ``"both"``.
+
+    Returns:
+        The loss of every step taken (float64, length ``<= steps``).
+    """
+    op = "inverse_momentum_run"
+    A = _matrix(op, A, "A")
+    n = A.shape[-1]
+    if A.shape[-2] != n or n > RUN_MAX_N:
+        raise ShapeError(f"{op}: A must hold square n x n matrices with n <= {RUN_MAX_N}, received {tuple(A.shape)}")
+    for name, value in (("X", X), ("buf", buf)):
+        _shape(op, _tensor(op, value, name, A, "A"), name, tuple(A.shape), "to match A")
+    return _ops.inverse_momentum_run(
+        A,
+        X,
+        buf,
+        _side(op, side),
+        check_positive(lr, f"{op}: lr"),
+        check_probability(momentum, f"{op}: momentum"),
+        check_int(steps, f"{op}: steps", minimum=0),
+        bool(started),
+        float(first_loss),
+        check_positive(blow_up, f"{op}: blow_up"),
+    )
+
+
+@torch.library.register_fake("gdla::inverse_momentum_run")
+def _momentum_run_fake(A, X, buf, side, lr, momentum, steps, started, first_loss, blow_up):
+    count = torch.library.get_ctx().new_dynamic_size(min=0, max=steps)
+    return A.new_empty((count,), dtype=torch.float64)

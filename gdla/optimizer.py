@@ -102,6 +102,18 @@ class Optimizer(abc.ABC):
         """Estimated iterations to reach relative residual ``tol``, or ``None`` if unknown."""
         return None
 
+    def run(self, steps: int) -> torch.Tensor | None:
+        """Advance up to ``steps`` iterations in one call and return each one's loss, or ``None`` if it cannot.
+
+        Optional: a method with a whole-run kernel implements it so that :func:`gdla.solve` need not
+        return to Python between steps. It must give exactly what ``steps`` calls of :meth:`step`
+        give (the same bits), and stop early after a step whose loss is not finite or exceeds
+        ``gdla.stopping.BLOW_UP`` times the run's first loss, as the loop would. The loop calls it
+        only when nothing needs to see the steps one by one (no callback, progress bar, residual
+        test or projection). Default: ``None`` (step by step).
+        """
+        return None
+
     def describe(self) -> dict[str, Any]:
         """JSON-ready facts about this run's settings (and choices made, for ``auto``)."""
         return {"name": self.name, "lr": self.lr}

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 if TYPE_CHECKING:
-    from gdla.capabilities import LinearLeastSquares, MatrixInverse, SumOfSquares
+    from gdla.capabilities import InverseMSE, LinearLeastSquares, MatrixInverse, SumOfSquares
     from gdla.demo import DemoPanel
     from gdla.scaling import Normalization
 
@@ -182,6 +182,17 @@ class Problem(abc.ABC):
     def batch_slice(self, start: int, stop: int) -> Problem:
         """The sub-problem of batch members ``start:stop`` (only for problems whose :meth:`batch_size` is set)."""
         raise NotImplementedError(f"problem {self.name!r} is not batched: it does not implement batch_slice()")
+
+    def fused_loss(self) -> InverseMSE | None:
+        """The fused-kernel family that computes the loss exactly (e.g. :class:`~gdla.InverseMSE`), or ``None``.
+
+        Optimizers with whole-run kernels for that family may then run many steps per call.
+        """
+        return None
+
+    def needs_projection(self) -> bool:
+        """Whether :meth:`project` may change the parameters (the loop may skip it, and run steps in bulk, if not)."""
+        return type(self).project is not Problem.project
 
     def update_masks(self) -> Params:
         """0/1 masks of parameters whose gradient is zero outside the mask (default: none).

@@ -58,6 +58,21 @@ class StopRules:
             return "diverged"
         return None
 
+    def on_bulk(self, losses: torch.Tensor) -> int | None:
+        """:meth:`on_loss` over the losses of steps ``1..len(losses)`` of a run at once, vectorised.
+
+        Returns the step at which the run diverged, or ``None``.
+        """
+        if len(losses) == 0:
+            return None
+        values = losses.detach().to(device="cpu", dtype=torch.float64)
+        if self._first_loss is None:
+            self._first_loss = float(values[0])
+        bad = ~torch.isfinite(values)
+        bad[1:] |= values[1:] > BLOW_UP * max(self._first_loss, 1e-30)
+        hits = bad.nonzero()
+        return int(hits[0]) + 1 if len(hits) else None
+
     def on_residual(self, step: int, loss: float, residual: float) -> str | None:
         """``"converged"`` at ``residual <= tol``; ``"stalled"`` after ``patience`` steps without progress."""
         if residual <= self.tol:
@@ -83,6 +98,10 @@ class LossHistory:
 
     def append(self, loss: float) -> None:
         self._values.append(loss)
+
+    def extend(self, losses: torch.Tensor) -> None:
+        """Append a 1-D tensor of losses in one copy."""
+        self._values.frombytes(losses.detach().to(device="cpu", dtype=torch.float64).contiguous().numpy().tobytes())
 
     def __len__(self) -> int:
         return len(self._values)

@@ -45,6 +45,12 @@ template <typename T>
 cudaError_t launch_masked_update(T* U, const T* omega, const T* G, T* buf, int64_t total, double lr, double momentum,
                                  cudaStream_t stream);
 
+// One step of seed 000's momentum on every problem's inverse MSE (n <= 8, one thread a problem):
+// X and buf updated in place, losses[b] = mean((P_b - I)^2) at the iterate before the step.
+template <typename T>
+cudaError_t launch_momentum_step(const T* A, T* X, T* buf, int n, int side, double lr, double momentum, bool started,
+                                 double* losses, int64_t batch, cudaStream_t stream);
+
 // One thread per n x n problem (n <= 16); X0 null: the scaled transpose of A.
 template <typename T>
 cudaError_t launch_newton_schulz(const T* A, const T* X0, T* X, int64_t* steps, int64_t batch, int n, int max_steps,

@@ -13,6 +13,10 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
 namespace gdla {
 namespace {
 
@@ -133,9 +137,40 @@ at::Tensor heavy_ball_cuda(const at::Tensor& A, const at::Tensor& X0, double lr,
   return X;
 }
 
+// One kernel launch a step (each step's total loss is checked on the host for divergence, as the
+// CPU kernel does inside its loop); the per-problem losses are summed in a fixed order by ATen.
+at::Tensor inverse_momentum_run_cuda(const at::Tensor& A, at::Tensor& X, at::Tensor& buf, c10::string_view side,
+                                     double lr, double momentum, int64_t steps, bool started, double first_loss,
+                                     double blow_up) {
+  const int n = check_momentum_run_args(A, X, buf, lr, momentum, steps, blow_up);
+  const int code = momentum_run_side(side);
+  const c10::OptionalDeviceGuard guard(at::device_of(A));
+  const int64_t batch = batch_count(A, 2);
+  at::Tensor member = at::empty({batch}, A.options().dtype(at::kDouble));
+  std::vector<double> losses;
+  bool is_first = std::isnan(first_loss);
+  double first = first_loss;
+  for (int64_t step = 0; step < steps; ++step) {
+    AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "gdla_inverse_momentum_run_cuda", [&] {
+      C10_CUDA_CHECK(cuda::launch_momentum_step<scalar_t>(A.data_ptr<scalar_t>(), X.data_ptr<scalar_t>(),
+                                                          buf.data_ptr<scalar_t>(), n, code, lr, momentum,
+                                                          started || step > 0, member.data_ptr<double>(), batch,
+                                                          current_stream()));
+    });
+    const double loss = at::sum(member).item<double>();
+    losses.push_back(loss);
+    if (small::diverged(loss, first, blow_up, is_first)) break;
+    if (is_first) first = loss, is_first = false;
+  }
+  at::Tensor out = at::empty({static_cast<int64_t>(losses.size())}, at::TensorOptions().dtype(at::kDouble));
+  std::copy(losses.begin(), losses.end(), out.data_ptr<double>());
+  return out.to(A.device());
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(gdla, CUDA, m) {
+  m.impl("inverse_momentum_run", &inverse_momentum_run_cuda);
   m.impl("inverse_mse", &inverse_mse_impl<CudaPrims>);
   m.impl("inverse_mse_and_grad", &inverse_mse_and_grad_impl<CudaPrims>);
   m.impl("inverse_mse_backward", &inverse_mse_backward_impl<CudaPrims>);

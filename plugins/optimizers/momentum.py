@@ -23,12 +23,16 @@ with ``L / λ_min < 190`` the rate per step is ``sqrt(momentum)`` either way.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 
 import gdla
+from gdla.capabilities import InverseMSE
+from gdla.problem import Params, Problem
+from gdla.stopping import BLOW_UP
 from gdla.validation import check_positive, check_probability
 from gdla_plugins.optimizers.torch_optim import Option, TorchOptimizer, unit_interval
 
@@ -105,12 +109,62 @@ class Momentum(TorchOptimizer):
     accepted = {"momentum": Option(unit_interval, SEED_MOMENTUM)}
     lr_rule = ("inverse_lipschitz", 0.5)
 
+    def __init__(self, problem: Problem, params: Params, **options: Any) -> None:
+        super().__init__(problem, params, **options)
+        self._first_loss = math.nan
+        self._whole_run = self._whole_run_form()
+
     def build(self, tensors: list[torch.Tensor], lr: float | None, **options: Any) -> torch.optim.Optimizer:
         optimizer = super().build(tensors, lr, **options)
         if self.backend == "fused":  # masked parameters take the fused masked-update kernel
             masks = self.problem.update_masks()
             optimizer.masks = {self.params[key]: mask for key, mask in masks.items() if key in self.params}
         return optimizer
+
+    def _whole_run_form(self) -> InverseMSE | None:
+        """The problem's fused inverse MSE where the extension's whole-run kernel serves it, else ``None``.
+
+        It serves a fixed rate (no schedule) on one contiguous parameter tensor of square matrices
+        up to ``gdla.ops.RUN_MAX_N``, under ``backend="fused"``.
+        """
+        form = self.problem.fused_loss()
+        if self.backend != "fused" or not isinstance(form, InverseMSE) or self.scheduler is not None:
+            return None
+        X = self.params.get(form.key)
+        A = form.A
+        if len(self.params) != 1 or X is None or not X.is_contiguous() or not A.is_contiguous():
+            return None
+        from gdla import ops
+
+        if A.shape[-1] != A.shape[-2] or A.shape[-1] > ops.RUN_MAX_N:
+            return None
+        return form
+
+    def run(self, steps: int) -> torch.Tensor | None:
+        """Seed 000's update, ``steps`` times in one call of ``gdla.ops.inverse_momentum_run``."""
+        form = self._whole_run
+        if form is None:
+            return None
+        from gdla import ops
+
+        X = self.params[form.key]
+        state = self.torch_optimizer.state[X]  # the same velocity SeedMomentum keeps: the two paths agree
+        velocity = state.get("velocity")
+        started = velocity is not None
+        if velocity is None:
+            velocity = state["velocity"] = torch.zeros_like(X)
+        group = self.torch_optimizer.param_groups[0]
+        losses = ops.inverse_momentum_run(
+            form.A, X, velocity, form.side, group["lr"], group["momentum"], steps,
+            started=started, first_loss=self._first_loss, blow_up=BLOW_UP,
+        )
+        if math.isnan(self._first_loss) and len(losses):
+            self._first_loss = float(losses[0])
+        return losses
+
+    def step(self) -> torch.Tensor:
+        losses = self.run(1)
+        return super().step() if losses is None else losses[0]
 
 
 @gdla.hookimpl

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 import gdla
-from gdla.capabilities import LinearLeastSquares, MatrixInverse
+from gdla.capabilities import InverseMSE, LinearLeastSquares, MatrixInverse
 from gdla.errors import InputError, ShapeError, SingularMatrixError
 from gdla.problem import Params, Problem
 from gdla.validation import as_dtype, check_choice, check_int, check_matrix
@@ -243,6 +243,14 @@ class InverseProblem(Problem):
     def matrix_inverse(self) -> MatrixInverse:
         """The answer is ``A⁻¹`` (``A⁺`` with ``pseudo``), measured on this problem's side."""
         return MatrixInverse(self.A, side=self.side, pseudo=self.pseudo, key="M")
+
+    def fused_loss(self) -> InverseMSE:
+        """The loss is the fused ``inverse_mse`` op's."""
+        return InverseMSE(self.A, side=self.side, key="M")
+
+    def needs_projection(self) -> bool:
+        """Only where inverses are not unique (a null space on the optimised side)."""
+        return self._projector is not None
 
     def least_squares(self) -> LinearLeastSquares:
         r"""``r = P(M) − I``, linear in ``M``; the loss is ``Σ_b mean(r_b²)``.

@@ -48,6 +48,10 @@ def _samples(device: str) -> list[tuple[str, tuple]]:
         ("small_inverse_newton_schulz", (small, None, 30, 1e-10)),
         ("small_inverse_newton_schulz", (small, small.mT.contiguous(), 3, 0.0)),
         ("small_inverse_momentum", (small, torch.zeros_like(small), 0.2, 0.5, 10)),
+        ("inverse_momentum_run", (small, small.mT.contiguous(), torch.zeros_like(small), "left", 0.2, 0.5, 10,
+                                  False, float("nan"), 1e12)),
+        ("inverse_momentum_run", (small[0], small[0].clone(), torch.ones_like(small[0]), "both", 0.1, 0.0, 3,
+                                  True, 1.0, 1e12)),
     ]
 
 

@@ -188,3 +188,56 @@ def test_fused_backend_takes_the_masked_update_kernel_on_sparse(monkeypatch: pyt
     torch.testing.assert_close(torch.tensor(fused.losses), torch.tensor(reference.losses), rtol=1e-10, atol=1e-14)
     torch.testing.assert_close(fused.params["U"], reference.params["U"], rtol=1e-10, atol=1e-14)
     assert torch.all(fused.params["U"][problem.omega == 0] == 0)  # nothing moves outside the mask
+
+
+# -- the whole-run kernel (backend="fused") -------------------------------------------------------
+needs_kernel = pytest.mark.skipif(not gdla.extension_status()[0], reason="the compiled extension gdla._C is not built")
+SEED_RUN = {"optimizer": "momentum", "lr": SEED_LR, "momentum": SEED_MOMENTUM, "max_steps": 3000, "tol": 0}
+
+
+def one_by_one(step: int, loss: float, params: gdla.Params) -> None:
+    """A callback: the loop must then go step by step."""
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("side", ["left", "right", "both"])
+def test_whole_run_in_one_call_equals_the_step_by_step_path(dtype: torch.dtype, side: str) -> None:
+    problem = InverseProblem.example(side=side, dtype=dtype)
+    bulk = gdla.solve(problem, **SEED_RUN)
+    stepwise = gdla.solve(problem, callback=one_by_one, **SEED_RUN)
+    assert bulk.backend == stepwise.backend == "fused"
+    assert (bulk.steps, bulk.stop_reason) == (stepwise.steps, stepwise.stop_reason) == (3000, "max_steps")
+    assert bulk.losses == stepwise.losses  # the same bits
+    assert torch.equal(bulk.solution, stepwise.solution)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_run_matches_autograd_to_rounding(dtype: torch.dtype) -> None:
+    problem = InverseProblem.example(side="left", dtype=dtype)
+    fused = gdla.solve(problem, backend="fused", **SEED_RUN)
+    reference = gdla.solve(problem, backend="autograd", **SEED_RUN)
+    tol = {"rtol": 1e-3, "atol": 1e-9} if dtype == torch.float32 else {"rtol": 1e-9, "atol": 1e-24}
+    torch.testing.assert_close(torch.tensor(fused.losses[:200]), torch.tensor(reference.losses[:200]), **tol)
+    assert relative_error(fused.solution, problem.reference()) < (1e-5 if dtype == torch.float32 else 1e-12)
+
+
+@needs_kernel
+def test_divergence_in_a_bulk_run_stops_where_the_loop_would() -> None:
+    problem = InverseProblem.example(side="left")
+    settings = {**SEED_RUN, "lr": 40.0}
+    bulk = gdla.solve(problem, **settings)
+    stepwise = gdla.solve(problem, callback=one_by_one, **settings)
+    assert bulk.stop_reason == stepwise.stop_reason == "diverged"
+    assert bulk.steps == stepwise.steps < 3000 and bulk.losses == stepwise.losses
+
+
+@needs_kernel
+def test_a_schedule_or_a_large_matrix_takes_the_step_path_with_the_same_answer() -> None:
+    problem = InverseProblem.well_conditioned(12)
+    fused = gdla.solve(problem, optimizer="momentum", lr=0.2, max_steps=200, tol=0, backend="fused")
+    reference = gdla.solve(problem, optimizer="momentum", lr=0.2, max_steps=200, tol=0, backend="autograd")
+    torch.testing.assert_close(fused.solution, reference.solution, rtol=1e-10, atol=1e-12)
+    scheduled = gdla.solve(InverseProblem.example(), optimizer="momentum", lr=0.5, schedule="cosine", max_steps=50, tol=0)
+    assert scheduled.steps == 50 and scheduled.settings["optimizer.schedule"] == "cosine"

@@ -1,0 +1,112 @@
+"""Whole-run kernels (``gdla.ops.inverse_momentum_run``) against the step-by-step PyTorch reference."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gdla.errors import InputError, ShapeError
+
+ops = pytest.importorskip("gdla.ops", reason="the compiled extension gdla._C is not built")
+
+CUDA_READY = torch.cuda.is_available() and ops.has_cuda_kernels()
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not CUDA_READY, reason="needs a CUDA device")]),
+]
+TOL = {torch.float32: {"rtol": 1e-4, "atol": 1e-6}, torch.float64: {"rtol": 1e-11, "atol": 1e-13}}
+
+
+def problems(batch: tuple[int, ...], n: int, dtype: torch.dtype, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(7)
+    A = torch.eye(n, dtype=torch.float64) + 0.3 * torch.randn(*batch, n, n, generator=g, dtype=torch.float64)
+    X = A.mT / (torch.linalg.matrix_norm(A, 1) * torch.linalg.matrix_norm(A, math.inf))[..., None, None]
+    return A.to(dtype=dtype, device=device).contiguous(), X.to(dtype=dtype, device=device).contiguous()
+
+
+def reference(A: torch.Tensor, X: torch.Tensor, side: str, lr: float, mu: float, steps: int) -> tuple[list, torch.Tensor]:
+    """Seed 000's rule with autograd gradients of sum_b mean((P_b - I)^2)."""
+    eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+    X = X.clone()
+    velocity = None
+    losses = []
+    for _ in range(steps):
+        leaf = X.detach().requires_grad_(True)
+        P = {"right": A @ leaf, "left": leaf @ A, "both": (A @ leaf + leaf @ A) / 2}[side]
+        loss = (P - eye).square().mean(dim=(-2, -1)).sum()
+        (grad,) = torch.autograd.grad(loss, leaf)
+        losses.append(float(loss.detach()))
+        velocity = grad.clone() if velocity is None else velocity * mu + grad
+        X = X - velocity * lr
+    return losses, X
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("side", ["right", "left", "both"])
+@pytest.mark.parametrize(("batch", "n"), [((), 4), ((3,), 2), ((2, 3), 8)])
+def test_matches_the_autograd_reference(device: str, dtype: torch.dtype, side: str, batch: tuple, n: int) -> None:
+    A, X = problems(batch, n, dtype, device)
+    buf = torch.zeros_like(X)
+    losses = ops.inverse_momentum_run(A, X, buf, side, 0.3, 0.8, 25, started=False)
+    expected_losses, expected_X = reference(A, problems(batch, n, dtype, device)[1], side, 0.3, 0.8, 25)
+    assert losses.dtype == torch.float64 and losses.shape == (25,)
+    torch.testing.assert_close(losses, torch.tensor(expected_losses, dtype=torch.float64, device=device), **TOL[dtype])
+    torch.testing.assert_close(X, expected_X, **TOL[dtype])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("batch", [(), (300,)])  # 300 problems: the batch runs on several threads
+def test_one_call_equals_step_by_step_bitwise(device: str, batch: tuple) -> None:
+    A, X = problems(batch, 4, torch.float32, device)
+    X_steps, buf, buf_steps = X.clone(), torch.zeros_like(X), torch.zeros_like(X)
+    whole = ops.inverse_momentum_run(A, X, buf, "right", 0.5, 0.9, 40, started=False)
+    first = math.nan
+    single = []
+    for step in range(40):
+        loss = ops.inverse_momentum_run(A, X_steps, buf_steps, "right", 0.5, 0.9, 1, started=step > 0, first_loss=first)
+        first = float(loss[0]) if step == 0 else first
+        single.append(float(loss[0]))
+    assert whole.tolist() == single
+    assert torch.equal(X, X_steps) and torch.equal(buf, buf_steps)
+
+
+def test_same_bits_at_any_thread_count() -> None:
+    A, X = problems((1000,), 3, torch.float64, "cpu")
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            Xc, buf = X.clone(), torch.zeros_like(X)
+            results.append((ops.inverse_momentum_run(A, Xc, buf, "left", 0.4, 0.9, 30, started=False), Xc))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+def test_stops_after_the_step_that_diverges() -> None:
+    A, X = problems((), 4, torch.float64, "cpu")
+    losses = ops.inverse_momentum_run(A, X, torch.zeros_like(X), "right", 50.0, 0.9, 1000, started=False)
+    assert 1 < len(losses) < 1000
+    last, first = float(losses[-1]), float(losses[0])
+    assert not math.isfinite(last) or last > 1e12 * first
+    assert all(math.isfinite(v) and v <= 1e12 * first for v in losses[:-1].tolist())
+
+
+def test_bad_arguments_name_the_argument() -> None:
+    A, X = problems((), 4, torch.float64, "cpu")
+    buf = torch.zeros_like(X)
+    with pytest.raises(ShapeError, match="n <= 8"):
+        big = torch.eye(9, dtype=torch.float64)
+        ops.inverse_momentum_run(big, big.clone(), big.clone(), "right", 0.1, 0.5, 3, started=False)
+    with pytest.raises(ShapeError, match="buf must have shape"):
+        ops.inverse_momentum_run(A, X, buf[:3], "right", 0.1, 0.5, 3, started=False)
+    with pytest.raises(InputError, match="side must be one of"):
+        ops.inverse_momentum_run(A, X, buf, "up", 0.1, 0.5, 3, started=False)
+    with pytest.raises(InputError, match="lr"):
+        ops.inverse_momentum_run(A, X, buf, "right", 0.0, 0.5, 3, started=False)
+    with pytest.raises(ValueError, match="contiguous"):
+        ops.inverse_momentum_run(A, X.mT, buf, "right", 0.1, 0.5, 3, started=False)
