@@ -173,7 +173,12 @@ def _bad_optimizer(value: Any) -> Any:
 def _advise(run: Run) -> None:
     """Warn before the run when the chosen method is not expected to reach ``tol`` within the budget."""
     tol, budget, opt = run.rules.tol, run.budget, run.optimizer
-    expected = opt.expected_steps(tol) if tol > 0 else None
+    if tol <= 0:
+        return
+    bound = opt.steps_bound(tol)
+    if bound is not None and bound <= budget:  # fits for sure: no estimate needed
+        return
+    expected = opt.expected_steps(tol)
     if expected is None or expected <= budget:
         return
     need = (

@@ -102,6 +102,14 @@ class Optimizer(abc.ABC):
         """Estimated iterations to reach relative residual ``tol``, or ``None`` if unknown."""
         return None
 
+    def steps_bound(self, tol: float) -> float | None:
+        """A cheap upper bound on the iterations to reach ``tol`` (``None``: none known).
+
+        :func:`gdla.solve` asks it before the costlier :meth:`expected_steps`, which it then skips
+        when the bound already fits the budget.
+        """
+        return None
+
     def run(self, steps: int) -> torch.Tensor | None:
         """Advance up to ``steps`` iterations in one call and return each one's loss, or ``None`` if it cannot.
 

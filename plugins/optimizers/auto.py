@@ -134,6 +134,12 @@ class Auto(Optimizer):
     def expected_steps(self, tol: float) -> float | None:
         return self.delegate.expected_steps(tol)
 
+    def steps_bound(self, tol: float) -> float | None:
+        return self.delegate.steps_bound(tol)
+
+    def run(self, steps: int) -> torch.Tensor | None:
+        return self.delegate.run(steps)
+
     def describe(self) -> dict[str, Any]:
         inner = {key: value for key, value in self.delegate.describe().items() if key not in ("name", "lr")}
         return {"name": self.name, "lr": self.lr, "method": self.method, "reason": self.reason, **inner}

@@ -215,6 +215,17 @@ class NewtonSchulz(Optimizer):
             return None
         return newton_schulz_steps(self.A, tol)
 
+    def steps_bound(self, tol: float) -> float | None:
+        """``log₂(ln(1/tol) · n κ²) + 2`` from the problem's condition estimate: the safe start has
+        ``t₀ = σ_min² / (‖A‖₁‖A‖_∞) ≥ 1 / (n κ²)`` (see :func:`newton_schulz_steps`)."""
+        if self.start != "safe" or not 0 < tol < 1:
+            return None
+        kappa = self.problem.condition_estimate()
+        if kappa is None or not math.isfinite(kappa) or kappa < 1:
+            return None
+        n = max(self.A.shape[-2], self.A.shape[-1])
+        return math.ceil(math.log2(math.log(1 / tol) * n * kappa * kappa)) + 2.0
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "lr": None, "start": self.start, "fused_kernel": self._fused is not None}
 

@@ -1,0 +1,209 @@
+"""The seed notebooks' own eager loops against ``gdla.solve``, side by side in one process.
+
+Prints the ratio table of the performance issue and writes it to
+``benchmarks/results/notebooks.md``::
+
+    .venv/bin/python benchmarks/notebooks.py [--repeats 5] [--threads N] [--out FILE]
+
+Every row is a median over ``--repeats`` alternating runs (eager, then gdla), float32 unless
+said, ``backend="auto"``, through the public :func:`gdla.solve` (set-up and metrics included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+import gdla
+
+HERE = Path(__file__).resolve().parent
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up: first-call costs (imports, allocator) are not the loop's
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# -- seed 000: momentum on M @ A ≈ I, the notebook's hand-rolled gradient buffer -------------------
+def seed000_eager(A: torch.Tensor, start: torch.Tensor, steps: int) -> torch.Tensor:
+    guess = start.clone().requires_grad_(True)
+    eye = torch.eye(len(A))
+    for _ in range(steps):
+        loss = ((guess @ A - eye) ** 2).mean()
+        loss.backward()
+        with torch.no_grad():
+            guess -= 0.9 * guess.grad
+            guess.grad *= 0.9
+    return guess.detach()
+
+
+# -- seed 001: SVD penalty form with torch.optim.SGD(momentum) -------------------------------------
+def seed001_eager(M: torch.Tensor, steps: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(314)
+    m, n = M.shape
+    k = min(m, n)
+    U = torch.rand(m, k, generator=g).requires_grad_(True)
+    d = torch.rand(k, generator=g).requires_grad_(True)
+    V = torch.rand(n, k, generator=g).requires_grad_(True)
+    optimizer = torch.optim.SGD([U, d, V], lr=0.9, momentum=0.9)
+    eye_u, eye_v = torch.eye(k), torch.eye(k)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        fit = ((U @ torch.diag(d * d) @ V.T - M) ** 2).mean()
+        loss = fit + ((U.T @ U - eye_u) ** 2).mean() / 100 + ((V.T @ V - eye_v) ** 2).mean() / 100
+        loss.backward()
+        optimizer.step()
+    return d.detach()
+
+
+# -- seed 002: S = Init + Ω ⊙ U, two hops, SGD lr 0.01 ---------------------------------------------
+def seed002_eager(init: torch.Tensor, omega: torch.Tensor, X: torch.Tensor, Y: torch.Tensor, steps: int) -> None:
+    U = torch.zeros(3, 3, requires_grad=True)
+    optimizer = torch.optim.SGD([U], lr=0.01)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        S = init + omega * U
+        loss = torch.linalg.matrix_norm(Y - S @ (S @ X), ord="fro")
+        loss.backward()
+        optimizer.step()
+
+
+# -- seed 003: one linear layer W, Adam with 0.05 → 0.025 → 0.01 ---------------------------------------
+def seed003_eager(A: torch.Tensor, steps: int) -> torch.Tensor:
+    layer = torch.nn.Linear(A.shape[0], A.shape[0], bias=False)
+    optimizer = torch.optim.Adam(layer.parameters(), lr=0.05)
+    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[10_000, 100_000], gamma=0.5)
+    eye = torch.eye(A.shape[0])
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = ((layer(A.T).T - eye) ** 2).mean()  # W A ≈ I
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    return layer.weight.detach()
+
+
+def batch_momentum_eager(A: torch.Tensor, start: torch.Tensor, steps: int) -> None:
+    X = start.clone().requires_grad_(True)
+    optimizer = torch.optim.SGD([X], lr=0.5, momentum=0.9)
+    eye = torch.eye(A.shape[-1])
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = (torch.bmm(A, X) - eye).square().mean(dim=(-2, -1)).sum()
+        loss.backward()
+        optimizer.step()
+
+
+def rows(repeats: int) -> list[tuple[str, float, float, str]]:
+    """``(scenario, eager seconds, gdla seconds, unit)`` per row."""
+    out = []
+    inverse = gdla.get_problem("inverse")
+    seed = inverse.example(side="left", dtype=torch.float32)
+    torch.manual_seed(314)
+    start = torch.rand(4, 4)
+    steps = 10_000
+    eager = median_seconds(lambda: seed000_eager(seed.A, start, steps), repeats)
+    mine = median_seconds(
+        lambda: gdla.solve(seed, optimizer="momentum", lr=0.9, momentum=0.9, max_steps=steps, tol=0), repeats
+    )
+    out.append(("seed 000: 4×4 inverse, momentum lr .9 μ .9, 10,000 steps, tol=0 (whole run)", eager, mine, "run"))
+
+    svd = gdla.get_problem("svd").example(dtype=torch.float32)
+    M = svd.M if hasattr(svd, "M") else svd.reference()[0]
+    steps = 2_000
+    eager = median_seconds(lambda: seed001_eager(M, steps), repeats)
+    mine = median_seconds(
+        lambda: gdla.solve(svd, optimizer="sgd", lr=0.9, momentum=0.9, max_steps=steps, tol=0), repeats
+    )
+    out.append((f"seed 001: SVD {tuple(M.shape)}, SGD momentum, {steps:,} steps (per step)", eager / steps,
+                mine / steps, "step"))
+
+    sparse = gdla.get_problem("sparse").example(hops=2, dtype=torch.float32)
+    steps = 500
+    eager = median_seconds(lambda: seed002_eager(sparse.init, sparse.omega, sparse.X, sparse.Y, steps), repeats)
+    mine = median_seconds(lambda: gdla.solve(sparse, optimizer="sgd", lr=0.01, max_steps=steps, tol=0), repeats)
+    out.append((f"seed 002: masked operator 3×3, two hops, SGD lr .01, {steps} steps (per step)", eager / steps,
+                mine / steps, "step"))
+
+    A16 = inverse.well_conditioned(16, dtype=torch.float32)
+    steps = 2_000
+    eager = median_seconds(lambda: seed003_eager(A16.A, steps), repeats)
+    mine = median_seconds(
+        lambda: gdla.solve(A16, optimizer="adam", lr=0.05, schedule="multistep", max_steps=steps, tol=0), repeats
+    )
+    out.append((f"seed 003: 16×16 inverse, Adam + stepped schedule, {steps:,} steps (per step)", eager / steps,
+                mine / steps, "step"))
+
+    batch = inverse.well_conditioned(4, batch=(10_000,), dtype=torch.float32)
+    X0 = batch.matrix_inverse().safe_start()
+    steps = 100
+    eager = median_seconds(lambda: batch_momentum_eager(batch.A, X0, steps), repeats)
+    mine = median_seconds(
+        lambda: gdla.solve(batch, optimizer="momentum", lr=0.5, momentum=0.9, max_steps=steps, tol=0), repeats
+    )
+    out.append((f"10,000 × 4×4 momentum, {steps} steps, vs bmm autograd (per step)", eager / steps, mine / steps,
+                "step"))
+
+    eager = median_seconds(lambda: torch.linalg.inv(batch.A), repeats)
+    mine = median_seconds(lambda: gdla.solve(batch), repeats)
+    out.append(("10,000 × 4×4, optimizer='auto', whole solve, vs torch.linalg.inv", eager, mine, "run"))
+
+    big = inverse.well_conditioned(1024, dtype=torch.float32)
+    M0 = torch.rand(1024, 1024)
+    eager = median_seconds(lambda: [big.A.mT @ (big.A @ M0) for _ in range(5)], repeats)
+    mine = median_seconds(lambda: gdla.solve(big, optimizer="sgd", max_steps=5, tol=0), repeats)
+    out.append(("n = 1024, SGD, 5 steps, whole solve vs 5 × the two-GEMM floor", eager, mine, "run"))
+    return out
+
+
+def table(results: list[tuple[str, float, float, str]]) -> str:
+    lines = ["| scenario | eager / floor | gdla.solve | speed-up (eager ÷ gdla) |", "| --- | --- | --- | --- |"]
+    for name, eager, mine, unit in results:
+        lines.append(f"| {name} | {_time(eager)}/{unit} | {_time(mine)}/{unit} | {eager / mine:.3g}× |")
+    return "\n".join(lines)
+
+
+def _time(seconds: float) -> str:
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.3g} ms"
+    return f"{seconds * 1e6:.3g} µs"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "notebooks.md")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = rows(args.repeats)
+    text = table(results)
+    header = (
+        "# The notebooks' eager loops against gdla.solve\n\n"
+        f"Command: `.venv/bin/python benchmarks/notebooks.py --repeats {args.repeats}"
+        f"{f' --threads {args.threads}' if args.threads else ''}`  \n"
+        f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+        f"gdla {gdla.__version__}, extension: {gdla.extension_status()[1]}; float32; medians of {args.repeats} "
+        "alternating runs in one process.\n\n"
+    )
+    args.out.write_text(header + text + "\n")
+    print(text)
+    print(f"written to {args.out}")
+    assert all(math.isfinite(e) and math.isfinite(m) for _, e, m, _ in results)
+
+
+if __name__ == "__main__":
+    main()
