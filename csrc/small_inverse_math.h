@@ -16,9 +16,11 @@
 #define GDLA_HD __host__ __device__ inline
 #define GDLA_PRAGMA(x) _Pragma(#x)
 #define GDLA_UNROLL GDLA_PRAGMA(unroll(kFixed ? N : 1))
+#define GDLA_PRAGMA_UNROLL_ALL GDLA_PRAGMA(unroll)
 #else
 #define GDLA_HD inline
 #define GDLA_UNROLL
+#define GDLA_PRAGMA_UNROLL_ALL
 #endif
 
 namespace gdla {
@@ -304,56 +306,87 @@ GDLA_HD double inverse_mse_small(const T* A, const T* M, int side, T scale, T* g
   return sum;
 }
 
-// One step of seed 000's momentum on one problem's inverse MSE, all in local storage (n == N):
-//   R = P(X) - I, loss = sum(R^2) (returned, in double; the caller divides by k^2),
-//   g = scale adjoint_P(R), buf = started ? momentum buf + g : g, X = X - buf lr.
-// side: 0 right (P = A X), 1 left (P = X A), 2 both (P = (A X + X A)/2); scale is 2/n^2 for one
-// side and 1/n^2 for both (the derivative of mean((P - I)^2)). The update rounds as the Python
-// path writes it: (momentum buf) + g, then X - (buf lr).
+// c = a b, row by row (a row of b scaled and added at a time, which vectorises over the row).
 template <typename T, int N>
-GDLA_HD double momentum_step(const T* a, T* x, T* buf, int side, T scale, T lr, T momentum, bool started) {
-  constexpr bool kFixed = true;
-  const int n = N;
-  T r[N * N], u[N * N];
-  if (side == 1) {
-    matmul<T, N, kFixed>(x, a, r, n);
-  } else {
-    matmul<T, N, kFixed>(a, x, r, n);
-  }
-  if (side == 2) {
-    matmul<T, N, kFixed>(x, a, u, n);
-    GDLA_UNROLL
-    for (int i = 0; i < N * N; ++i) r[i] = T(0.5) * (r[i] + u[i]);
-  }
-  double sum = 0.0;
-  GDLA_UNROLL
+GDLA_HD void matmul_split(const T* __restrict a, const T* __restrict b, T* __restrict c) {
+  // row i of c accumulates a[i, l] * row l of b: the inner loop over j vectorises
   for (int i = 0; i < N; ++i) {
-    GDLA_UNROLL
-    for (int j = 0; j < N; ++j) {
-      const T value = r[i * N + j] - (i == j ? T(1) : T(0));
-      sum += static_cast<double>(value) * static_cast<double>(value);
-      r[i * N + j] = value;
+    T acc[N];
+    for (int j = 0; j < N; ++j) acc[j] = a[i * N] * b[j];
+    for (int l = 1; l < N; ++l) {
+      const T scale = a[i * N + l];
+      for (int j = 0; j < N; ++j) acc[j] += scale * b[l * N + j];
     }
+    for (int j = 0; j < N; ++j) c[i * N + j] = acc[j];
   }
-  if (side == 1) {
-    matmul_t<T, N, kFixed, false>(r, a, u, n);  // R A^T
-  } else {
-    matmul_t<T, N, kFixed, true>(a, r, u, n);  // A^T R
-  }
-  if (side == 2) {
-    T v[N * N];
-    matmul_t<T, N, kFixed, false>(r, a, v, n);
-    GDLA_UNROLL
-    for (int i = 0; i < N * N; ++i) u[i] += v[i];
-  }
-  GDLA_UNROLL
-  for (int i = 0; i < N * N; ++i) {
-    const T g = scale * u[i];
-    buf[i] = started ? momentum * buf[i] + g : g;
-    x[i] = x[i] - buf[i] * lr;
-  }
-  return sum;
 }
+
+// What a momentum run on one problem keeps for its whole run (n == N): A, and for one side the
+// Gram matrix H (A^T A for 'right', A A^T for 'left') and A^T, so the gradient of mean((P - I)^2)
+// is scale (H X - A^T) or scale (X H - A^T): one product on the step-to-step dependency chain.
+template <typename T, int N>
+struct MomentumProblem {
+  T a[N * N], h[N * N], at[N * N];
+  int side;
+  T scale;
+
+  GDLA_HD void init(const T* A, int side_code) {
+    side = side_code;
+    scale = static_cast<T>((side == 2 ? 1.0 : 2.0) / static_cast<double>(N * N));
+    for (int i = 0; i < N * N; ++i) a[i] = A[i];
+    for (int i = 0; i < N; ++i)
+      for (int j = 0; j < N; ++j) at[i * N + j] = a[j * N + i];
+    if (side == 0) matmul_split<T, N>(at, a, h);  // A^T A
+    if (side == 1) matmul_split<T, N>(a, at, h);  // A A^T
+  }
+
+  // One step of seed 000's momentum: returns sum((P(X) - I)^2) at the X it started from (double;
+  // the caller divides by n^2), then g = d mean((P - I)^2) / dX, buf = started ? momentum buf + g : g,
+  // X = X - buf lr. The update rounds as the Python path writes it: (momentum buf) + g, then X - (buf lr).
+  GDLA_HD double step(T* __restrict x, T* __restrict buf, T lr, T momentum, bool started) const {
+    T r[N * N], g[N * N];
+    if (side == 1) {
+      matmul_split<T, N>(x, a, r);
+    } else {
+      matmul_split<T, N>(a, x, r);
+    }
+    if (side == 2) {
+      T u[N * N];
+      matmul_split<T, N>(x, a, u);
+      for (int i = 0; i < N * N; ++i) r[i] = T(0.5) * (r[i] + u[i]);
+    }
+    double rows[N];  // one partial sum a row, then the rows in order: short dependency chains
+    for (int i = 0; i < N; ++i) {
+      double row = 0.0;
+      for (int j = 0; j < N; ++j) {
+        const T value = r[i * N + j] - (i == j ? T(1) : T(0));
+        row += static_cast<double>(value) * static_cast<double>(value);
+        r[i * N + j] = value;
+      }
+      rows[i] = row;
+    }
+    double sum = 0.0;
+    for (int i = 0; i < N; ++i) sum += rows[i];
+    if (side == 0) {
+      matmul_split<T, N>(h, x, g);  // A^T A X
+      for (int i = 0; i < N * N; ++i) g[i] = g[i] - at[i];
+    } else if (side == 1) {
+      matmul_split<T, N>(x, h, g);  // X A A^T
+      for (int i = 0; i < N * N; ++i) g[i] = g[i] - at[i];
+    } else {  // A^T R + R A^T
+      T v[N * N];
+      matmul_split<T, N>(at, r, g);
+      matmul_split<T, N>(r, at, v);
+      for (int i = 0; i < N * N; ++i) g[i] += v[i];
+    }
+    for (int i = 0; i < N * N; ++i) {
+      const T grad = scale * g[i];
+      buf[i] = started ? momentum * buf[i] + grad : grad;
+      x[i] = x[i] - buf[i] * lr;
+    }
+    return sum;
+  }
+};
 
 // Whether a run stops after a step with this loss: not finite, or blown up over the run's first.
 GDLA_HD bool diverged(double loss, double first, double blow_up, bool is_first) {

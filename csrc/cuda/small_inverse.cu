@@ -40,14 +40,16 @@ __global__ void inverse_mse_small_kernel(const T* A, const T* M, int side, T sto
 }
 
 template <typename T, int N>
-__global__ void momentum_step_kernel(const T* A, T* X, T* buf, int side, T scale, T lr, T momentum, bool started,
+__global__ void momentum_step_kernel(const T* A, T* X, T* buf, int side, T lr, T momentum, bool started,
                                      double* losses, int64_t batch) {
   const int64_t b = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (b >= batch) return;
   constexpr int nn = N * N;
-  T a[nn], x[nn], v[nn];
-  for (int i = 0; i < nn; ++i) a[i] = A[b * nn + i], x[i] = X[b * nn + i], v[i] = buf[b * nn + i];
-  losses[b] = small::momentum_step<T, N>(a, x, v, side, scale, lr, momentum, started) / static_cast<double>(nn);
+  small::MomentumProblem<T, N> problem;
+  problem.init(A + b * nn, side);
+  T x[nn], v[nn];
+  for (int i = 0; i < nn; ++i) x[i] = X[b * nn + i], v[i] = buf[b * nn + i];
+  losses[b] = problem.step(x, v, lr, momentum, started) / static_cast<double>(nn);
   for (int i = 0; i < nn; ++i) X[b * nn + i] = x[i], buf[b * nn + i] = v[i];
 }
 
@@ -95,10 +97,9 @@ template <typename T>
 cudaError_t launch_momentum_step(const T* A, T* X, T* buf, int n, int side, double lr, double momentum, bool started,
                                  double* losses, int64_t batch, cudaStream_t stream) {
   if (batch == 0) return cudaSuccess;
-  const double scale = (side == 2 ? 1.0 : 2.0) / static_cast<double>(n * n);
   small::dispatch_unrolled_size(n, [&](auto size) {
     momentum_step_kernel<T, decltype(size)::value><<<problem_blocks(batch), kProblemThreads, 0, stream>>>(
-        A, X, buf, side, static_cast<T>(scale), static_cast<T>(lr), static_cast<T>(momentum), started, losses, batch);
+        A, X, buf, side, static_cast<T>(lr), static_cast<T>(momentum), started, losses, batch);
   });
   return cudaGetLastError();
 }
