@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 import gdla
+from gdla.capabilities import LinearLeastSquares
 from gdla.errors import InputError, ShapeError
 from gdla.problem import Params, Problem
 from gdla.validation import check_choice, check_finite, check_int, check_matrix
@@ -123,6 +124,29 @@ class SparseProblem(Problem):
         """Whether the loss is quadratic in ``U`` (read by solvers such as ``cg``): one linear hop
         with ``loss="mse"``; the seed's ``‖Y − Ŷ‖_F`` is the square root of a quadratic."""
         return self.linear and self.loss_kind == "mse"
+
+    def least_squares(self) -> LinearLeastSquares | None:
+        r"""One linear hop: ``r = (Init + Ω ⊙ U) X − Y``, linear in ``U``; ``None`` otherwise.
+
+        ``J d = (Ω ⊙ d) X`` and ``Jᵀ r = Ω ⊙ (r Xᵀ)``: row ``i`` of ``U`` only meets row ``i`` of
+        ``S X``, so every row is its own problem, whose Gram matrix is a principal submatrix of
+        ``X Xᵀ`` (its spectrum lies inside ``X Xᵀ``'s). The loss is ``‖r‖_F`` or ``mean(r²)``, both
+        increasing in ``‖r‖²``, so the minimiser is the least-squares one.
+        """
+        if not self.linear:
+            return None
+        omega, X = self.omega, self.X
+        loss_of = (lambda r: r.square().mean()) if self.loss_kind == "mse" else (lambda r: torch.linalg.matrix_norm(r))
+        return LinearLeastSquares(
+            key="U",
+            apply=lambda d: (omega * d) @ X,
+            adjoint=lambda r: omega * (r @ X.mT),
+            rhs=self.Y - self.init @ X,
+            loss_of=loss_of,
+            block_dims=(-1,),
+            block_name="row",
+            gram_factor=X.mT,
+        )
 
     # -- construction -------------------------------------------------------------------------
     @classmethod

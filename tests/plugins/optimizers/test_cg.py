@@ -114,7 +114,7 @@ def test_sparse_masked_least_squares_rowwise(loss: str) -> None:
     free_per_row = int(problem.omega.sum(dim=1).max())
     assert result.steps <= free_per_row + 2, result.summary()  # measured: 14 for 15 free entries
     assert relative_error(result.solution, problem.reference()) <= 1e-10
-    assert result.settings["optimizer.form"] == "sparse"
+    assert result.settings["optimizer.form"] == "least-squares"
     assert result.settings["optimizer.blocks"] == "row"
 
 
