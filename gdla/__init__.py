@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from gdla import registry  # the module: registry.entries(), registry.register_plugin(), ...
 from gdla.backend import extension_status
-from gdla.demo import DemoPanel, DemoRun
 from gdla.capabilities import InverseMSE, LinearLeastSquares, MatrixInverse, SumOfSquares
+from gdla.demo import DemoPanel, DemoRun
 from gdla.errors import (
     BackendError,
     BackendWarning,

@@ -14,7 +14,6 @@ import functools
 import importlib
 import os
 import warnings
-
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 

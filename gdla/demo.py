@@ -201,7 +201,9 @@ def _solve_run(run: DemoRun, clock: _Clock, quick: bool) -> tuple[Result, _TimeB
         if result.stop_reason != "diverged" or not run.halve_lr_on_divergence or options.get("lr") is None:
             break
         options["lr"] = options["lr"] / 2
-    changed = "" if options.get("lr") == run.options.get("lr") else f"; lr {run.options['lr']:g} diverged, lr {options['lr']:g} shown"
+    changed = ""
+    if options.get("lr") != run.options.get("lr"):
+        changed = f"; lr {run.options['lr']:g} diverged, lr {options['lr']:g} shown"
     return result, budget, changed
 
 

@@ -332,7 +332,7 @@ def _progress_bar(total: int, *, enabled: bool) -> Any:
 # -- summarise ----------------------------------------------------------------------------------
 def _summarise(run: Run, losses: LossHistory, stop: str, *, setup_seconds: float, seconds: float) -> Result:
     began = time.perf_counter()
-    opt, work = run.optimizer, run.work
+    opt = run.optimizer
     work_params = {key: value.detach() for key, value in run.params.items()}
     if run.sharding is not None:  # every rank reports the whole batch
         work_params = run.sharding.gather_params(work_params)
@@ -342,7 +342,9 @@ def _summarise(run: Run, losses: LossHistory, stop: str, *, setup_seconds: float
     metrics = run.full.metrics(work_params) if finite else {"residual": math.nan, "error": math.nan}
     members, status = _batch_status(run.full, work_params, run.rules.tol)
     condition = run.problem.condition_estimate()
-    settings = {"lr": opt.lr, "max_steps": run.budget, "tol": run.rules.tol, "seed": run.seed, "dtype": run.problem.dtype}
+    settings = {
+        "lr": opt.lr, "max_steps": run.budget, "tol": run.rules.tol, "seed": run.seed, "dtype": run.problem.dtype
+    }
     settings.update({f"optimizer.{k}": v for k, v in opt.describe().items() if k not in ("name", "lr")})
     return Result(
         solution=run.problem.solution(params_out),

@@ -12,25 +12,25 @@ float64 are supported; tensors may have any strides.
 
 from __future__ import annotations
 
-import importlib
-
 import torch
 from torch.autograd.graph import increment_version
 
+from gdla._op_checks import CUDA_KERNELS, SIDES, _mask, _matrix, _shape, _side, _tensor
+from gdla._op_checks import OPS as _ops
 from gdla.errors import InputError, ShapeError
-from gdla.validation import check_int, check_nonnegative, check_positive, check_probability
-
-try:
-    importlib.import_module("gdla._C")  # its import registers the ops (schemas and kernels)
-except ImportError as exc:
-    raise ImportError(
-        f"gdla.ops needs the compiled extension gdla._C, which could not be imported ({exc}); "
-        "build it with: pip install --no-build-isolation -e ."
-    ) from exc
+from gdla.ops_small import (
+    RUN_MAX_N,
+    SMALL_MAX_N,
+    inverse_momentum_run,
+    small_inverse_momentum,
+    small_inverse_newton_schulz,
+)
+from gdla.validation import check_nonnegative, check_probability
 
 __all__ = [
     "RUN_MAX_N",
     "SIDES",
+    "SMALL_MAX_N",
     "has_cuda_kernels",
     "inverse_momentum_run",
     "inverse_mse",
@@ -43,72 +43,11 @@ __all__ = [
     "svd_loss_and_grad",
 ]
 
-SIDES = ("right", "left", "both")
-SMALL_MAX_N = 16  # the largest n the batched tiny-problem kernels keep in registers
-RUN_MAX_N = 8  # the largest n the whole-run kernels keep in registers
-_ops = torch.ops.gdla
-_CUDA_KERNELS = torch._C._dispatch_has_kernel_for_dispatch_key("gdla::inverse_mse", "CUDA")
 
 
 def has_cuda_kernels() -> bool:
     """Whether ``gdla._C`` was built with its CUDA kernels."""
-    return _CUDA_KERNELS
-
-
-# -- metadata checks ------------------------------------------------------------------------------
-def _describe(value: object) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"a {value.dtype} tensor of shape {tuple(value.shape)} on {value.device}"
-    return f"{type(value).__name__} {value!r}"[:80]
-
-
-def _tensor(op: str, value: object, name: str, like: torch.Tensor | None = None, ref: str = "") -> torch.Tensor:
-    """``value`` as a float32/float64 tensor with the dtype and device of ``like`` (if given)."""
-    if not isinstance(value, torch.Tensor):
-        raise InputError(f"{op}: {name} must be a torch.Tensor, received {_describe(value)}")
-    if value.dtype not in (torch.float32, torch.float64):
-        raise InputError(f"{op}: {name} must be float32 or float64, received {value.dtype}")
-    if like is not None and value.dtype != like.dtype:
-        raise InputError(f"{op}: {name} must have the dtype of {ref} ({like.dtype}), received {value.dtype}")
-    if like is not None and value.device != like.device:
-        raise InputError(f"{op}: {name} must be on the device of {ref} ({like.device}), received {value.device}")
-    if value.device.type == "cuda" and not _CUDA_KERNELS:
-        raise InputError(
-            f"{op}: {name} is on {value.device}, but gdla._C was built without CUDA kernels; rebuild it on a "
-            "machine with a CUDA build of torch (pip install --no-build-isolation -e .)"
-        )
-    return value
-
-
-def _matrix(op: str, value: object, name: str, like: torch.Tensor | None = None, ref: str = "") -> torch.Tensor:
-    tensor = _tensor(op, value, name, like, ref)
-    if tensor.dim() < 2 or tensor.numel() == 0:
-        raise ShapeError(
-            f"{op}: {name} must be a non-empty matrix of shape (..., m, n), received {tuple(tensor.shape)}"
-        )
-    return tensor
-
-
-def _shape(op: str, tensor: torch.Tensor, name: str, expected: tuple[int, ...], why: str) -> None:
-    if tuple(tensor.shape) != tuple(expected):
-        raise ShapeError(f"{op}: {name} must have shape {tuple(expected)} {why}, received {tuple(tensor.shape)}")
-
-
-def _side(op: str, side: object) -> str:
-    if isinstance(side, int) and not isinstance(side, bool) and 0 <= side < len(SIDES):
-        return SIDES[side]
-    if side not in SIDES:
-        raise InputError(
-            f"{op}: side must be one of 'right' (A@M), 'left' (M@A), 'both' (or 0, 1, 2), received {side!r}"
-        )
-    return str(side)
-
-
-def _mask(op: str, omega: object, U: torch.Tensor) -> torch.Tensor:
-    """A boolean mask becomes U's dtype; anything else must already match U."""
-    if isinstance(omega, torch.Tensor) and omega.dtype == torch.bool:
-        omega = omega.to(U.dtype)
-    return _tensor(op, omega, "omega", U, "U")
+    return CUDA_KERNELS
 
 
 # -- inverse MSE ----------------------------------------------------------------------------------
@@ -366,135 +305,3 @@ def _svd_loss_backward(ctx, grad: torch.Tensor):
 
 
 torch.library.register_autograd("gdla::svd_loss", _svd_loss_backward, setup_context=_svd_loss_setup)
-
-
-# -- batches of tiny inverses ---------------------------------------------------------------------
-def _small_batch(op: str, A: object) -> torch.Tensor:
-    A = _matrix(op, A, "A")
-    n = A.shape[-1]
-    if A.shape[-2] != n or n > SMALL_MAX_N:
-        raise ShapeError(f"{op}: A must hold square n x n matrices with n <= {SMALL_MAX_N}, received {tuple(A.shape)}")
-    return A
-
-
-def small_inverse_newton_schulz(
-    A: torch.Tensor, X0: torch.Tensor | None = None, max_steps: int = 100, tol: float = 1e-6
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inverts a batch of tiny matrices by Newton-Schulz, each to its own stop, in one kernel.
-
-    Every problem iterates ``X <- X (2I - A X)`` in registers until ``||A X - I||_F / sqrt(n) <= tol``,
-    the residual stops being finite, or ``max_steps`` updates. A float32 pass is confirmed in float64,
-    so a converged ``X`` meets ``tol`` exactly (not only up to the rounding of a float32 ``A X``).
-    Converges when ``||I - A X0|| < 1``; the default ``X0 = A^T / (||A||_1 ||A||_inf)`` ensures that for
-    any invertible ``A``. Not differentiable.
-
-    Args:
-        A: the matrices, ``n <= 16``.  # shape: (..., n, n)
-        X0: starting guesses, or None for the scaled transpose.  # shape: (..., n, n)
-        max_steps: most updates per problem.
-        tol: residual at which a problem stops.
-
-    Returns:
-        ``(X, steps)``: the approximate inverses and the updates each problem took (int64).
-    """
-    op = "small_inverse_newton_schulz"
-    A = _small_batch(op, A)
-    if X0 is not None:
-        _shape(op, _tensor(op, X0, "X0", A, "A"), "X0", tuple(A.shape), "to match A")
-    return _ops.small_inverse_newton_schulz(
-        A, X0, check_int(max_steps, f"{op}: max_steps", minimum=0), check_nonnegative(tol, f"{op}: tol")
-    )
-
-
-def small_inverse_momentum(A: torch.Tensor, X0: torch.Tensor, lr: float, momentum: float, steps: int) -> torch.Tensor:
-    """Heavy-ball gradient descent on every problem's ``mean((A X - I)^2)``, in one kernel.
-
-    Per step: ``buf <- momentum buf + (2/n^2) A^T (A X - I); X <- X - lr buf``, ``steps`` times.
-
-    Args:
-        A: the matrices, ``n <= 16``.  # shape: (..., n, n)
-        X0: starting guesses.  # shape: (..., n, n)
-        lr: step size, > 0.
-        momentum: heavy-ball factor in [0, 1).
-        steps: number of steps.
-
-    Returns:
-        The iterates after ``steps`` steps.
-    """
-    op = "small_inverse_momentum"
-    A = _small_batch(op, A)
-    _shape(op, _tensor(op, X0, "X0", A, "A"), "X0", tuple(A.shape), "to match A")
-    return _ops.small_inverse_momentum(
-        A,
-        X0,
-        check_positive(lr, f"{op}: lr"),
-        check_probability(momentum, f"{op}: momentum"),
-        check_int(steps, f"{op}: steps", minimum=0),
-    )
-
-
-@torch.library.register_fake("gdla::small_inverse_newton_schulz")
-def _newton_schulz_fake(A, X0, max_steps, tol):
-    return A.new_empty(A.shape), A.new_empty(A.shape[:-2], dtype=torch.long)
-
-
-@torch.library.register_fake("gdla::small_inverse_momentum")
-def _momentum_fake(A, X0, lr, momentum, steps):
-    return A.new_empty(A.shape)
-
-
-# -- whole runs -----------------------------------------------------------------------------------
-def inverse_momentum_run(
-    A: torch.Tensor,
-    X: torch.Tensor,
-    buf: torch.Tensor,
-    side: str,
-    lr: float,
-    momentum: float,
-    steps: int,
-    *,
-    started: bool,
-    first_loss: float = float("nan"),
-    blow_up: float = 1e12,
-) -> torch.Tensor:
-    """Seed 000's momentum on ``Σ_b mean((P_b − I)²)``, ``steps`` steps in one call; ``X``, ``buf`` in place.
-
-    Per step: ``R = P(X) − I``; the step's loss is ``Σ_b mean(R_b²)`` at the iterate before the
-    update; ``g = ∂loss/∂X``; ``buf ← momentum·buf + g`` (``buf ← g`` on a run's first step,
-    ``started=False``); ``X ← X − buf·lr``. The call stops early after a step whose loss is not
-    finite or exceeds ``blow_up · max(first_loss, 1e-30)`` (``first_loss`` NaN: this call's first
-    step is the run's first, whose loss sets it). Not differentiable.
-
-    Args:
-        A: square matrices, ``n <= 8``.  # shape: (..., n, n)
-        X, buf: iterates and momentum buffers, like ``A``, contiguous.  # shape: (..., n, n)
-        side: ``"right"``, ``"left"`` or ``"both"``.
-
-    Returns:
-        The loss of every step taken (float64, length ``<= steps``).
-    """
-    op = "inverse_momentum_run"
-    A = _matrix(op, A, "A")
-    n = A.shape[-1]
-    if A.shape[-2] != n or n > RUN_MAX_N:
-        raise ShapeError(f"{op}: A must hold square n x n matrices with n <= {RUN_MAX_N}, received {tuple(A.shape)}")
-    for name, value in (("X", X), ("buf", buf)):
-        _shape(op, _tensor(op, value, name, A, "A"), name, tuple(A.shape), "to match A")
-    return _ops.inverse_momentum_run(
-        A,
-        X,
-        buf,
-        _side(op, side),
-        check_positive(lr, f"{op}: lr"),
-        check_probability(momentum, f"{op}: momentum"),
-        check_int(steps, f"{op}: steps", minimum=0),
-        bool(started),
-        float(first_loss),
-        check_positive(blow_up, f"{op}: blow_up"),
-    )
-
-
-@torch.library.register_fake("gdla::inverse_momentum_run")
-def _momentum_run_fake(A, X, buf, side, lr, momentum, steps, started, first_loss, blow_up):
-    count = torch.library.get_ctx().new_dynamic_size(min=0, max=steps)
-    return A.new_empty((count,), dtype=torch.float64)

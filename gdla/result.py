@@ -19,7 +19,8 @@ STOP_REASONS = {
     "callback": "the callback asked to stop",
 }
 
-#: ``Result.batch_status`` codes, one per member of a batched problem (as ``torch.linalg.inv_ex``'s ``info``: 0 is success).
+#: ``Result.batch_status`` codes, one per member of a batched problem (as ``torch.linalg.inv_ex``'s
+#: ``info``: 0 is success).
 BATCH_STATUS = {0: "converged", 1: "not converged", 2: "non-finite"}
 
 

@@ -13,7 +13,15 @@ from array import array
 
 import torch
 
-__all__ = ["BLOW_UP", "MAX_PATIENCE", "STALL_IMPROVEMENT", "LossHistory", "StopRules", "default_patience", "default_tol"]
+__all__ = [
+    "BLOW_UP",
+    "MAX_PATIENCE",
+    "STALL_IMPROVEMENT",
+    "LossHistory",
+    "StopRules",
+    "default_patience",
+    "default_tol",
+]
 
 #: Loss growth over the starting loss that counts as divergence.
 BLOW_UP = 1e12

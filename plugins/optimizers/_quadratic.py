@@ -21,13 +21,13 @@ from gdla.capabilities import LinearLeastSquares
 from gdla.problem import Params, Problem
 from gdla_plugins.optimizers._spectral import (
     Spectrum,
-    problem_options,
     flatten,
     gram_extremes,
     hessian_extremes,
     hessian_operator,
     is_quadratic,
     lanczos_extremes,
+    problem_options,
     unflatten,
 )
 
@@ -149,6 +149,7 @@ def view_reason(problem: Problem, method: str) -> str | None:
         return None
     return (
         f"{method} needs a linear least-squares (or quadratic) loss, and problem {problem.name!r} "
-        f"({problem_options(problem)}) declares neither: a problem offers one through least_squares() or 'quadratic = True'; use 'lbfgs' or 'adam'"
+        f"({problem_options(problem)}) declares neither: a problem offers one through least_squares() "
+        "or 'quadratic = True'; use 'lbfgs' or 'adam'"
     )
 

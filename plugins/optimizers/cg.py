@@ -30,10 +30,9 @@ import torch
 
 import gdla
 from gdla.errors import InputError
-from gdla.optimizer import Optimizer
+from gdla.optimizer import Optimizer, Suitability
 from gdla.problem import Params, Problem
 from gdla.validation import check_choice
-from gdla.optimizer import Suitability
 from gdla_plugins.optimizers._quadratic import HessianView, QuadraticView, quadratic_view, view_reason
 from gdla_plugins.optimizers._spectral import Spectrum
 
@@ -104,7 +103,9 @@ class ConjugateGradient(Optimizer):
     def suitability(cls, problem: Problem) -> Suitability | None:
         if problem.least_squares() is None:
             return None
-        return Suitability(20, "least-squares problem: conjugate gradients with exact steps, at most one step per unknown")
+        return Suitability(
+            20, "least-squares problem: conjugate gradients with exact steps, at most one step per unknown"
+        )
 
     @classmethod
     def fused_reason(cls, problem: Problem, options: Mapping[str, Any]) -> str | None:

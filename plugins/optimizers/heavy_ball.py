@@ -95,13 +95,15 @@ class HeavyBall(Optimizer):
         super().__init__(problem, params, lr=None, backend=backend, **options)
         view = quadratic_view(problem, params, backend, prefer_loss=True)
         if view is None:
-            raise InputError(f"optimizer: 'heavy-ball' cannot solve problem {problem.name!r}: {self.unsupported_reason(problem)}")
+            reason = self.unsupported_reason(problem)
+            raise InputError(f"optimizer: 'heavy-ball' cannot solve problem {problem.name!r}: {reason}")
         self.view: QuadraticView = view
         self.matvecs = 0
         if given_l is None or given_mu is None:
-            spectrum = (
-                view.spectrum() if isinstance(view, LeastSquaresView) else hessian_extremes(problem, params, steps=steps)
-            )
+            if isinstance(view, LeastSquaresView):
+                spectrum = view.spectrum()
+            else:
+                spectrum = hessian_extremes(problem, params, steps=steps)
             self.matvecs = spectrum.matvecs
             estimated_l = float(spectrum.largest.max()) * (1 + margin)
             estimated_mu = float(spectrum.smallest.min())

@@ -85,7 +85,8 @@ class ExactLineSearch(Optimizer):
         super().__init__(problem, params, lr=None, backend=backend, **options)
         view = quadratic_view(problem, params, backend, prefer_loss=True)
         if view is None:
-            raise InputError(f"optimizer: 'line-search' cannot solve problem {problem.name!r}: {self.unsupported_reason(problem)}")
+            reason = self.unsupported_reason(problem)
+            raise InputError(f"optimizer: 'line-search' cannot solve problem {problem.name!r}: {reason}")
         self.view: QuadraticView = view
         self._trial: float | None = None
         self._previous: Params | None = None

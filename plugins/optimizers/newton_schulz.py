@@ -114,7 +114,7 @@ def polar_newton_schulz(U: torch.Tensor, *, max_steps: int = 50, tol: float | No
 
 
 class NewtonSchulz(Optimizer):
-    r"""Newton-Schulz iteration for any problem declaring :meth:`~gdla.Problem.matrix_inverse` (square, rectangular, batched).
+    r"""Newton-Schulz for any problem declaring :meth:`~gdla.Problem.matrix_inverse` (square, rectangular, batched).
 
     One :meth:`step` is one iteration ``X ← X(2I − AX)`` (computed through the problem's own
     product, ``A X`` for ``side="right"``, ``X A`` for ``"left"``) and returns the loss at the
@@ -203,7 +203,8 @@ class NewtonSchulz(Optimizer):
             return cls.unsupported_reason(problem)
         m, n = inverse.A.shape[-2], inverse.A.shape[-1]
         if m != n or n > FUSED_MAX_SIDE:
-            return f"'newton-schulz' has a fused kernel for square matrices up to {FUSED_MAX_SIDE}×{FUSED_MAX_SIDE}, not {m}×{n}"
+            limit = f"{FUSED_MAX_SIDE}×{FUSED_MAX_SIDE}"
+            return f"'newton-schulz' has a fused kernel for square matrices up to {limit}, not {m}×{n}"
         if inverse.pseudo:
             return "'newton-schulz' keeps the PyTorch iteration for pseudo=True (its rank cleaning has no fused kernel)"
         if _ops_function("small_inverse_newton_schulz") is None:

@@ -440,6 +440,7 @@ def test_openmp_is_enabled_and_follows_torch_threads() -> None:
 
 def test_import_without_the_extension_says_how_to_build(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "gdla._C", None)  # makes `import gdla._C` fail
-    monkeypatch.delitem(sys.modules, "gdla.ops")
+    for module in ("gdla.ops", "gdla.ops_small", "gdla._op_checks"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
     with pytest.raises(ImportError, match="pip install --no-build-isolation -e ."):
         importlib.import_module("gdla.ops")

@@ -26,7 +26,9 @@ def problems(batch: tuple[int, ...], n: int, dtype: torch.dtype, device: str) ->
     return A.to(dtype=dtype, device=device).contiguous(), X.to(dtype=dtype, device=device).contiguous()
 
 
-def reference(A: torch.Tensor, X: torch.Tensor, side: str, lr: float, mu: float, steps: int) -> tuple[list, torch.Tensor]:
+def reference(
+    A: torch.Tensor, X: torch.Tensor, side: str, lr: float, mu: float, steps: int
+) -> tuple[list, torch.Tensor]:
     """Seed 000's rule with autograd gradients of sum_b mean((P_b - I)^2)."""
     eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
     X = X.clone()

@@ -239,5 +239,7 @@ def test_a_schedule_or_a_large_matrix_takes_the_step_path_with_the_same_answer()
     fused = gdla.solve(problem, optimizer="momentum", lr=0.2, max_steps=200, tol=0, backend="fused")
     reference = gdla.solve(problem, optimizer="momentum", lr=0.2, max_steps=200, tol=0, backend="autograd")
     torch.testing.assert_close(fused.solution, reference.solution, rtol=1e-10, atol=1e-12)
-    scheduled = gdla.solve(InverseProblem.example(), optimizer="momentum", lr=0.5, schedule="cosine", max_steps=50, tol=0)
+    scheduled = gdla.solve(
+        InverseProblem.example(), optimizer="momentum", lr=0.5, schedule="cosine", max_steps=50, tol=0
+    )
     assert scheduled.steps == 50 and scheduled.settings["optimizer.schedule"] == "cosine"

@@ -1,0 +1,151 @@
+"""Typed wrappers of the ops for batches of tiny problems: whole solves and whole runs in one call.
+
+See :mod:`gdla.ops` for the conventions (metadata checks before the call, a fake kernel for every
+op). These ops are not differentiable: they return iterates, not graphs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gdla._op_checks import OPS as _ops
+from gdla._op_checks import _matrix, _shape, _side, _tensor
+from gdla.errors import ShapeError
+from gdla.validation import check_int, check_nonnegative, check_positive, check_probability
+
+__all__ = ["RUN_MAX_N", "SMALL_MAX_N", "inverse_momentum_run", "small_inverse_momentum", "small_inverse_newton_schulz"]
+
+SMALL_MAX_N = 16  # the largest n the batched tiny-problem kernels keep in registers
+RUN_MAX_N = 8  # the largest n the whole-run kernels keep in registers
+
+
+# -- batches of tiny inverses ---------------------------------------------------------------------
+def _small_batch(op: str, A: object) -> torch.Tensor:
+    A = _matrix(op, A, "A")
+    n = A.shape[-1]
+    if A.shape[-2] != n or n > SMALL_MAX_N:
+        raise ShapeError(f"{op}: A must hold square n x n matrices with n <= {SMALL_MAX_N}, received {tuple(A.shape)}")
+    return A
+
+
+def small_inverse_newton_schulz(
+    A: torch.Tensor, X0: torch.Tensor | None = None, max_steps: int = 100, tol: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverts a batch of tiny matrices by Newton-Schulz, each to its own stop, in one kernel.
+
+    Every problem iterates ``X <- X (2I - A X)`` in registers until ``||A X - I||_F / sqrt(n) <= tol``,
+    the residual stops being finite, or ``max_steps`` updates. A float32 pass is confirmed in float64,
+    so a converged ``X`` meets ``tol`` exactly (not only up to the rounding of a float32 ``A X``).
+    Converges when ``||I - A X0|| < 1``; the default ``X0 = A^T / (||A||_1 ||A||_inf)`` ensures that for
+    any invertible ``A``. Not differentiable.
+
+    Args:
+        A: the matrices, ``n <= 16``.  # shape: (..., n, n)
+        X0: starting guesses, or None for the scaled transpose.  # shape: (..., n, n)
+        max_steps: most updates per problem.
+        tol: residual at which a problem stops.
+
+    Returns:
+        ``(X, steps)``: the approximate inverses and the updates each problem took (int64).
+    """
+    op = "small_inverse_newton_schulz"
+    A = _small_batch(op, A)
+    if X0 is not None:
+        _shape(op, _tensor(op, X0, "X0", A, "A"), "X0", tuple(A.shape), "to match A")
+    return _ops.small_inverse_newton_schulz(
+        A, X0, check_int(max_steps, f"{op}: max_steps", minimum=0), check_nonnegative(tol, f"{op}: tol")
+    )
+
+
+def small_inverse_momentum(A: torch.Tensor, X0: torch.Tensor, lr: float, momentum: float, steps: int) -> torch.Tensor:
+    """Heavy-ball gradient descent on every problem's ``mean((A X - I)^2)``, in one kernel.
+
+    Per step: ``buf <- momentum buf + (2/n^2) A^T (A X - I); X <- X - lr buf``, ``steps`` times.
+
+    Args:
+        A: the matrices, ``n <= 16``.  # shape: (..., n, n)
+        X0: starting guesses.  # shape: (..., n, n)
+        lr: step size, > 0.
+        momentum: heavy-ball factor in [0, 1).
+        steps: number of steps.
+
+    Returns:
+        The iterates after ``steps`` steps.
+    """
+    op = "small_inverse_momentum"
+    A = _small_batch(op, A)
+    _shape(op, _tensor(op, X0, "X0", A, "A"), "X0", tuple(A.shape), "to match A")
+    return _ops.small_inverse_momentum(
+        A,
+        X0,
+        check_positive(lr, f"{op}: lr"),
+        check_probability(momentum, f"{op}: momentum"),
+        check_int(steps, f"{op}: steps", minimum=0),
+    )
+
+
+@torch.library.register_fake("gdla::small_inverse_newton_schulz")
+def _newton_schulz_fake(A, X0, max_steps, tol):
+    return A.new_empty(A.shape), A.new_empty(A.shape[:-2], dtype=torch.long)
+
+
+@torch.library.register_fake("gdla::small_inverse_momentum")
+def _momentum_fake(A, X0, lr, momentum, steps):
+    return A.new_empty(A.shape)
+
+
+# -- whole runs -----------------------------------------------------------------------------------
+def inverse_momentum_run(
+    A: torch.Tensor,
+    X: torch.Tensor,
+    buf: torch.Tensor,
+    side: str,
+    lr: float,
+    momentum: float,
+    steps: int,
+    *,
+    started: bool,
+    first_loss: float = float("nan"),
+    blow_up: float = 1e12,
+) -> torch.Tensor:
+    """Seed 000's momentum on ``Σ_b mean((P_b − I)²)``, ``steps`` steps in one call; ``X``, ``buf`` in place.
+
+    Per step: ``R = P(X) − I``; the step's loss is ``Σ_b mean(R_b²)`` at the iterate before the
+    update; ``g = ∂loss/∂X``; ``buf ← momentum·buf + g`` (``buf ← g`` on a run's first step,
+    ``started=False``); ``X ← X − buf·lr``. The call stops early after a step whose loss is not
+    finite or exceeds ``blow_up · max(first_loss, 1e-30)`` (``first_loss`` NaN: this call's first
+    step is the run's first, whose loss sets it). Not differentiable.
+
+    Args:
+        A: square matrices, ``n <= 8``.  # shape: (..., n, n)
+        X, buf: iterates and momentum buffers, like ``A``, contiguous.  # shape: (..., n, n)
+        side: ``"right"``, ``"left"`` or ``"both"``.
+
+    Returns:
+        The loss of every step taken (float64, length ``<= steps``).
+    """
+    op = "inverse_momentum_run"
+    A = _matrix(op, A, "A")
+    n = A.shape[-1]
+    if A.shape[-2] != n or n > RUN_MAX_N:
+        raise ShapeError(f"{op}: A must hold square n x n matrices with n <= {RUN_MAX_N}, received {tuple(A.shape)}")
+    for name, value in (("X", X), ("buf", buf)):
+        _shape(op, _tensor(op, value, name, A, "A"), name, tuple(A.shape), "to match A")
+    return _ops.inverse_momentum_run(
+        A,
+        X,
+        buf,
+        _side(op, side),
+        check_positive(lr, f"{op}: lr"),
+        check_probability(momentum, f"{op}: momentum"),
+        check_int(steps, f"{op}: steps", minimum=0),
+        bool(started),
+        float(first_loss),
+        check_positive(blow_up, f"{op}: blow_up"),
+    )
+
+
+@torch.library.register_fake("gdla::inverse_momentum_run")
+def _momentum_run_fake(A, X, buf, side, lr, momentum, steps, started, first_loss, blow_up):
+    count = torch.library.get_ctx().new_dynamic_size(min=0, max=steps)
+    return A.new_empty((count,), dtype=torch.float64)
