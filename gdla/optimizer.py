@@ -8,6 +8,7 @@ which ``torch.optim.Optimizer`` to build; problem-aware solvers subclass :class:
 from __future__ import annotations
 
 import abc
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -51,6 +52,9 @@ class Optimizer(abc.ABC):
     summary: ClassVar[str] = ""
     default_lr: ClassVar[float | None] = 1e-2
     default_max_steps: ClassVar[int] = 10_000
+    #: Names of the attributes that carry the method's state from step to step (momentum buffers,
+    #: previous directions...): what :meth:`state_dict` saves and :meth:`load_state_dict` restores.
+    state_attributes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self, problem: Problem, params: Params, *, lr: float | None = None, backend: str = "autograd", **options: Any
@@ -126,6 +130,25 @@ class Optimizer(abc.ABC):
         """JSON-ready facts about this run's settings (and choices made, for ``auto``)."""
         return {"name": self.name, "lr": self.lr}
 
+    def state_dict(self) -> dict[str, Any]:
+        """A copy of the state that carries from step to step (see :attr:`state_attributes`).
+
+        An optimizer built on the same problem and on parameters equal to this one's, given this
+        state through :meth:`load_state_dict`, continues with exactly the same steps.
+        """
+        return {key: copy.deepcopy(getattr(self, key)) for key in self.state_attributes}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; a missing or unknown entry is an :class:`~gdla.errors.InputError`."""
+        if not isinstance(state, Mapping) or set(state) != set(self.state_attributes):
+            got = sorted(state) if isinstance(state, Mapping) else type(state).__name__
+            raise InputError(
+                f"state: optimizer {self.name!r} expected a state_dict with entries {sorted(self.state_attributes)}, "
+                f"received {got}"
+            )
+        for key in self.state_attributes:
+            setattr(self, key, copy.deepcopy(state[key]))
+
 
 class GradientOptimizer(Optimizer):
     """An optimizer that feeds ``problem.loss_and_grad`` to a ``torch.optim.Optimizer``.
@@ -164,6 +187,31 @@ class GradientOptimizer(Optimizer):
         if self.scheduler is not None:
             self.scheduler.step()
         return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        """The ``torch.optim`` state (and the schedule's), plus any :attr:`state_attributes`."""
+        state = super().state_dict()
+        state["torch_optimizer"] = copy.deepcopy(self.torch_optimizer.state_dict())
+        state["scheduler"] = None if self.scheduler is None else copy.deepcopy(self.scheduler.state_dict())
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if not isinstance(state, Mapping) or "torch_optimizer" not in state or "scheduler" not in state:
+            raise InputError(
+                f"state: optimizer {self.name!r} expected a state_dict with 'torch_optimizer' and 'scheduler' "
+                f"entries, received {sorted(state) if isinstance(state, Mapping) else type(state).__name__}"
+            )
+        own = {key: value for key, value in state.items() if key not in ("torch_optimizer", "scheduler")}
+        super().load_state_dict(own)
+        saved = copy.deepcopy(state["torch_optimizer"])
+        self.torch_optimizer.load_state_dict(saved)
+        # torch casts floating state to the parameters' dtype on load (NAdam's float32 mu_product
+        # becomes float64), which changes later bits: put the saved tensors back as they were
+        ordered = [param for group in self.torch_optimizer.param_groups for param in group["params"]]
+        for index, value in saved["state"].items():
+            self.torch_optimizer.state[ordered[index]] = copy.deepcopy(value)
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(copy.deepcopy(state["scheduler"]))
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()

@@ -218,6 +218,14 @@ class Problem(abc.ABC):
     def residual(self, params: Params) -> torch.Tensor:
         """Relative residual of the problem's defining equation (worst over a batch): the stop test."""
 
+    def reference_params(self) -> Params | None:
+        """Parameters that hold the exact answer (:meth:`reference`), or ``None`` where none exist.
+
+        :class:`gdla.testing.ProblemContract` checks that the residual vanishes and the loss is
+        minimal there.
+        """
+        return None
+
     def member_residuals(self, params: Params) -> torch.Tensor | None:
         """The relative residual of each independent member of a batched problem (shape: the batch), or ``None``.
 

@@ -134,6 +134,12 @@ class Auto(Optimizer):
     def expected_steps(self, tol: float) -> float | None:
         return self.delegate.expected_steps(tol)
 
+    def state_dict(self) -> dict[str, Any]:
+        return self.delegate.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.delegate.load_state_dict(state)
+
     def steps_bound(self, tol: float) -> float | None:
         return self.delegate.steps_bound(tol)
 

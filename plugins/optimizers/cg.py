@@ -61,6 +61,7 @@ class ConjugateGradient(Optimizer):
     summary = "conjugate gradients (CGLS) on a declared least-squares form (or a quadratic loss in one tensor)"
     default_lr = None
     default_max_steps = 1000
+    state_attributes = ("_direction", "_gg", "_count")
 
     def __init__(
         self, problem: Problem, params: Params, *, lr: float | None = None, backend: str = "autograd", **options: Any

@@ -73,6 +73,7 @@ class HeavyBall(Optimizer):
     summary = "Polyak heavy ball, step and momentum from Lanczos estimates of the Hessian's extreme eigenvalues"
     default_lr = None
     default_max_steps = 20_000
+    state_attributes = ("_previous",)
 
     def __init__(
         self, problem: Problem, params: Params, *, lr: float | None = None, backend: str = "autograd", **options: Any

@@ -67,6 +67,7 @@ class ExactLineSearch(Optimizer):
     summary = "steepest descent with the exact step t = g'g / g'Hg, for losses quadratic in the parameters"
     default_lr = None
     default_max_steps = 10_000
+    state_attributes = ("_trial", "_previous", "_gg", "last_step")
 
     def __init__(
         self, problem: Problem, params: Params, *, lr: float | None = None, backend: str = "autograd", **options: Any

@@ -133,6 +133,7 @@ class NewtonSchulz(Optimizer):
     summary = "Newton-Schulz X <- X(2I - AX) for the (pseudo-)inverse: quadratic convergence, tens of steps"
     default_lr = None
     default_max_steps = 200
+    state_attributes = ("_done", "_last_change", "_count")
 
     def __init__(
         self, problem: Problem, params: Params, *, lr: float | None = None, backend: str = "autograd", **options: Any
@@ -156,9 +157,7 @@ class NewtonSchulz(Optimizer):
         self.side = self.inverse.side
         k = self.inverse.identity_size  # the size of P = I_k
         self._eye = torch.eye(k, dtype=self.A.dtype, device=self.A.device)
-        if start == "safe":
-            with torch.no_grad():
-                params[self.key].copy_(self.inverse.safe_start())
+        self._count = 0  # the safe start is written by the first step (so a restored state continues)
         # the loss is read off the residual the update needs anyway, where the problem's declared
         # least-squares form provably gives its loss from that residual; else the problem computes it
         form = problem.least_squares()
@@ -241,6 +240,9 @@ class NewtonSchulz(Optimizer):
 
     def step(self) -> torch.Tensor:
         X = self.params[self.key]
+        if self._count == 0 and self.start == "safe":
+            X.copy_(self.inverse.safe_start())
+        self._count += 1
         if self._fused is not None:
             return self._fused(X)
         residual = self._residual(X)

@@ -354,6 +354,9 @@ class InverseProblem(Problem):
             self._reference = torch.linalg.pinv(self.A) if self.pseudo or not square else torch.linalg.inv(self.A)
         return self._reference
 
+    def reference_params(self) -> Params:
+        return {"M": self.reference().clone()}
+
     def error(self, params: Params) -> torch.Tensor:
         """Worst over the batch of ``‖M − ref‖_F / ‖ref‖_F``."""
         reference = self.reference()

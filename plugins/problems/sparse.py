@@ -331,6 +331,12 @@ class SparseProblem(Problem):
             self._reference = (init + U).to(dtype=self.dtype, device=self.device)
         return self._reference
 
+    def reference_params(self) -> Params | None:
+        """``U = Ω ⊙ (S* − Init)`` for one linear hop (no closed form otherwise)."""
+        if not self.linear:
+            return None
+        return {"U": self.omega * (self.reference() - self.init)}
+
     def error(self, params: Params) -> torch.Tensor:
         """``‖S − S_ref‖_F / ‖S_ref‖_F``; NaN when there is no reference (``hops > 1`` or an activation)."""
         if not self.linear:

@@ -282,6 +282,11 @@ class SVDProblem(Problem):
             self._reference = (U[:, :k], S[:k], Vh[:k].mT)
         return self._reference
 
+    def reference_params(self) -> Params:
+        """``U``, ``s = √σ`` and ``V`` of ``torch.linalg.svd``, truncated to the rank."""
+        U, S, V = self.reference()
+        return {"U": U.clone(), "s": S.sqrt(), "V": V.clone()}
+
     def error(self, params: Params) -> torch.Tensor:
         """``‖S − σ[:k]‖ / ‖σ[:k]‖`` with ``S`` the sorted ``s²`` and ``σ`` from ``torch.linalg.svdvals``."""
         S = params["s"].detach().square().sort(descending=True).values

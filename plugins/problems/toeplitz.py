@@ -240,6 +240,9 @@ class ToeplitzProblem(Problem):
             self._reference = lstsq_bands(*self.design())
         return self._reference
 
+    def reference_params(self) -> Params:
+        return {"band": self.reference().clone()}
+
     def error(self, params: Params) -> torch.Tensor:
         """``‖c − c_ref‖ / ‖c_ref‖`` (absolute where ``c_ref = 0``; worst over a batch)."""
         return relative_error(_band(params, self).detach(), self.reference(), dim=(-1,))

@@ -128,3 +128,16 @@ def test_to_keeps_the_options() -> None:
     single = problem.to(dtype=torch.float32)
     assert single.dtype == torch.float32 and single.ridge == 0.25 and single.vector
     assert problem.to(dtype=torch.float64) is problem
+
+
+@pytest.mark.parametrize("method", ["cg", "heavy-ball", "line-search", "auto"])
+@pytest.mark.parametrize("ridge", [0.0, 0.5])
+def test_solvers_reach_it_through_the_declared_least_squares_form(method: str, ridge: float) -> None:
+    """No solver knows this problem's name: cg, heavy-ball, line-search and auto find it by capability."""
+    example = LeastSquares.example()
+    problem = LeastSquares(example.A, example.B, ridge=ridge)
+    result = gdla.solve(problem, optimizer=method, max_steps=2000)
+    assert result.converged, result.summary()
+    assert float(problem.error(result.params)) <= 1e-8
+    if method == "auto":
+        assert result.settings["optimizer.method"] == "cg"

@@ -9,6 +9,7 @@ from gdla_example_plugin.nadam import NAdam
 
 import gdla
 from gdla.errors import InputError
+from gdla.testing import OptimizerContract
 
 
 def test_found_through_its_entry_point() -> None:
@@ -56,3 +57,9 @@ def test_describe_records_options() -> None:
 def test_bad_options(options: dict, pattern: str) -> None:
     with pytest.raises(InputError, match=pattern):
         gdla.solve(LeastSquares.example(), optimizer="nadam", max_steps=2, **options)
+
+
+class TestNAdamContract(OptimizerContract):
+    optimizer_name = "nadam"
+    solve_options = {"max_steps": 3000, "lr": 0.05}
+    error_tol = 1e-4

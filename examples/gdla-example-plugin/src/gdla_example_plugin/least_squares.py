@@ -129,6 +129,28 @@ class LeastSquares(gdla.Problem):
             misfit = misfit + self.ridge * _frobenius(X) ** 2
         return misfit.sum() / (2 * self.A.shape[-2])
 
+    # -- declared capability: the least-squares form (unlocks cg, line-search, heavy-ball, auto) --
+    def least_squares(self) -> gdla.LinearLeastSquares:
+        r"""``r = [A X − B; √λ X]``: the loss is ``‖r‖² / 2m``, linear in ``X``.
+
+        ``J d = [A d; √λ d]``, ``Jᵀ r = Aᵀ r_top + √λ r_bottom``; every column of ``X`` is its own
+        problem with Gram matrix ``AᵀA + λI``, the Gram of ``F = [A; √λ I]``.
+        """
+        A, m = self.A, self.A.shape[-2]
+        root = self.ridge**0.5
+        eye = torch.eye(self._n, dtype=self.dtype, device=self.device).expand(*A.shape[:-2], self._n, self._n)
+        return gdla.LinearLeastSquares(
+            key="X",
+            apply=lambda d: torch.cat([A @ d, root * d], dim=-2),
+            adjoint=lambda r: A.mT @ r[..., :m, :] + root * r[..., m:, :],
+            rhs=torch.cat([self.B, torch.zeros_like(self.B[..., :1, :]).expand(*self.B.shape[:-2], self._n, -1)], -2),
+            loss_of=lambda r: r.square().sum() / (2 * m),
+            block_dims=(-2,),
+            block_name="column",
+            distinct_blocks=A[..., 0, 0].numel(),
+            gram_factor=torch.cat([A, root * eye], dim=-2),
+        )
+
     # -- answers ------------------------------------------------------------------------------
     def solution(self, params: gdla.Params) -> torch.Tensor:
         X = params["X"].detach()
@@ -158,6 +180,10 @@ class LeastSquares(gdla.Problem):
                 X = torch.linalg.solve(self.A.mT @ self.A + self.ridge * eye, self.A.mT @ self.B)
             self._reference = X.squeeze(-1) if self.vector else X
         return self._reference
+
+    def reference_params(self) -> gdla.Params:
+        reference = self.reference()
+        return {"X": (reference.unsqueeze(-1) if self.vector else reference).clone()}
 
     def error(self, params: gdla.Params) -> torch.Tensor:
         """``‖X − X*‖_F / ‖X*‖_F`` (absolute where ``X* = 0``), worst over the batch."""
