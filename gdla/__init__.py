@@ -5,42 +5,53 @@
 >>> result = gdla.solve(gdla.get_problem("inverse")(A))
 >>> result.stop_reason
 'converged'
+
+The public names below load on first use (PEP 562), so ``import gdla`` and the ``gdla``
+command start without importing torch until a name that needs it is touched.
 """
 
 from __future__ import annotations
 
-from gdla import registry  # the module: registry.entries(), registry.register_plugin(), ...
-from gdla.backend import extension_status
-from gdla.capabilities import InverseMSE, LinearLeastSquares, MatrixInverse, SumOfSquares
-from gdla.demo import DemoPanel, DemoRun
-from gdla.errors import (
-    BackendError,
-    BackendWarning,
-    ConvergenceWarning,
-    DuplicateNameError,
-    GdlaError,
-    GdlaWarning,
-    InputError,
-    MatrixFileError,
-    PluginError,
-    PluginWarning,
-    ShapeError,
-    SingularMatrixError,
-    UnknownNameError,
-)
-from gdla.hookspecs import hookimpl
-from gdla.loop import solve
-from gdla.optimizer import GradientOptimizer, Optimizer, Suitability
-from gdla.problem import Params, Problem
-from gdla.registry import get_optimizer, get_problem, optimizers, problems
-from gdla.result import Result
+import importlib
+from typing import TYPE_CHECKING, Any
 
-try:
-    from importlib.metadata import version as _version
-
-    __version__ = _version("gdla")
-except Exception:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
+#: Public name -> the module that defines it.
+_EXPORTS: dict[str, str] = {
+    "BackendError": "gdla.errors",
+    "BackendWarning": "gdla.errors",
+    "ConvergenceWarning": "gdla.errors",
+    "DemoPanel": "gdla.demo",
+    "DemoRun": "gdla.demo",
+    "DuplicateNameError": "gdla.errors",
+    "GdlaError": "gdla.errors",
+    "GdlaWarning": "gdla.errors",
+    "GradientOptimizer": "gdla.optimizer",
+    "InputError": "gdla.errors",
+    "InverseMSE": "gdla.capabilities",
+    "LinearLeastSquares": "gdla.capabilities",
+    "MatrixFileError": "gdla.errors",
+    "MatrixInverse": "gdla.capabilities",
+    "Optimizer": "gdla.optimizer",
+    "Params": "gdla.problem",
+    "PluginError": "gdla.errors",
+    "PluginWarning": "gdla.errors",
+    "Problem": "gdla.problem",
+    "ResourceError": "gdla.errors",
+    "Result": "gdla.result",
+    "ShapeError": "gdla.errors",
+    "SingularValueDecomposition": "gdla.capabilities",
+    "SingularMatrixError": "gdla.errors",
+    "Suitability": "gdla.optimizer",
+    "SumOfSquares": "gdla.capabilities",
+    "UnknownNameError": "gdla.errors",
+    "extension_status": "gdla.backend",
+    "get_optimizer": "gdla.registry",
+    "get_problem": "gdla.registry",
+    "hookimpl": "gdla.hookspecs",
+    "optimizers": "gdla.registry",
+    "problems": "gdla.registry",
+    "solve": "gdla.loop",
+}
 
 __all__ = [
     "BackendError",
@@ -55,18 +66,20 @@ __all__ = [
     "InputError",
     "InverseMSE",
     "LinearLeastSquares",
-    "MatrixInverse",
     "MatrixFileError",
+    "MatrixInverse",
     "Optimizer",
     "Params",
     "PluginError",
     "PluginWarning",
     "Problem",
+    "ResourceError",
     "Result",
     "ShapeError",
     "SingularMatrixError",
-    "SumOfSquares",
+    "SingularValueDecomposition",
     "Suitability",
+    "SumOfSquares",
     "UnknownNameError",
     "__version__",
     "extension_status",
@@ -78,3 +91,62 @@ __all__ = [
     "registry",
     "solve",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "registry":  # the module: registry.entries(), registry.register_plugin(), ...
+        return importlib.import_module("gdla.registry")
+    if name == "__version__":
+        try:
+            from importlib.metadata import version
+
+            value = version("gdla")
+        except Exception:  # running from a source tree that was never installed
+            value = "0.0.0+unknown"
+        globals()[name] = value
+        return value
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gdla' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:  # the names for type checkers and IDEs
+    from gdla import registry
+    from gdla.backend import extension_status
+    from gdla.capabilities import (
+        InverseMSE,
+        LinearLeastSquares,
+        MatrixInverse,
+        SingularValueDecomposition,
+        SumOfSquares,
+    )
+    from gdla.demo import DemoPanel, DemoRun
+    from gdla.errors import (
+        BackendError,
+        BackendWarning,
+        ConvergenceWarning,
+        DuplicateNameError,
+        GdlaError,
+        GdlaWarning,
+        InputError,
+        MatrixFileError,
+        PluginError,
+        PluginWarning,
+        ResourceError,
+        ShapeError,
+        SingularMatrixError,
+        UnknownNameError,
+    )
+    from gdla.hookspecs import hookimpl
+    from gdla.loop import solve
+    from gdla.optimizer import GradientOptimizer, Optimizer, Suitability
+    from gdla.problem import Params, Problem
+    from gdla.registry import get_optimizer, get_problem, optimizers, problems
+    from gdla.result import Result

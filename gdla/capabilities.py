@@ -29,7 +29,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["InverseMSE", "LinearLeastSquares", "MatrixInverse", "SumOfSquares", "squared_norm"]
+__all__ = [
+    "InverseMSE",
+    "LinearLeastSquares",
+    "MatrixInverse",
+    "SingularValueDecomposition",
+    "SumOfSquares",
+    "squared_norm",
+]
 
 TensorMap = Callable[[torch.Tensor], torch.Tensor]
 
@@ -172,3 +179,26 @@ class InverseMSE:
     A: torch.Tensor
     side: str = "right"
     key: str = "M"
+
+
+@dataclass(frozen=True)
+class SingularValueDecomposition:
+    r"""The answer is the top-``rank`` singular triples of ``matrix``: ``M V = U Σ``, ``Mᵀ U = V Σ``.
+
+    Declaring it lets a method that works on the orthonormal factors themselves (``riemannian-svd``:
+    a trust region on the Stiefel manifolds) solve the problem; the problem keeps its own
+    parameterisation, read and written through ``load`` and ``store``.
+
+    Attributes:
+        matrix: ``M``, shape ``(m, n)``.
+        rank: ``k``, the number of leading triples sought (``1 <= k <= min(m, n)``).
+        load: ``params ↦ (U, V)``, the current factors, shapes ``(m, k)`` and ``(n, k)`` (a method
+            orthonormalises them before use).
+        store: ``(params, U, sigma, V) ↦ None``: write orthonormal ``U``, ``V`` and the singular
+            values ``sigma >= 0`` (shape ``(k,)``, in the columns' order) into ``params`` in place.
+    """
+
+    matrix: torch.Tensor
+    rank: int
+    load: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]
+    store: Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor], None]

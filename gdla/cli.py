@@ -1,10 +1,11 @@
 """The ``gdla`` command: ``plugins``, ``info``, ``solve`` and ``demo``.
 
 Exit codes: 0 success; 1 bad data or a failed run (unreadable matrix file, NaN entries, a
-singular matrix, a diverged run); 2 bad usage (unknown option, invalid option value, unknown
-problem or optimizer name). Errors are one ``gdla: error: ...`` paragraph on stderr, never a
-traceback: only :class:`gdla.GdlaError` is caught, so anything else is a bug and surfaces as one.
-gdla's own warnings (a skipped plugin, a backend fallback) are one ``gdla: warning: ...`` line.
+singular matrix, a problem too large for the memory, a diverged run); 2 bad usage (unknown
+option, invalid option value, unknown problem or optimizer name); 130 interrupted (Ctrl-C,
+anywhere). Errors are one ``gdla: error: ...`` paragraph on stderr, never a traceback: only
+:class:`gdla.GdlaError` is caught, so anything else is a bug and surfaces as one. gdla's own
+warnings (a skipped plugin, a backend fallback) are one ``gdla: warning: ...`` line.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ RESERVED_OPTIONS = {
     "callback": "the Python API",
 }
 OPTION_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class OptionValueError(InputError):
+    """A ``-p``/``-o`` option (or a flag) whose value the problem or optimizer refused: bad usage, exit 2."""
 
 
 class UsageError(Exception):
@@ -171,7 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     solve.add_argument("--seed", type=_int_at_least(0), default=0, metavar="N", help="seed of the starting point")
     solve.add_argument("--patience", type=_int_at_least(1), metavar="N", help="steps without progress before 'stalled'")
     solve.add_argument("--backend", choices=("auto", "autograd", "fused"), default="auto")
-    solve.add_argument("--dtype", choices=("float32", "float64"), help="convert the data (default: keep it)")
+    solve.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        help="convert the data (default: keep it; integer and pattern files become float64)",
+    )
     solve.add_argument("--device", metavar="DEVICE", help="run on this device, e.g. cpu or cuda:0")
     solve.add_argument("--json", action="store_true", help="print the result as JSON (no progress bar)")
     solve.add_argument("--plot", metavar="FILE", help="save a log-scale loss plot (.png, .pdf or .svg)")
@@ -263,6 +272,7 @@ def _cmd_info(args: argparse.Namespace, out: TextIO) -> int:
 
 def _cmd_solve(args: argparse.Namespace, out: TextIO) -> int:
     from gdla.loop import solve
+    from gdla.memory import allocation_error, check_fits
     from gdla.registry import get_problem
 
     problem_cls = get_problem(args.problem)
@@ -270,34 +280,51 @@ def _cmd_solve(args: argparse.Namespace, out: TextIO) -> int:
         from gdla.plotting import check_figure_path
 
         check_figure_path(args.plot, "--plot")  # fail before a long run, not after it
-    if args.matrix is not None:
-        from gdla.io import load_matrix
+    import torch
 
-        matrix = load_matrix(args.matrix)
-        try:
-            problem = _build(args, problem_cls.from_matrix, matrix)
-        except InputError as exc:
-            # the problem names its argument ("A: ..."); say which file that argument came from
-            raise type(exc)(f"matrix file {args.matrix!r} for problem {args.problem!r}: {exc}") from None
-    else:
-        import torch
+    dtype = None if args.dtype is None else (torch.float32 if args.dtype == "float32" else torch.float64)
+    try:
+        if args.matrix is not None:
+            from gdla.io import load_matrix
 
-        dtype = torch.float32 if args.dtype == "float32" else torch.float64
-        problem = _build(args, problem_cls.example, size=args.size, dtype=dtype)
-    result = solve(
-        problem,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        max_steps=args.steps,
-        tol=args.tol,
-        seed=args.seed,
-        backend=args.backend,
-        dtype=args.dtype,
-        device=args.device,
-        patience=args.patience,
-        progress=not args.json and sys.stderr.isatty(),
-        **dict(args.option),
-    )
+            matrix = load_matrix(args.matrix)
+            if not (matrix.is_floating_point() or matrix.is_complex()):
+                matrix = matrix.to(dtype or torch.float64)  # integer and pattern files hold exact values
+            try:
+                problem = _build(args, problem_cls.from_matrix, matrix)
+            except InputError as exc:
+                if isinstance(exc, OptionValueError):
+                    raise
+                # the problem names its argument ("A: ..."); say which file that argument came from
+                raise type(exc)(f"matrix file {args.matrix!r} for problem {args.problem!r}: {exc}") from None
+        else:
+            if args.size is not None:
+                needed = _estimate(problem_cls, args, dtype or torch.float64)
+                check_fits(needed, f"problem {args.problem!r} of size {args.size}")
+            problem = _build(args, problem_cls.example, size=args.size, dtype=dtype or torch.float64)
+        result = _usage_checked(
+            args,
+            lambda: solve(
+                problem,
+                optimizer=args.optimizer,
+                lr=args.lr,
+                max_steps=args.steps,
+                tol=args.tol,
+                seed=args.seed,
+                backend=args.backend,
+                dtype=args.dtype,
+                device=args.device,
+                patience=args.patience,
+                progress=not args.json and sys.stderr.isatty(),
+                **dict(args.option),
+            ),
+            dict(args.option),
+        )
+    except (MemoryError, RuntimeError) as exc:
+        error = allocation_error(exc, f"gdla solve {args.problem}")
+        if error is None:
+            raise
+        raise error from None
     if args.plot is not None:
         from gdla.plotting import plot_losses
 
@@ -311,15 +338,35 @@ def _cmd_solve(args: argparse.Namespace, out: TextIO) -> int:
     return 0 if result.stop_reason != "diverged" else 1
 
 
+def _estimate(problem_cls: Any, args: argparse.Namespace, dtype: Any) -> int | None:
+    try:
+        return problem_cls.estimated_bytes(args.size, dtype, **dict(args.problem_option))
+    except (TypeError, ValueError):  # options the estimate cannot read: the build will say what is wrong
+        return None
+
+
+def _usage_checked(args: argparse.Namespace, call: Callable[[], Any], options: dict[str, Any]) -> Any:
+    """``call()``, with an error about one of the given options (its message starts ``NAME:``) as bad usage."""
+    try:
+        return call()
+    except InputError as exc:
+        if isinstance(exc, OptionValueError) or type(exc) is not InputError:
+            raise
+        named = str(exc).split(":", 1)[0].strip()
+        if named in options or named in ("options", "lr", "max_steps", "tol", "patience", "seed", "backend"):
+            raise OptionValueError(str(exc)) from None
+        raise
+
+
 def _build(args: argparse.Namespace, factory: Callable[..., Any], *positional: Any, **keywords: Any) -> Any:
-    """Call a problem factory with the ``--problem-option`` values; an option it lacks is bad usage."""
+    """Call a problem factory with the ``--problem-option`` values; an option it lacks or refuses is bad usage."""
     options = dict(args.problem_option)
     try:
-        return factory(*positional, **keywords, **options)
+        return _usage_checked(args, lambda: factory(*positional, **keywords, **options), options)
     except TypeError as exc:
         if not options or not any(words in str(exc) for words in ("keyword argument", "multiple values")):
             raise
-        raise InputError(
+        raise OptionValueError(
             f"--problem-option: problem {args.problem!r} does not accept these options "
             f"({', '.join(sorted(options))}): {exc}"
         ) from None
@@ -335,6 +382,14 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
 # -- entry point --------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``gdla`` command with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # anywhere: parsing, importing torch, loading plugins, solving
+        _print_error("interrupted")
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -352,15 +407,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.showwarning = _warning_printer(warnings.showwarning)
         try:
             return args.run(args, sys.stdout)
-        except UnknownNameError as exc:
+        except (UnknownNameError, OptionValueError) as exc:
             _print_error(str(exc))
             return 2
         except GdlaError as exc:
             _print_error(str(exc))
             return 1
-        except KeyboardInterrupt:
-            _print_error("interrupted")
-            return 130
         except BrokenPipeError:  # `gdla plugins --json | head -1`: the reader left, nothing to say
             sys.stderr.close()
             return 0

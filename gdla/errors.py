@@ -16,6 +16,7 @@ __all__ = [
     "MatrixFileError",
     "PluginError",
     "PluginWarning",
+    "ResourceError",
     "ShapeError",
     "SingularMatrixError",
     "UnknownNameError",
@@ -55,6 +56,10 @@ class UnknownNameError(PluginError, LookupError):
 
 class DuplicateNameError(PluginError):
     """Two plugins registered the same name for the same kind of item."""
+
+
+class ResourceError(GdlaError, MemoryError):
+    """A problem too large for the memory available, or an allocation that failed during a solve."""
 
 
 class BackendError(GdlaError, RuntimeError):

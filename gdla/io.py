@@ -62,8 +62,8 @@ SUPPORTED_SUFFIXES: dict[str, Callable[[Path], torch.Tensor]] = {
 }
 
 
-def load_matrix(path: str | os.PathLike[str]) -> torch.Tensor:  # returns shape: (m, n)
-    """Read one 2-D matrix from ``path`` (``.npy``, ``.pt``/``.pth`` or ``.mtx``).
+def load_matrix(path: str | os.PathLike[str]) -> torch.Tensor:  # returns shape: (m, n) or (n,)
+    """Read one 2-D matrix, or a 1-D row, from ``path`` (``.npy``, ``.pt``/``.pth`` or ``.mtx``).
 
     Args:
         path: the file; its suffix (case-insensitive) selects the reader.
@@ -73,7 +73,8 @@ def load_matrix(path: str | os.PathLike[str]) -> torch.Tensor:  # returns shape:
 
     Raises:
         MatrixFileError: the file is missing, not a regular file, of an unsupported format,
-            corrupt, or does not hold a 2-D numeric array. The message names the path and why.
+            corrupt, unreadable (permissions), or does not hold a 1-D or 2-D numeric array. The
+            message names the path and why.
     """
     file = Path(path)
     suffix = file.suffix.lower()
@@ -82,21 +83,26 @@ def load_matrix(path: str | os.PathLike[str]) -> torch.Tensor:  # returns shape:
         known = ", ".join(SUPPORTED_SUFFIXES)
         got = f"suffix {suffix!r}" if suffix else "no suffix"
         raise MatrixFileError(f"matrix file {str(file)!r}: unsupported format ({got}); expected one of {known}")
-    if not file.exists():
-        raise MatrixFileError(f"matrix file {str(file)!r}: no such file")
-    if not file.is_file():
-        raise MatrixFileError(f"matrix file {str(file)!r}: not a regular file")
     try:
+        if not file.exists():
+            raise MatrixFileError(f"matrix file {str(file)!r}: no such file")
+        if not file.is_file():
+            raise MatrixFileError(f"matrix file {str(file)!r}: not a regular file")
         matrix = reader(file)
     except MatrixFileError:
         raise
+    except OSError as exc:  # permission denied, an unreadable folder, an I/O error...
+        reason = exc.strerror or type(exc).__name__
+        raise MatrixFileError(f"matrix file {str(file)!r}: cannot be read ({reason})") from None
     except Exception as exc:  # foreign file contents: every reader failure becomes one clear error
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MatrixFileError(
             f"matrix file {str(file)!r}: cannot be read as {suffix} ({type(exc).__name__}: {detail})"
         ) from None
-    if matrix.dim() != 2:
-        raise MatrixFileError(f"matrix file {str(file)!r}: expected a 2-D array, found shape {tuple(matrix.shape)}")
+    if matrix.dim() not in (1, 2):
+        raise MatrixFileError(
+            f"matrix file {str(file)!r}: expected a 2-D array (or a 1-D row), found shape {tuple(matrix.shape)}"
+        )
     return matrix
 
 

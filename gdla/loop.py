@@ -18,6 +18,7 @@ import torch
 
 from gdla.backend import resolve_backend
 from gdla.errors import ConvergenceWarning, GdlaError, InputError, PluginError
+from gdla.memory import allocation_error
 from gdla.optimizer import Optimizer
 from gdla.problem import Params, Problem
 from gdla.registry import get_optimizer, get_problem, optimizers
@@ -88,14 +89,21 @@ def solve(
         **optimizer_options: passed to the optimizer (``momentum=0.9``, ``schedule="cosine"``...).
     """
     called = time.perf_counter()
-    run = _prepare(
-        problem, optimizer, lr, max_steps, tol, seed, backend, dtype, device, callback, progress, patience,
-        distributed, optimizer_options,
-    )
-    start = time.perf_counter()
-    losses, stop = _iterate(run)
-    seconds = time.perf_counter() - start
-    return _summarise(run, losses, stop, setup_seconds=start - called, seconds=seconds)
+    try:
+        run = _prepare(
+            problem, optimizer, lr, max_steps, tol, seed, backend, dtype, device, callback, progress, patience,
+            distributed, optimizer_options,
+        )
+        start = time.perf_counter()
+        losses, stop = _iterate(run)
+        seconds = time.perf_counter() - start
+        return _summarise(run, losses, stop, setup_seconds=start - called, seconds=seconds)
+    except (MemoryError, RuntimeError) as exc:  # an allocation anywhere in the run: say so, not the allocator
+        name = problem.name if isinstance(problem, Problem) else problem
+        error = allocation_error(exc, f"solving problem {name!r}")
+        if error is None:
+            raise
+        raise error from exc
 
 
 # -- prepare ------------------------------------------------------------------------------------

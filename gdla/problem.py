@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 if TYPE_CHECKING:
-    from gdla.capabilities import InverseMSE, LinearLeastSquares, MatrixInverse, SumOfSquares
+    from gdla.capabilities import (
+        InverseMSE,
+        LinearLeastSquares,
+        MatrixInverse,
+        SingularValueDecomposition,
+        SumOfSquares,
+    )
     from gdla.demo import DemoPanel
     from gdla.scaling import Normalization
 
@@ -58,6 +64,14 @@ class Problem(abc.ABC):
         from gdla.demo import DemoPanel, DemoRun
 
         return [DemoPanel(cls.name, [DemoRun("", cls.example())])]
+
+    @classmethod
+    def estimated_bytes(cls, size: int, dtype: torch.dtype = torch.float64, **options: Any) -> int | None:
+        """Memory that ``example(size, dtype=dtype, **options)`` and a solve of it need, or ``None`` if unknown.
+
+        ``gdla solve NAME --size N`` checks it against the memory available before building anything.
+        """
+        return None
 
     @classmethod
     def from_matrix(cls, matrix: torch.Tensor, **options: Any) -> Problem:
@@ -155,6 +169,10 @@ class Problem(abc.ABC):
 
     def matrix_inverse(self) -> MatrixInverse | None:
         """The matrix whose (pseudo-)inverse is the answer, or ``None`` (unlocks Newton-Schulz)."""
+        return None
+
+    def singular_value_decomposition(self) -> SingularValueDecomposition | None:
+        """The matrix whose leading singular triples are the answer, or ``None`` (unlocks ``riemannian-svd``)."""
         return None
 
     def fused_reason(self) -> str | None:

@@ -45,6 +45,20 @@ KINDS: dict[str, tuple[str, type]] = {
     "optimizer": ("register_optimizers", Optimizer),
 }
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_\-]*$")
+#: Methods a plugin class must be able to call as gdla calls them: name -> (arguments after self, the rule).
+CALLED_AS: dict[str, dict[str, tuple[int, str]]] = {
+    "problem": {
+        "init_params": (1, "init_params(self, generator) takes the CPU torch.Generator"),
+        "loss": (1, "loss(self, params) takes the parameter dict"),
+        "solution": (1, "solution(self, params) takes the parameter dict"),
+        "residual": (1, "residual(self, params) takes the parameter dict"),
+        "error": (1, "error(self, params) takes the parameter dict"),
+        "reference": (0, "reference(self) takes no argument"),
+    },
+    "optimizer": {"step": (0, "step(self) takes no argument and returns the loss it evaluated")},
+}
+#: Methods that must be classmethods (gdla calls them on the class).
+CLASSMETHODS = {"problem": ("example", "from_matrix", "estimated_bytes", "demo"), "optimizer": ("unsupported_reason",)}
 GROUP = "gdla"
 
 
@@ -96,8 +110,11 @@ class Registry:
             where = f"distribution {dist!r}, entry point {ep.name!r} ({ep.value})"
             try:
                 plugin = ep.load()
-            except Exception as exc:  # any import-time failure of foreign code
-                self._fail(where, f"import failed: {type(exc).__name__}: {exc}")
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # any import-time failure of foreign code, sys.exit() included
+                code = f" with code {exc.code!r}" if isinstance(exc, SystemExit) else ""
+                self._fail(where, f"import failed: {type(exc).__name__}{code}: {exc}")
                 continue
             self._add(plugin, plugin_name=f"{dist}:{ep.name}", dist=dist, version=version, where=where, strict=False)
 
@@ -176,6 +193,7 @@ class Registry:
         if inspect.isabstract(obj):
             missing = ", ".join(sorted(obj.__abstractmethods__))
             raise PluginError(f"{obj.__name__} does not implement {missing}")
+        _check_signatures(obj, kind)
         source = f"{dist} {version} ({obj.__module__}.{obj.__qualname__})"
         return Entry(name=name, kind=kind, obj=obj, plugin=dist, version=version, source=source)  # type: ignore[arg-type]
 
@@ -214,6 +232,27 @@ class Registry:
     def names(self, kind: Kind) -> list[str]:
         self.load()
         return sorted(self._items[kind])
+
+
+def _check_signatures(cls: type, kind: str) -> None:
+    """Refuse methods gdla cannot call as it does (a wrong argument count, a missing classmethod)."""
+    for method in CLASSMETHODS[kind]:
+        if not isinstance(inspect.getattr_static(cls, method), classmethod):
+            raise PluginError(f"{cls.__qualname__}.{method} must be a classmethod (gdla calls it on the class)")
+    for method, (count, rule) in CALLED_AS[kind].items():
+        function = inspect.getattr_static(cls, method)
+        if isinstance(function, (staticmethod, classmethod)) or not callable(function):
+            raise PluginError(f"{cls.__qualname__}.{method} must be a plain method: {rule}")
+        try:
+            signature = inspect.signature(function)
+        except (TypeError, ValueError):  # a builtin or C function: nothing to check
+            continue
+        try:
+            signature.bind(None, *range(count))
+        except TypeError:
+            raise PluginError(
+                f"{cls.__qualname__}.{method}{signature} cannot be called as gdla calls it: {rule}"
+            ) from None
 
 
 #: The process-wide registry used by :func:`gdla.solve` and the command line.

@@ -199,6 +199,11 @@ class InverseProblem(Problem):
         ]
 
     @classmethod
+    def estimated_bytes(cls, size: int, dtype: torch.dtype = torch.float64, **options: Any) -> int:
+        """``A``, ``M``, the singular-value analysis and a solve's products: about 8 n² numbers."""
+        return 8 * size * size * (torch.finfo(dtype).bits // 8)
+
+    @classmethod
     def well_conditioned(
         cls,
         n: int,

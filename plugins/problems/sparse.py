@@ -160,6 +160,11 @@ class SparseProblem(Problem):
         return cls(torch.eye(target.shape[0], dtype=target.dtype, device=target.device), target, **options)
 
     @classmethod
+    def estimated_bytes(cls, size: int, dtype: torch.dtype = torch.float64, **options: Any) -> int:
+        """Dense ``Init``, ``Ω``, ``U``, ``S``, gradients and the row-wise reference: about 12 n² numbers."""
+        return 12 * size * size * (torch.finfo(dtype).bits // 8)
+
+    @classmethod
     def example(
         cls,
         size: int | None = None,

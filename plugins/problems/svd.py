@@ -90,6 +90,11 @@ class SVDProblem(Problem):
         self._reference: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
+    def estimated_bytes(cls, size: int, dtype: torch.dtype = torch.float64, **options: Any) -> int:
+        """``M`` ((n+1) × n), the factors, the reference decomposition and a step's products: about 10 n² numbers."""
+        return 10 * (size + 1) * size * (torch.finfo(dtype).bits // 8)
+
+    @classmethod
     def example(
         cls, size: int | None = None, *, seed: int = 0, dtype: torch.dtype = torch.float64, **options: Any
     ) -> SVDProblem:

@@ -138,6 +138,11 @@ class ToeplitzProblem(Problem):
         return cls(matrix, **options)
 
     @classmethod
+    def estimated_bytes(cls, size: int, dtype: torch.dtype = torch.float64, **options: Any) -> int:
+        """The target matrix, its probes and the band design: about 6 n² numbers."""
+        return 6 * size * size * (torch.finfo(dtype).bits // 8)
+
+    @classmethod
     def example(
         cls, size: int | None = None, *, seed: int = 0, dtype: torch.dtype = torch.float64, **options: Any
     ) -> ToeplitzProblem:

@@ -146,6 +146,12 @@ class ToeplitzNetProblem(Problem):
         return cls(matrix, **options)
 
     @classmethod
+    def estimated_bytes(cls, size: int, dtype: torch.dtype = torch.float64, **options: Any) -> int:
+        """Each data row's n × n matrices (train + test rows, a few per row): about 3 (rows) n² numbers."""
+        rows = int(options.get("train", EXAMPLE_TRAIN)) + int(options.get("test", EXAMPLE_TEST))
+        return 3 * rows * size * size * (torch.finfo(dtype).bits // 8)
+
+    @classmethod
     def example(
         cls,
         size: int | None = None,

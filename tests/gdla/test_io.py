@@ -172,13 +172,30 @@ def test_pt_without_a_single_tensor(tmp_path: Path, payload: object, pattern: st
         load_matrix(tmp_path / "x.pt")
 
 
-@pytest.mark.parametrize("shape", [(4,), (2, 2, 2), ()])
-def test_not_two_dimensional(tmp_path: Path, shape: tuple[int, ...]) -> None:
+@pytest.mark.parametrize("shape", [(2, 2, 2), ()])
+def test_not_one_or_two_dimensional(tmp_path: Path, shape: tuple[int, ...]) -> None:
     np.save(tmp_path / "nd.npy", np.zeros(shape))
     torch.save(torch.zeros(shape), tmp_path / "nd.pt")
     for name in ("nd.npy", "nd.pt"):
-        with pytest.raises(MatrixFileError, match=re.escape(f"{name}': expected a 2-D array, found shape {shape}")):
+        expected = f"{name}': expected a 2-D array (or a 1-D row), found shape {shape}"
+        with pytest.raises(MatrixFileError, match=re.escape(expected)):
             load_matrix(tmp_path / name)
+
+
+def test_a_row_is_read_as_one_dimensional(tmp_path: Path) -> None:
+    np.save(tmp_path / "row.npy", np.arange(4.0))
+    assert load_matrix(tmp_path / "row.npy").tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_permission_errors_become_matrix_file_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    np.save(tmp_path / "A.npy", np.eye(2))
+
+    def denied(self: Path, *args: object, **kwargs: object) -> bool:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "exists", denied)
+    with pytest.raises(MatrixFileError, match=r"A\.npy': cannot be read \(Permission denied\)"):
+        load_matrix(tmp_path / "A.npy")
 
 
 def test_errors_are_input_errors(tmp_path: Path) -> None:

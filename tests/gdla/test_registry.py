@@ -83,6 +83,28 @@ def good_plugin(problem: str | None = None, optimizer: str | None = None) -> str
 
 BROKEN_PLUGINS = {
     # name: (module source, words the warning must contain)
+    "sys-exit": ("import sys\nsys.exit(3)\n", ["import failed", "SystemExit with code 3"]),
+    "loss-without-params": (
+        GOOD_CLASSES.format(problem="p", optimizer="o").replace("def loss(self, params)", "def loss(self)")
+        + "\n@gdla.hookimpl\ndef register_problems(register):\n    register(Problem)\n",
+        ["Problem.loss(self)", "loss(self, params) takes the parameter dict"],
+    ),
+    "example-not-classmethod": (
+        GOOD_CLASSES.format(problem="p", optimizer="o").replace(
+            "    @classmethod\n    def example", "    def example"
+        )
+        + "\n@gdla.hookimpl\ndef register_problems(register):\n    register(Problem)\n",
+        ["Problem.example must be a classmethod"],
+    ),
+    "step-with-argument": (
+        GOOD_CLASSES.format(problem="p", optimizer="o").replace(
+            "        return torch.optim.SGD(tensors, lr=lr)\n",
+            "        return torch.optim.SGD(tensors, lr=lr)\n\n"
+            "    def step(self, closure):\n        return super().step()\n",
+        )
+        + "\n@gdla.hookimpl\ndef register_optimizers(register):\n    register(Optimizer)\n",
+        ["Optimizer.step(self, closure)", "step(self) takes no argument"],
+    ),
     "import-error": ("import no_such_module_for_gdla_tests\n", ["import failed", "no_such_module_for_gdla_tests"]),
     "hook-raises": (
         "import gdla\n\n@gdla.hookimpl\ndef register_problems(register):\n    raise RuntimeError('boom in hook')\n",
