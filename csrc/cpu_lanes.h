@@ -38,6 +38,7 @@ GDLA_DEFINE_VEC(float, int32_t, 64)
 GDLA_DEFINE_VEC(double, int64_t, 16)
 GDLA_DEFINE_VEC(double, int64_t, 32)
 GDLA_DEFINE_VEC(double, int64_t, 64)
+GDLA_DEFINE_VEC(double, int64_t, 128)  // float32 AVX-512 lanes widened to double
 #undef GDLA_DEFINE_VEC
 
 template <int L, typename M>
@@ -165,6 +166,110 @@ GDLA_ALWAYS_INLINE void newton_schulz_group(const T* A, const T* X0, T* X, int64
       for (int j = 0; j < N; ++j) X[(w * N + i) * N + j] = x[i][j][w];
     }
     steps[w] = taken[w];
+  }
+}
+
+// Seed 000's momentum on the inverse MSE for a group of problems side by side, one a lane, all
+// ``steps`` steps in registers (the same update as small::MomentumProblem::step, lane by lane):
+// R = P(X) - I; the step's loss is mean(R^2) at the X it started from; g from the Gram matrix
+// H (A^T A right, A A^T left) or A^T R + R A^T (both); buf = started ? momentum buf + g : g;
+// X = X - buf lr. ``out[s]`` receives the step's losses summed over the group's lanes in order.
+// Padding lanes hold A = I, X = 0 and add nothing to ``out``.
+template <typename T, int N, int Bytes>
+GDLA_ALWAYS_INLINE void momentum_group(const T* A, T* X, T* B, int count, int side, T lr, T momentum, bool started,
+                                       int64_t steps, double* out) {
+  using V = typename Vec<T, Bytes>::V;
+  constexpr int L = Vec<T, Bytes>::kLanes;
+  using VD = typename Vec<double, Bytes * sizeof(double) / sizeof(T)>::V;
+  V a[N][N], at[N][N], h[N][N], x[N][N], b[N][N];
+  for (int i = 0; i < N; ++i) {
+    for (int j = 0; j < N; ++j) {
+      V av, xv, bv;
+      for (int w = 0; w < L; ++w) {
+        const bool real = w < count;
+        av[w] = real ? A[(w * N + i) * N + j] : T(i == j);
+        xv[w] = real ? X[(w * N + i) * N + j] : T(0);
+        bv[w] = real ? B[(w * N + i) * N + j] : T(0);
+      }
+      a[i][j] = av;
+      x[i][j] = xv;
+      b[i][j] = bv;
+    }
+  }
+  for (int i = 0; i < N; ++i)
+    for (int j = 0; j < N; ++j) at[i][j] = a[j][i];
+  for (int i = 0; i < N; ++i) {  // H = A^T A (right) or A A^T (left), row by row
+    for (int j = 0; j < N; ++j) {
+      V acc = side == 0 ? at[i][0] * a[0][j] : a[i][0] * at[0][j];
+      for (int l = 1; l < N; ++l) acc += side == 0 ? at[i][l] * a[l][j] : a[i][l] * at[l][j];
+      h[i][j] = acc;
+    }
+  }
+  const T scale = static_cast<T>((side == 2 ? 1.0 : 2.0) / static_cast<double>(N * N));
+  const double inv_count = 1.0 / static_cast<double>(N * N);
+  for (int64_t s = 0; s < steps; ++s) {
+    V r[N][N], g[N][N];
+    for (int i = 0; i < N; ++i) {  // r = P(X) - I
+      for (int j = 0; j < N; ++j) {
+        V acc = side == 1 ? x[i][0] * a[0][j] : a[i][0] * x[0][j];
+        for (int l = 1; l < N; ++l) acc += side == 1 ? x[i][l] * a[l][j] : a[i][l] * x[l][j];
+        if (side == 2) {
+          V other = x[i][0] * a[0][j];
+          for (int l = 1; l < N; ++l) other += x[i][l] * a[l][j];
+          acc = T(0.5) * (acc + other);
+        }
+        r[i][j] = i == j ? acc - T(1) : acc;
+      }
+    }
+    VD sum = VD{};
+    for (int i = 0; i < N; ++i) {
+      VD row = VD{};
+      for (int j = 0; j < N; ++j) {
+        const VD value = __builtin_convertvector(r[i][j], VD);
+        row += value * value;
+      }
+      sum += row;
+    }
+    double total = 0.0;
+    for (int w = 0; w < count; ++w) total += sum[w] * inv_count;
+    out[s] = total;
+    for (int i = 0; i < N; ++i) {
+      for (int j = 0; j < N; ++j) {
+        V acc;
+        if (side == 0) {  // A^T A X - A^T
+          acc = h[i][0] * x[0][j];
+          for (int l = 1; l < N; ++l) acc += h[i][l] * x[l][j];
+          acc = acc - at[i][j];
+        } else if (side == 1) {  // X A A^T - A^T
+          acc = x[i][0] * h[0][j];
+          for (int l = 1; l < N; ++l) acc += x[i][l] * h[l][j];
+          acc = acc - at[i][j];
+        } else {  // A^T R + R A^T
+          acc = at[i][0] * r[0][j];
+          for (int l = 1; l < N; ++l) acc += at[i][l] * r[l][j];
+          V other = r[i][0] * at[0][j];
+          for (int l = 1; l < N; ++l) other += r[i][l] * at[l][j];
+          acc += other;
+        }
+        g[i][j] = acc;
+      }
+    }
+    for (int i = 0; i < N; ++i) {
+      for (int j = 0; j < N; ++j) {
+        const V grad = scale * g[i][j];
+        b[i][j] = started ? momentum * b[i][j] + grad : grad;
+        x[i][j] = x[i][j] - b[i][j] * lr;
+      }
+    }
+    started = true;
+  }
+  for (int w = 0; w < count; ++w) {
+    for (int i = 0; i < N; ++i) {
+      for (int j = 0; j < N; ++j) {
+        X[(w * N + i) * N + j] = x[i][j][w];
+        B[(w * N + i) * N + j] = b[i][j][w];
+      }
+    }
   }
 }
 

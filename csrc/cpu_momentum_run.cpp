@@ -12,6 +12,7 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -71,6 +72,71 @@ bool has_avx2() {
 }
 #endif
 
+// Problems per OpenMP task of a batch (a multiple of every lane count), and steps per chunk: a
+// chunk's per-task loss partials (tasks x steps doubles) bound the scratch memory.
+constexpr int64_t kRunTask = 256;
+constexpr int64_t kRunChunk = 4096;
+
+// Runs problems [begin, end) for ``steps`` steps, lane group by lane group, into ``partial[s]``
+// (the sum over those problems, in problem order, of each step's loss).
+template <typename T, int N, int Bytes>
+GDLA_ALWAYS_INLINE void run_task(const T* A, T* X, T* buf, int64_t begin, int64_t end, int side, T lr, T momentum,
+                                 bool started, int64_t steps, double* partial, double* scratch) {
+  constexpr int L = lanes::Vec<T, Bytes>::kLanes;
+  constexpr int64_t nn = N * N;
+  for (int64_t p = begin; p < end; p += L) {
+    const int count = static_cast<int>(end - p < L ? end - p : L);
+    double* target = p == begin ? partial : scratch;
+    lanes::momentum_group<T, N, Bytes>(A + p * nn, X + p * nn, buf + p * nn, count, side, lr, momentum, started,
+                                       steps, target);
+    if (p != begin) {
+      for (int64_t s = 0; s < steps; ++s) partial[s] += scratch[s];
+    }
+  }
+}
+
+template <typename T, int N>
+void run_task_16(const T* A, T* X, T* buf, int64_t begin, int64_t end, int side, T lr, T momentum, bool started,
+                 int64_t steps, double* partial, double* scratch) {
+  run_task<T, N, 16>(A, X, buf, begin, end, side, lr, momentum, started, steps, partial, scratch);
+}
+
+#ifdef GDLA_RUN_X86_DISPATCH
+template <typename T, int N>
+__attribute__((target("arch=x86-64-v3"))) void run_task_32(const T* A, T* X, T* buf, int64_t begin, int64_t end,
+                                                            int side, T lr, T momentum, bool started, int64_t steps,
+                                                            double* partial, double* scratch) {
+  run_task<T, N, 32>(A, X, buf, begin, end, side, lr, momentum, started, steps, partial, scratch);
+}
+#endif
+
+// Every problem of the batch for ``steps`` steps; losses[s] = the tasks' partials summed in task order.
+template <typename T, int N>
+void run_all(const T* A, T* X, T* buf, int64_t batch, int side, T lr, T momentum, bool started, int64_t steps,
+             double* losses) {
+  auto task_fn = &run_task_16<T, N>;
+#ifdef GDLA_RUN_X86_DISPATCH
+  if (has_avx2()) task_fn = &run_task_32<T, N>;
+#endif
+  const int64_t tasks = (batch + kRunTask - 1) / kRunTask;
+  std::vector<double> partial(static_cast<size_t>(tasks * steps));
+#pragma omp parallel if (batch >= kRunGrain)
+  {
+    std::vector<double> scratch(static_cast<size_t>(steps));
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int64_t begin = t * kRunTask, end = std::min(batch, begin + kRunTask);
+      task_fn(A, X, buf, begin, end, side, lr, momentum, started, steps, partial.data() + t * steps,
+              scratch.data());
+    }
+  }
+  for (int64_t s = 0; s < steps; ++s) {
+    double loss = 0.0;
+    for (int64_t t = 0; t < tasks; ++t) loss += partial[t * steps + s];
+    losses[s] = loss;
+  }
+}
+
 template <typename T, int N>
 int64_t run_batch(const T* A, T* X, T* buf, int64_t batch, int side, double lr, double momentum, int64_t steps,
                   bool started, double first_loss, double blow_up, double* losses) {
@@ -87,24 +153,34 @@ int64_t run_batch(const T* A, T* X, T* buf, int64_t batch, int side, double lr, 
 #endif
     return run_one_portable<T, N>(A, X, buf, side, inv_count, t_lr, t_mu, steps, started, first, blow_up, losses);
   }
-  std::vector<double> member(static_cast<size_t>(batch));
+  // A batch runs a chunk of steps without looking, then checks the chunk's losses; after a step
+  // that diverged it restores the chunk's start and runs exactly up to that step (the same bits).
+  std::vector<T> saved_x(static_cast<size_t>(batch * nn)), saved_buf(static_cast<size_t>(batch * nn));
   int64_t done = 0;
   while (done < steps) {
-#pragma omp parallel for schedule(static) if (batch >= kRunGrain)
-    for (int64_t p = 0; p < batch; ++p) {
-      small::MomentumProblem<T, N> problem;
-      problem.init(A + p * nn, side);
-      T x[nn], b[nn];
-      for (int64_t i = 0; i < nn; ++i) x[i] = X[p * nn + i], b[i] = buf[p * nn + i];
-      member[p] = problem.step(x, b, t_lr, t_mu, started) * inv_count;
-      for (int64_t i = 0; i < nn; ++i) X[p * nn + i] = x[i], buf[p * nn + i] = b[i];
+    const int64_t chunk = std::min(kRunChunk, steps - done);
+    std::copy(X, X + batch * nn, saved_x.begin());
+    std::copy(buf, buf + batch * nn, saved_buf.begin());
+    run_all<T, N>(A, X, buf, batch, side, t_lr, t_mu, started, chunk, losses + done);
+    int64_t stop = -1;
+    for (int64_t s = 0; s < chunk; ++s) {
+      const double loss = losses[done + s];
+      if (small::diverged(loss, first, blow_up, is_first)) {
+        stop = s;
+        break;
+      }
+      if (is_first) first = loss, is_first = false;
+    }
+    if (stop >= 0) {
+      if (stop + 1 < chunk) {  // the run went on past the diverging step: replay up to it
+        std::copy(saved_x.begin(), saved_x.end(), X);
+        std::copy(saved_buf.begin(), saved_buf.end(), buf);
+        run_all<T, N>(A, X, buf, batch, side, t_lr, t_mu, started, stop + 1, losses + done);
+      }
+      return done + stop + 1;
     }
     started = true;
-    double loss = 0.0;
-    for (int64_t p = 0; p < batch; ++p) loss += member[p];
-    losses[done++] = loss;
-    if (small::diverged(loss, first, blow_up, is_first)) break;
-    if (is_first) first = loss, is_first = false;
+    done += chunk;
   }
   return done;
 }

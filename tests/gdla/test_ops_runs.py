@@ -112,3 +112,21 @@ def test_bad_arguments_name_the_argument() -> None:
         ops.inverse_momentum_run(A, X, buf, "right", 0.0, 0.5, 3, started=False)
     with pytest.raises(ValueError, match="contiguous"):
         ops.inverse_momentum_run(A, X.mT, buf, "right", 0.1, 0.5, 3, started=False)
+
+
+def test_a_batch_that_diverges_stops_where_step_by_step_stops() -> None:
+    A, X = problems((300,), 4, torch.float64, "cpu")
+    X_steps, buf, buf_steps = X.clone(), torch.zeros_like(X), torch.zeros_like(X)
+    whole = ops.inverse_momentum_run(A, X, buf, "right", 30.0, 0.9, 500, started=False)
+    assert 1 < len(whole) < 500  # it diverged inside the first chunk, after running past it
+    first, single = math.nan, []
+    for step in range(500):
+        loss = ops.inverse_momentum_run(
+            A, X_steps, buf_steps, "right", 30.0, 0.9, 1, started=step > 0, first_loss=first
+        )
+        first = float(loss[0]) if step == 0 else first
+        single.append(float(loss[0]))
+        if not math.isfinite(single[-1]) or (step > 0 and single[-1] > 1e12 * max(first, 1e-30)):
+            break
+    assert whole.tolist() == single
+    assert torch.equal(X, X_steps) and torch.equal(buf, buf_steps)
