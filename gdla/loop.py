@@ -98,12 +98,16 @@ def solve(
         losses, stop = _iterate(run)
         seconds = time.perf_counter() - start
         return _summarise(run, losses, stop, setup_seconds=start - called, seconds=seconds)
-    except (MemoryError, RuntimeError) as exc:  # an allocation anywhere in the run: say so, not the allocator
+    except GdlaError:
+        raise
+    except Exception as exc:
         name = problem.name if isinstance(problem, Problem) else problem
-        error = allocation_error(exc, f"solving problem {name!r}")
-        if error is None:
-            raise
-        raise error from exc
+        error = allocation_error(exc, f"solving problem {name!r}")  # an allocation anywhere in the run
+        if error is not None:
+            raise error from exc
+        if isinstance(problem, Problem):
+            _blame_problem(problem, exc)  # a plugin's broken rule is the likely cause: name it
+        raise
 
 
 # -- prepare ------------------------------------------------------------------------------------
@@ -287,22 +291,16 @@ def _replay(bulk: torch.Tensor, run: Run, losses: LossHistory) -> tuple[LossHist
 
 
 def _first_step(opt: Optimizer, problem: Problem) -> float:
-    """The first step, whose failures are checked for a plugin's broken rule (later steps run unchecked)."""
-    try:
-        value = opt.step()
-    except GdlaError:
-        raise
-    except Exception as exc:
-        _blame_problem(problem, opt.params, exc)
-        raise
-    return _checked_loss(value, opt, problem)
+    """The first step, whose returned loss is checked against the plugin rule (later steps run unchecked)."""
+    return _checked_loss(opt.step(), opt, problem)
 
 
-def _blame_problem(problem: Problem, params: Params, exc: Exception) -> None:
+def _blame_problem(problem: Problem, exc: Exception) -> None:
     """Raise a :class:`PluginError` if ``problem.loss`` breaks its rule (a scalar), the likely cause of ``exc``."""
     try:
+        params = problem.init_params(torch.Generator().manual_seed(0))
         with torch.enable_grad():
-            value = problem.loss({key: value.detach() for key, value in params.items()})
+            value = problem.loss(params)
     except Exception:
         return
     if isinstance(value, torch.Tensor) and value.numel() == 1:
@@ -311,7 +309,7 @@ def _blame_problem(problem: Problem, params: Params, exc: Exception) -> None:
     cls = type(problem)
     raise PluginError(
         f"problem {problem.name!r} ({cls.__module__}.{cls.__qualname__}): loss() must return a scalar tensor, "
-        f"returned {shape}; the first step failed with {type(exc).__name__}: {exc}"
+        f"returned {shape}; the solve failed with {type(exc).__name__}: {exc}"
     ) from exc
 
 
