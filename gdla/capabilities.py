@@ -16,6 +16,9 @@ the capability they need and never read a problem's private attributes or its na
 ``quadratic``                ``True``/``False``/``None``     Hessian-based step estimates
 ===========================  ==============================  =============================================
 
+``singular_value_decomposition()`` returns a :class:`SingularValueDecomposition` and unlocks
+``riemannian-svd``.
+
 Every description states its math in terms of tensors shaped like the parameters, so the same
 optimizer serves a built-in and a third-party problem. :class:`gdla.testing.ProblemContract`
 checks that a declared description reproduces the problem's own loss and gradient.

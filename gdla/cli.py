@@ -182,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="convert the data (default: keep it; integer and pattern files become float64)",
     )
     solve.add_argument("--device", metavar="DEVICE", help="run on this device, e.g. cpu or cuda:0")
+    solve.add_argument(
+        "--distributed",
+        action="store_true",
+        help="shard a batched problem over the ranks (start with torchrun --nproc-per-node N -m gdla solve ...)",
+    )
     solve.add_argument("--json", action="store_true", help="print the result as JSON (no progress bar)")
     solve.add_argument("--plot", metavar="FILE", help="save a log-scale loss plot (.png, .pdf or .svg)")
     solve.add_argument(
@@ -283,6 +288,10 @@ def _cmd_solve(args: argparse.Namespace, out: TextIO) -> int:
     import torch
 
     dtype = None if args.dtype is None else (torch.float32 if args.dtype == "float32" else torch.float64)
+    if args.distributed:
+        from gdla.distributed import init_from_environment, is_reporting_rank
+
+        init_from_environment(args.device)
     try:
         if args.matrix is not None:
             from gdla.io import load_matrix
@@ -316,6 +325,7 @@ def _cmd_solve(args: argparse.Namespace, out: TextIO) -> int:
                 device=args.device,
                 patience=args.patience,
                 progress=not args.json and sys.stderr.isatty(),
+                distributed=args.distributed,
                 **dict(args.option),
             ),
             dict(args.option),
@@ -325,6 +335,8 @@ def _cmd_solve(args: argparse.Namespace, out: TextIO) -> int:
         if error is None:
             raise
         raise error from None
+    if args.distributed and not is_reporting_rank():  # every rank holds the whole result: rank 0 reports it
+        return 0 if result.stop_reason != "diverged" else 1
     if args.plot is not None:
         from gdla.plotting import plot_losses
 

@@ -49,6 +49,8 @@ class Run:
     progress: bool
     sharding: Any = None
     notes: list[str] = field(default_factory=list)
+    #: ``(param_exponent, loss_exponent)`` of the normalisation, to report settings in the data's units.
+    units: tuple[int, int] | None = None
 
 
 def solve(
@@ -147,10 +149,13 @@ def _prepare(
     if not isinstance(distributed, bool):
         raise InputError(f"distributed: expected True or False, received {distributed!r}")
 
-    work, restore = problem, _identity
+    work, restore, units = problem, _identity, None
     normalization = problem.normalized()
     if normalization is not None:
         work, restore = normalization.problem, normalization.restore
+        if normalization.param_exponent is not None:  # what the caller gave in the data's units
+            units = (normalization.param_exponent, normalization.loss_exponent)
+            lr, options = optimizer_cls.method_class(work).in_normalized_units(lr, dict(options), *units)
     full, sharding = work, None
     if distributed:
         from gdla.distributed import Sharding
@@ -168,7 +173,7 @@ def _prepare(
     run = Run(
         problem=problem, full=full, work=work, restore=restore, optimizer=opt, params=params, backend=chosen_backend,
         budget=budget, rules=StopRules(tol, patience), seed=seed, callback=callback, progress=progress,
-        sharding=sharding,
+        sharding=sharding, units=units,
     )
     _advise(run)
     return run
@@ -348,8 +353,11 @@ def _summarise(run: Run, losses: LossHistory, stop: str, *, setup_seconds: float
     metrics = run.full.metrics(work_params) if finite else {"residual": math.nan, "error": math.nan}
     members, status = _batch_status(run.full, work_params, run.rules.tol)
     condition = run.problem.condition_estimate()
+    lr = opt.lr  # reported in the data's units: the inverse conversion is exact
+    if run.units is not None:
+        lr = type(opt).method_class(run.work).in_normalized_units(lr, {}, -run.units[0], -run.units[1])[0]
     settings = {
-        "lr": opt.lr, "max_steps": run.budget, "tol": run.rules.tol, "seed": run.seed, "dtype": run.problem.dtype
+        "lr": lr, "max_steps": run.budget, "tol": run.rules.tol, "seed": run.seed, "dtype": run.problem.dtype
     }
     settings.update({f"optimizer.{k}": v for k, v in opt.describe().items() if k not in ("name", "lr")})
     return Result(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import copy
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -55,6 +56,10 @@ class Optimizer(abc.ABC):
     #: Names of the attributes that carry the method's state from step to step (momentum buffers,
     #: previous directions...): what :meth:`state_dict` saves and :meth:`load_state_dict` restores.
     state_attributes: ClassVar[tuple[str, ...]] = ()
+    #: How the learning rate scales with the data's units: ``"curvature"`` (a step ``lr · g`` that
+    #: must stay below ``2/L``: gradient descent, momentum), ``"distance"`` (a step of about ``lr``
+    #: in parameter units: Adam, Adagrad, RMSprop) or ``None`` (unit-free, or no learning rate).
+    lr_units: ClassVar[str | None] = None
 
     def __init__(
         self, problem: Problem, params: Params, *, lr: float | None = None, backend: str = "autograd", **options: Any
@@ -84,6 +89,27 @@ class Optimizer(abc.ABC):
         only, never from its name.
         """
         return None
+
+    @classmethod
+    def method_class(cls, problem: Problem) -> type[Optimizer]:
+        """The class whose steps actually run on ``problem`` (``auto`` answers with its pick; default: ``cls``)."""
+        return cls
+
+    @classmethod
+    def in_normalized_units(
+        cls, lr: float | None, options: dict[str, Any], param_exponent: int, loss_exponent: int
+    ) -> tuple[float | None, dict[str, Any]]:
+        """``lr`` and ``options`` given in the data's units, converted for a problem normalised by
+        parameters ``· 2^param_exponent`` and loss ``· 2^loss_exponent`` (exact powers of two).
+
+        Gradients scale by ``2^(j − p)``, curvatures by ``2^(j − 2p)``: a curvature-limited ``lr``
+        becomes ``lr · 2^(2p − j)`` and a distance-like one ``lr · 2^p``, so every step is the
+        original one times ``2^p``. Override for options in data units (``heavy-ball``'s ``L``).
+        """
+        if lr is None or cls.lr_units is None:
+            return lr, options
+        shift = 2 * param_exponent - loss_exponent if cls.lr_units == "curvature" else param_exponent
+        return math.ldexp(lr, shift), options
 
     @classmethod
     def fused_reason(cls, problem: Problem, options: Mapping[str, Any]) -> str | None:

@@ -111,6 +111,9 @@ class Result:
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and value.layout != torch.strided:  # a sparse answer stays sparse
+        coo = value.detach().cpu().to_sparse_coo().coalesce()
+        return {"shape": list(coo.shape), "indices": _plain(coo.indices()), "values": _plain(coo.values())}
     if isinstance(value, torch.Tensor):
         return _plain(value.detach().cpu().tolist())
     if isinstance(value, float):

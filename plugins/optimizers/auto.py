@@ -115,6 +115,10 @@ class Auto(Optimizer):
         self.lr = self.delegate.lr
 
     @classmethod
+    def method_class(cls, problem: Problem) -> type[Optimizer]:
+        return _best(problem)[0]
+
+    @classmethod
     def method_for(cls, problem: Problem) -> str:
         """The name of the method ``auto`` would run on ``problem`` (for advice such as "try auto")."""
         return choose(problem)[0].name

@@ -122,6 +122,19 @@ class HeavyBall(Optimizer):
         self._previous = {key: value.detach().clone() for key, value in params.items()}
 
     @classmethod
+    def in_normalized_units(
+        cls, lr: float | None, options: dict[str, Any], param_exponent: int, loss_exponent: int
+    ) -> tuple[float | None, dict[str, Any]]:
+        """``L`` and ``mu`` are curvatures: they scale by ``2^(j − 2p)``."""
+        shift = loss_exponent - 2 * param_exponent
+        converted = dict(options)
+        for key in ("L", "mu"):
+            value = converted.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                converted[key] = math.ldexp(float(value), shift)
+        return lr, converted
+
+    @classmethod
     def unsupported_reason(cls, problem: Problem) -> str | None:
         return view_reason(problem, "heavy-ball (its step and momentum come from a constant Hessian)")
 

@@ -108,6 +108,7 @@ class Momentum(TorchOptimizer):
     fixed_step = True
     accepted = {"momentum": Option(unit_interval, SEED_MOMENTUM)}
     lr_rule = ("inverse_lipschitz", 0.5)
+    lr_units = "curvature"
     state_attributes = ("_first_loss",)
 
     def __init__(self, problem: Problem, params: Params, **options: Any) -> None:

@@ -250,6 +250,7 @@ class SGD(TorchOptimizer):
         "weight_decay": _WEIGHT_DECAY,
     }
     lr_rule = ("inverse_lipschitz", 1.0)
+    lr_units = "curvature"
 
     def resolve(self, settings: dict[str, Any]) -> None:
         if settings["nesterov"] and (settings["momentum"] == 0 or settings["dampening"] != 0):
@@ -282,6 +283,7 @@ class Adam(TorchOptimizer):
         "amsgrad": Option(flag, False),
     }
     lr_rule = ("distance", 1.0)
+    lr_units = "distance"
     default_schedule = "exponential"
 
     @classmethod
@@ -307,6 +309,7 @@ class Adagrad(TorchOptimizer):
         "weight_decay": _WEIGHT_DECAY,
     }
     lr_rule = ("distance", 3.0)
+    lr_units = "distance"
 
 
 class RMSprop(TorchOptimizer):
@@ -331,6 +334,7 @@ class RMSprop(TorchOptimizer):
         "weight_decay": _WEIGHT_DECAY,
     }
     lr_rule = ("distance", 0.02)
+    lr_units = "distance"
 
 
 #: Loss evaluations per L-BFGS iteration allowed by default (the first plus the line search's).

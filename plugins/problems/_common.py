@@ -20,8 +20,10 @@ __all__ = [
     "condition_numbers",
     "cpu_generator",
     "frobenius",
+    "joint_power_of_two_scaled",
     "numerically_singular_threshold",
     "relative_frobenius",
+    "relative_norm",
     "polar_factor",
     "polar_factor_differentiable",
     "safe_scale",
@@ -70,13 +72,52 @@ def frobenius(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def safe_scale(norms: torch.Tensor) -> torch.Tensor:
-    """``norms`` with zeros replaced by one, so a division by it is relative, or absolute at zero."""
+    """``norms`` with zeros replaced by one (for scales of data, never for the denominator of a metric).
+
+    A norm that underflowed to zero would silently turn a relative metric into an absolute one
+    (the cause of false successes on tiny data): metrics use :func:`relative_norm` instead.
+    """
     return torch.where(norms > 0, norms, torch.ones_like(norms))
 
 
+def joint_power_of_two_scaled(tensors: Sequence[torch.Tensor], dim: tuple[int, ...]) -> list[torch.Tensor]:
+    """``tensors`` (same batch dimensions) all divided by the same exact power of two per member, ``2^e``.
+
+    ``e`` is the binary exponent of the largest absolute entry over ``dim`` of all of them, so the
+    largest scaled entry lies in ``[0.5, 1)`` and norms over ``dim`` neither overflow nor underflow
+    (except for an entry ``2^-1074`` times smaller than the largest, which is negligible anyway).
+    The power is applied in two halves so that ``2^-e`` itself never leaves the dtype's range.
+    """
+    peaks = [t.detach().abs().amax(dim=dim, keepdim=True) for t in tensors]
+    peak = peaks[0]
+    for other in peaks[1:]:
+        peak = torch.maximum(peak, other)
+    peak = torch.where(torch.isfinite(peak) & (peak > 0), peak, torch.ones_like(peak))
+    _, exponent = torch.frexp(peak)
+    first = torch.div(-exponent, 2, rounding_mode="floor")
+    second = -exponent - first
+    dtype = tensors[0].dtype
+    factors = [torch.exp2(part.to(torch.float64)).to(dtype) for part in (first, second)]
+    return [t * factors[0] * factors[1] for t in tensors]
+
+
+def relative_norm(difference: torch.Tensor, reference: torch.Tensor, *, dim: tuple[int, ...]) -> torch.Tensor:
+    """Per member ``‖difference‖ / ‖reference‖`` (2-norm over ``dim``), computed in scaled arithmetic.
+
+    Both are divided by one exact power of two first, so the ratio is right whatever the units:
+    ``1e-200`` data no longer underflows into ``0 / 0``. Where the reference is zero the ratio is
+    undefined: NaN if the difference is nonzero, 0 if both are zero (the answer is then exact).
+    """
+    diff, ref = joint_power_of_two_scaled([difference, reference], dim)
+    num = torch.linalg.vector_norm(diff, dim=dim)
+    den = torch.linalg.vector_norm(ref, dim=dim)
+    undefined = torch.where(num > 0, torch.full_like(num, float("nan")), torch.zeros_like(num))
+    return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), undefined)
+
+
 def relative_frobenius(difference: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Per problem ``‖difference‖_F / ‖reference‖_F`` (absolute where the reference is zero)."""
-    return frobenius(difference) / safe_scale(frobenius(reference))
+    """Per problem ``‖difference‖_F / ‖reference‖_F`` in scaled arithmetic (see :func:`relative_norm`)."""
+    return relative_norm(difference, reference, dim=(-2, -1))
 
 
 def batched_mse(difference: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ import torch
 
 from gdla.errors import InputError, ShapeError
 from gdla.validation import check_finite, check_int
+from gdla_plugins.problems._common import joint_power_of_two_scaled, relative_norm
 
 __all__ = [
     "resolve_probes",
@@ -252,6 +253,8 @@ def normal_equations_gap(
     returned.
     """
     fitted = band @ gram.T
+    # one exact power of two per member first: norms of 1e-200 data must not underflow into 0 / 0
+    fitted, rhs = joint_power_of_two_scaled([fitted, rhs], dim)
     num = torch.linalg.vector_norm(fitted - rhs, dim=dim)
     den = torch.linalg.vector_norm(fitted, dim=dim) + torch.linalg.vector_norm(rhs, dim=dim)
     ratio = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(den))
@@ -259,8 +262,9 @@ def normal_equations_gap(
 
 
 def relative_error(value: torch.Tensor, reference: torch.Tensor, *, dim: tuple[int, ...]) -> torch.Tensor:
-    """``‖value − reference‖ / ‖reference‖`` over ``dim`` (absolute where the reference is 0), worst of the rest."""
-    diff = torch.linalg.vector_norm(value - reference, dim=dim)
-    scale = torch.linalg.vector_norm(reference, dim=dim)
-    ratio = torch.where(scale > 0, diff / torch.where(scale > 0, scale, torch.ones_like(scale)), diff)
+    """``‖value − reference‖ / ‖reference‖`` over ``dim`` in scaled arithmetic, worst of the rest.
+
+    Where the reference is zero the ratio is undefined: NaN unless ``value`` is zero too (then 0).
+    """
+    ratio = relative_norm(value - reference, reference, dim=dim)
     return ratio.max() if ratio.dim() else ratio

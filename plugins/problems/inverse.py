@@ -26,6 +26,7 @@ import gdla
 from gdla.capabilities import InverseMSE, LinearLeastSquares, MatrixInverse
 from gdla.errors import InputError, ShapeError, SingularMatrixError
 from gdla.problem import Params, Problem
+from gdla.scaling import Normalization, check_representable, power_of_two_scale, scale_by_power_of_two
 from gdla.validation import as_dtype, check_choice, check_int, check_matrix
 from gdla_plugins.problems._common import (
     as_working_float,
@@ -151,6 +152,7 @@ class InverseProblem(Problem):
         seed: int = 0,
         dtype: torch.dtype = torch.float64,
         kind: str = "random",
+        batch: int | None = None,
         **options: Any,
     ) -> InverseProblem:
         """Seed notebook 000's matrices: ``torch.rand(4, 4)`` after seeding 314, or ``diag(1, ..., n)``.
@@ -160,16 +162,18 @@ class InverseProblem(Problem):
             seed: added to 314, the notebook's seed (``seed=0`` reproduces its matrix exactly).
             dtype: dtype of the problem (the random matrix is drawn in float32, as the notebook did).
             kind: ``"random"`` or ``"diagonal"`` (the notebook's easy comparison case).
+            batch: a batch of this many matrices (the first is the unbatched example); ``None``: one.
             **options: passed to the constructor (``side``, ``pseudo``, ``init``).
         """
         n = 4 if size is None else check_int(size, "size", minimum=1)
         seed = check_int(seed, "seed")
         check_choice(kind, "kind", EXAMPLE_KINDS)
         dtype = as_dtype(dtype) or torch.float64
+        lead = () if batch is None else (check_int(batch, "batch", minimum=1),)
         if kind == "diagonal":
-            A = torch.diag(torch.arange(1, n + 1, dtype=torch.float64))
-        else:
-            A = torch.rand(n, n, generator=cpu_generator(EXAMPLE_SEED + seed))
+            A = torch.diag(torch.arange(1, n + 1, dtype=torch.float64)).expand(*lead, n, n)
+        else:  # the first n·n draws of a batch are the unbatched example's
+            A = torch.rand(*lead, n, n, generator=cpu_generator(EXAMPLE_SEED + seed))
         return cls(A.to(dtype), **options)
 
     @classmethod
@@ -316,6 +320,36 @@ class InverseProblem(Problem):
             with torch.no_grad():
                 params["M"].copy_(self._restrict(params["M"]))
 
+    def normalized(self) -> Normalization | None:
+        r"""The problem of :math:`A' = 2^{-e} A` (largest entry in ``[0.5, 1)``); restores :math:`M = 2^{-e} M'`.
+
+        :math:`(2^{-e} A)^{-1} = 2^{e} A^{-1}` (also for the pseudo-inverse and one-sided inverses).
+        Raises :class:`~gdla.errors.InputError` when :math:`A^{-1}` over- or underflows the dtype.
+        """
+        exponent = power_of_two_scale(self.A)
+        work = self if exponent == 0 else type(self)(
+            scale_by_power_of_two(self.A, -exponent), side=self.side, pseudo=self.pseudo, init=self.init
+        )
+        if not bool((work._sigma_max > 0).any()):  # A = 0: its pseudo-inverse is 0, nothing to scale
+            return None
+        # entries of A'^{-1} lie between 1/σ_max(A') and 1/σ_min(A') = cond/σ_max(A'), up to √k factors
+        sigma_max = work._sigma_max.clamp(min=torch.finfo(self.dtype).tiny)
+        cond = work._cond[torch.isfinite(work._cond)]
+        top = float(cond.max()) if cond.numel() else 1.0
+        what = "the pseudo-inverse of A" if self.pseudo or self._m != self._n else "the inverse of A"
+        high = -exponent + math.ceil(math.log2(top / float(sigma_max.min())))
+        low = -exponent - math.ceil(math.log2(float(sigma_max.max()) * math.sqrt(self._k)))
+        for estimate in (high, low):
+            check_representable("A", estimate, self.dtype, what)
+        if exponent == 0:
+            return None
+
+        def restore(params: Params) -> Params:
+            return {"M": scale_by_power_of_two(params["M"], -exponent)}
+
+        # M' = 2^e M; the loss compares A'M' = A M with I: unchanged
+        return Normalization(problem=work, restore=restore, exponent=exponent, param_exponent=exponent)
+
     # -- answers ------------------------------------------------------------------------------
     def solution(self, params: Params) -> torch.Tensor:
         return params["M"].detach()
@@ -370,6 +404,16 @@ class InverseProblem(Problem):
     def condition_estimate(self) -> float:
         """Largest 2-norm condition number ``σ_max / σ_min`` over the batch (``inf`` if singular)."""
         return float(worst(self._cond))
+
+    def batch_size(self) -> int | None:
+        """Length of the leading batch dimension of ``A`` (``None`` for one matrix)."""
+        return int(self.A.shape[0]) if self.batch_shape else None
+
+    def batch_slice(self, start: int, stop: int) -> InverseProblem:
+        """The problem of the matrices ``A[start:stop]`` (same side, pseudo and init)."""
+        if not self.batch_shape:
+            return super().batch_slice(start, stop)  # type: ignore[return-value]
+        return type(self)(self.A[start:stop], side=self.side, pseudo=self.pseudo, init=self.init)
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -26,10 +26,19 @@ import torch
 
 import gdla
 from gdla.capabilities import LinearLeastSquares
-from gdla.errors import InputError, ShapeError
+from gdla.errors import InputError, ResourceError, ShapeError
+from gdla.memory import available_bytes, format_bytes
 from gdla.problem import Params, Problem
+from gdla.scaling import Normalization, check_representable, power_of_two_scale, scale_by_power_of_two
 from gdla.validation import check_choice, check_finite, check_int, check_matrix
-from gdla_plugins.problems._common import as_working_float, cpu_generator, safe_scale
+from gdla_plugins.problems._common import (
+    as_working_float,
+    cpu_generator,
+    joint_power_of_two_scaled,
+    relative_norm,
+    safe_scale,
+)
+from gdla_plugins.problems._sparse_pattern import Pattern, is_sparse, random_pattern_example
 
 __all__ = ["ACTIVATIONS", "LOSSES", "SparseProblem"]
 
@@ -92,6 +101,11 @@ class SparseProblem(Problem):
             raise InputError(f"Y: expected a tensor on X's device {X.device}, received one on {Y.device}")
         n = X.shape[0]
         dtype = torch.promote_types(X.dtype, Y.dtype)
+        #: Ω's pattern when Ω is a torch sparse tensor: U and Init are then values on it, shape (nnz,)
+        self.pattern: Pattern | None = None
+        if is_sparse(omega) or is_sparse(init):
+            self._init_sparse(X, Y, omega, init, dtype, hops, activation, loss)
+            return
         if init is None:
             init = torch.zeros(n, n, dtype=dtype, device=X.device)
         else:
@@ -113,6 +127,35 @@ class SparseProblem(Problem):
         # For the linear one-hop case the gradient is Ω ⊙ ((S X − Y) Xᵀ): keep X Xᵀ and Y Xᵀ.
         self._gram = self.X @ self.X.T
         self._target_x = self.Y @ self.X.T
+
+    def _init_sparse(
+        self, X: torch.Tensor, Y: torch.Tensor, omega: Any, init: Any, dtype: torch.dtype, *settings: Any
+    ) -> None:
+        """The values-only form: ``U`` and ``Init`` stored on Ω's pattern, products with CSR ``S``."""
+        n = X.shape[0]
+        if not is_sparse(omega):
+            raise InputError(
+                "omega: a sparse init needs a sparse omega (torch sparse tensor) with init's pattern, received "
+                + ("None" if omega is None else f"a dense {type(omega).__name__}")
+            )
+        self.pattern = Pattern(omega, n, X.device)
+        self.X, self.Y = X.to(dtype), Y.to(dtype)
+        self.init_values = (
+            torch.zeros(self.pattern.nnz, dtype=dtype, device=X.device)
+            if init is None
+            else self.pattern.values_of(init, "init", dtype)
+        )
+        check_finite(self.init_values, "init")
+        self.omega = self.pattern.to_sparse(torch.ones(self.pattern.nnz, dtype=dtype, device=X.device))
+        self.init = self.pattern.to_sparse(self.init_values)
+        hops, activation, loss = settings
+        self.hops = check_int(hops, "hops", minimum=1)
+        activation = None if activation == "identity" else activation
+        if activation is not None:
+            check_choice(activation, "activation", ["identity", *ACTIVATIONS])
+        self.activation = activation
+        self.loss_kind = check_choice(loss, "loss", LOSSES)
+        self.n, self.p = n, X.shape[1]
 
     @property
     def linear(self) -> bool:
@@ -137,6 +180,17 @@ class SparseProblem(Problem):
             return None
         omega, X = self.omega, self.X
         loss_of = (lambda r: r.square().mean()) if self.loss_kind == "mse" else (lambda r: torch.linalg.matrix_norm(r))
+        pattern = self.pattern
+        if pattern is not None:  # x = U's values: the rows stay independent but share one vector (one block)
+            return LinearLeastSquares(
+                key="U",
+                apply=lambda d: pattern.csr(d) @ X,
+                adjoint=lambda r: pattern.masked_outer(r, X),
+                rhs=self.Y - pattern.csr(self.init_values) @ X,
+                loss_of=loss_of,
+                block_name="pattern",
+                gram_factor=X.mT,  # every row's Gram is a principal submatrix of X Xᵀ
+            )
         return LinearLeastSquares(
             key="U",
             apply=lambda d: (omega * d) @ X,
@@ -161,7 +215,14 @@ class SparseProblem(Problem):
 
     @classmethod
     def estimated_bytes(cls, size: int, dtype: torch.dtype = torch.float64, **options: Any) -> int:
-        """Dense ``Init``, ``Ω``, ``U``, ``S``, gradients and the row-wise reference: about 12 n² numbers."""
+        """Dense ``Init``, ``Ω``, ``U``, ``S``, gradients and the row-wise reference: about 12 n² numbers.
+
+        With ``storage="sparse"``: about 20 numbers per stored entry (indices, values, CG vectors,
+        gathered rows) and 12 per entry of the ``(n, p)`` data.
+        """
+        if options.get("storage") == "sparse":
+            nnz = size * int(options.get("per_row", 6))
+            return (20 * nnz + 12 * size * int(options.get("columns", 8))) * 8
         return 12 * size * size * (torch.finfo(dtype).bits // 8)
 
     @classmethod
@@ -172,9 +233,16 @@ class SparseProblem(Problem):
         seed: int = 0,
         dtype: torch.dtype = torch.float64,
         hops: int = 1,
+        storage: str = "dense",
+        per_row: int = 6,
+        columns: int = 8,
         **options: Any,
     ) -> SparseProblem:
         """Seed 002's scenario, or a random consistent one of size ``n``.
+
+        With ``storage="sparse"`` (and ``size``): a sparse ``Ω`` with about ``per_row`` free
+        entries per row, ``X = randn(n, columns)``, ``U`` and ``Init`` stored on the pattern
+        (memory ``O(n · (per_row + columns))``, so ``n`` in the millions fits).
 
         Without ``size``: ``n = 3``, ``X = e₁``, ``Y = 2 e₃``, ``Ω`` all ones and
         ``Init = 0.1 · rand(3, 3)`` from a generator seeded with ``123 + seed``.
@@ -193,6 +261,23 @@ class SparseProblem(Problem):
             init = INIT_NOISE * torch.rand(3, 3, generator=generator, dtype=torch.float64)
             return cls(X.to(dtype), Y.to(dtype), init=init.to(dtype), hops=hops, **options)
         n = check_int(size, "size", minimum=1)
+        act = ACTIVATIONS.get(options.get("activation") or "", _identity)
+        if check_choice(storage, "storage", ("dense", "sparse")) == "sparse":
+            per_row = check_int(per_row, "per_row", minimum=1)
+            omega, init, truth, X = random_pattern_example(
+                n, per_row, check_int(columns, "columns", minimum=1), generator
+            )
+            Y = X
+            for _ in range(hops):
+                Y = act(truth @ Y)
+            return cls(X.to(dtype), Y.to(dtype), omega=omega, init=init.to(dtype), hops=hops, **options)
+        needed = cls.estimated_bytes(n, dtype)
+        if available_bytes() is not None and needed > available_bytes():
+            raise ResourceError(
+                f"size: the dense sparse-problem example of size {n} needs about {format_bytes(needed)} "
+                f"({format_bytes(available_bytes() or 0)} available): pass storage='sparse' "
+                "(-p storage=sparse) to store U only on a sparse mask, and solve it with cg (what auto picks)"
+            )
         omega = torch.rand(n, n, generator=generator, dtype=torch.float64) < 0.5
         pick = torch.randint(n, (n,), generator=generator)
         omega[torch.arange(n), pick] = True  # every row has at least one free entry
@@ -201,15 +286,21 @@ class SparseProblem(Problem):
         # so S*ᵏ X neither explodes nor vanishes for a few hops.
         truth = init + omega * torch.randn(n, n, generator=generator, dtype=torch.float64) / math.sqrt(n)
         X = torch.randn(n, 2 * n, generator=generator, dtype=torch.float64)
-        act = ACTIVATIONS.get(options.get("activation") or "", _identity)
         Y = X
         for _ in range(hops):
             Y = act(truth @ Y)
         return cls(X.to(dtype), Y.to(dtype), omega=omega, init=init.to(dtype), hops=hops, **options)
 
+    def fused_reason(self) -> str | None:
+        """The dense form fuses ``Init + Ω ⊙ U`` (``gdla.ops.masked_hadamard``); the values form has no mask to fuse."""
+        if self.pattern is not None:
+            return "problem 'sparse' stores U only on omega's pattern: there is no mask product to fuse"
+        return None
+
     def update_masks(self) -> Params:
-        """``U`` moves only where ``Ω`` is 1: the fused momentum step uses the mask directly."""
-        return {"U": self.omega}
+        """``U`` moves only where ``Ω`` is 1: the fused momentum step uses the mask directly
+        (none for the values-only form, where every stored value is free)."""
+        return {} if self.pattern is not None else {"U": self.omega}
 
     # -- data ---------------------------------------------------------------------------------
     @property
@@ -225,11 +316,14 @@ class SparseProblem(Problem):
         if target is None:
             return self
         dtype, device = target
+        omega, init = self.omega, self.init
+        if self.pattern is not None:
+            omega, init = self.pattern.to_sparse(torch.ones_like(self.init_values)), self.init
         return type(self)(
             self.X.to(dtype=dtype, device=device),
             self.Y.to(dtype=dtype, device=device),
-            omega=self.omega.to(dtype=dtype, device=device),
-            init=self.init.to(dtype=dtype, device=device),
+            omega=omega.to(dtype=dtype, device=device),
+            init=init.to(dtype=dtype, device=device),
             hops=self.hops,
             activation=self.activation,
             loss=self.loss_kind,
@@ -238,10 +332,13 @@ class SparseProblem(Problem):
     # -- optimisation -------------------------------------------------------------------------
     def init_params(self, generator: torch.Generator) -> Params:
         """``U = 0``, like the seed: gradient descent from there ends at the minimum-norm answer."""
-        return {"U": torch.zeros(self.n, self.n, dtype=self.dtype, device=self.device)}
+        shape = (self.pattern.nnz,) if self.pattern is not None else (self.n, self.n)
+        return {"U": torch.zeros(shape, dtype=self.dtype, device=self.device)}
 
     def operator(self, U: torch.Tensor) -> torch.Tensor:
-        """``S = Init + Ω ⊙ U``, differentiable in ``U``.  # U: (n, n) -> (n, n)"""
+        """``S = Init + Ω ⊙ U``, differentiable in ``U``.  # U: (n, n) -> (n, n); values form: (nnz,) -> (nnz,)"""
+        if self.pattern is not None:
+            return self.init_values + U
         return self.init + self.omega * U
 
     def forward(self, S: torch.Tensor) -> torch.Tensor:
@@ -249,7 +346,7 @@ class SparseProblem(Problem):
         act = ACTIVATIONS.get(self.activation or "", _identity)
         out = self.X
         for _ in range(self.hops):  # a handful of hops: the loop is over layers, not data
-            out = act(S @ out)
+            out = act(self.pattern.matmul(S, out) if self.pattern is not None else S @ out)
         return out
 
     def _loss_of(self, S: torch.Tensor) -> torch.Tensor:
@@ -259,26 +356,64 @@ class SparseProblem(Problem):
         return torch.linalg.matrix_norm(diff, ord="fro")
 
     def loss(self, params: Params) -> torch.Tensor:
-        return self._loss_of(self.operator(_u(params, self.n)))
+        return self._loss_of(self.operator(self._u(params)))
 
     def loss_and_grad(self, params: Params, backend: str = "autograd") -> tuple[torch.Tensor, Params]:
         """With ``backend="fused"`` ``S`` comes from the custom op ``gdla.ops.masked_hadamard``
         (forward ``Init + Ω ⊙ U``, backward ``Ω ⊙ ∂S``); autograd differentiates the rest."""
         check_choice(backend, "backend", ("autograd", "fused"))
-        if backend != "fused":
+        if backend != "fused" or self.pattern is not None:  # values only: no mask to fuse
             return super().loss_and_grad(params, backend)
         from gdla import ops  # the compiled extension loads only when asked for
 
         with torch.enable_grad():
-            U = _u(params, self.n).detach().requires_grad_(True)
+            U = self._u(params).detach().requires_grad_(True)
             loss = self._loss_of(ops.masked_hadamard(self.init, self.omega, U))
             (grad,) = torch.autograd.grad(loss, [U])
         return loss.detach(), {"U": grad}
 
+    def normalized(self) -> Normalization | None:
+        r"""The problem in normalised units: :math:`X' = 2^{-a} X`, :math:`S' = 2^{-b} S`, :math:`Y' = 2^{-a-kb} Y`.
+
+        With ``k = hops`` and a positively homogeneous activation (none or ``relu``),
+        :math:`\hat Y(S', X') = 2^{-a-kb}\,\hat Y(S, X)`, so ``U`` restores as :math:`2^{b} U'`.
+        ``a`` puts ``X``'s largest entry in ``[0.5, 1)``, ``b = ⌊(e_Y − a) / k⌋`` brings ``Y`` near 1
+        (from ``Init`` when ``Y = 0``). Other activations are not homogeneous: ``None`` (solved as given).
+        """
+        if self.activation not in (None, "relu"):
+            return None
+        a = power_of_two_scale(self.X)
+        init_values = self.init_values if self.pattern is not None else self.init
+        if bool((self.Y != 0).any()):
+            b = (power_of_two_scale(self.Y) - a) // self.hops
+        else:
+            b = power_of_two_scale(init_values)
+        check_representable("Y", b, self.dtype, "the operator S")
+        if a == 0 and b == 0:
+            return None
+        work = type(self)(
+            scale_by_power_of_two(self.X, -a),
+            scale_by_power_of_two(self.Y, -a - self.hops * b),
+            omega=self.omega,
+            init=scale_by_power_of_two(self.init, -b),
+            hops=self.hops,
+            activation=self.activation,
+            loss=self.loss_kind,
+        )
+
+        def restore(params: Params) -> Params:
+            return {"U": scale_by_power_of_two(params["U"], b)}
+
+        # U' = 2^-b U; the residual Y − Ŷ scales by 2^(-a - hops b): the loss once (frobenius) or twice (mse)
+        residual = -a - self.hops * b
+        loss = residual if self.loss_kind == "frobenius" else 2 * residual
+        return Normalization(problem=work, restore=restore, exponent=b, param_exponent=-b, loss_exponent=loss)
+
     # -- answers ------------------------------------------------------------------------------
     def solution(self, params: Params) -> torch.Tensor:
-        """The learned operator ``S = Init + Ω ⊙ U``.  # shape: (n, n)"""
-        return self.operator(_u(params, self.n).detach())
+        """The learned operator ``S = Init + Ω ⊙ U``.  # shape: (n, n), a sparse COO tensor in the values form"""
+        S = self.operator(self._u(params).detach())
+        return self.pattern.to_sparse(S) if self.pattern is not None else S
 
     def residual(self, params: Params) -> torch.Tensor:
         r"""The stop test.
@@ -296,20 +431,30 @@ class SparseProblem(Problem):
         Otherwise: the relative fit residual ``‖Ŷ − Y‖_F / ‖Y‖_F`` (absolute if ``Y = 0``).
         """
         with torch.no_grad():
-            S = self.solution(params)
             if not self.linear:
                 return self.fit_residual(params)
+            if self.pattern is not None:  # Ω ⊙ (R Xᵀ) on the pattern, never n × n
+                S, X = self.operator(self._u(params)), self.X
+                fitted = self.pattern.masked_outer(self.pattern.matmul(S, X), X)
+                if not hasattr(self, "_target_values"):  # Ω ⊙ (Y Xᵀ) is fixed: once per problem
+                    self._target_values = self.pattern.masked_outer(self.Y, X)
+                fitted, target = joint_power_of_two_scaled([fitted, self._target_values], (-1,))
+                num, den = torch.linalg.vector_norm(fitted - target), torch.linalg.vector_norm(fitted)
+                den = den + torch.linalg.vector_norm(target)
+                return torch.where(den > 0, num / safe_scale(den), torch.zeros_like(den))
+            S = self.solution(params)
             fitted = self.omega * (S @ self._gram)
-            target = self.omega * self._target_x
+            # one exact power of two first: norms of 1e-200 data must not underflow into 0 / 0
+            fitted, target = joint_power_of_two_scaled([fitted, self.omega * self._target_x], (-2, -1))
             num = torch.linalg.matrix_norm(fitted - target)
             den = torch.linalg.matrix_norm(fitted) + torch.linalg.matrix_norm(target)
             return torch.where(den > 0, num / safe_scale(den), torch.zeros_like(den))
 
     def fit_residual(self, params: Params) -> torch.Tensor:
-        """``‖Ŷ − Y‖_F / ‖Y‖_F`` (absolute if ``Y = 0``)."""
+        """``‖Ŷ − Y‖_F / ‖Y‖_F`` in scaled arithmetic (NaN if ``Y = 0`` and ``Ŷ ≠ 0``: undefined)."""
         with torch.no_grad():
-            diff = self.forward(self.solution(params)) - self.Y
-            return torch.linalg.matrix_norm(diff) / safe_scale(torch.linalg.matrix_norm(self.Y))
+            diff = self.forward(self.operator(self._u(params).detach())) - self.Y
+            return relative_norm(diff, self.Y, dim=(-2, -1))
 
     def reference(self) -> torch.Tensor:
         """The minimum-norm masked least-squares operator (one linear hop only).
@@ -327,6 +472,10 @@ class SparseProblem(Problem):
                 f"reference: no closed form for hops={self.hops}, activation={self.activation!r}; "
                 "only one hop without activation is a (masked) linear least-squares problem"
             )
+        if not hasattr(self, "_reference") and self.pattern is not None:
+            rhs = self.Y - self.pattern.matmul(self.init_values, self.X)
+            values = self.init_values + self.pattern.reference(rhs, self.X).to(self.dtype)
+            self._reference = self.pattern.to_sparse(values)
         if not hasattr(self, "_reference"):
             X, Y = self.X.detach().cpu().double(), self.Y.detach().cpu().double()
             init, omega = self.init.detach().cpu().double(), self.omega.detach().cpu().double()
@@ -340,15 +489,19 @@ class SparseProblem(Problem):
         """``U = Ω ⊙ (S* − Init)`` for one linear hop (no closed form otherwise)."""
         if not self.linear:
             return None
+        if self.pattern is not None:
+            return {"U": self.reference().values() - self.init_values}
         return {"U": self.omega * (self.reference() - self.init)}
 
     def error(self, params: Params) -> torch.Tensor:
         """``‖S − S_ref‖_F / ‖S_ref‖_F``; NaN when there is no reference (``hops > 1`` or an activation)."""
         if not self.linear:
             return torch.full((), math.nan, dtype=self.dtype, device=self.device)
-        S_ref = self.reference()
-        diff = torch.linalg.matrix_norm(self.solution(params) - S_ref)
-        return diff / safe_scale(torch.linalg.matrix_norm(S_ref))
+        S_ref, S = self.reference(), self.solution(params)
+        if self.pattern is not None:  # the same pattern: compare the values
+            S_ref, S = S_ref.values(), S.values()
+            return relative_norm(S - S_ref, S_ref, dim=(-1,))
+        return relative_norm(S - S_ref, S_ref, dim=(-2, -1))
 
     def metrics(self, params: Params) -> dict[str, float]:
         """``residual``, ``error`` (NaN without a closed form: null in ``Result.to_dict``) and ``fit``
@@ -359,6 +512,10 @@ class SparseProblem(Problem):
                 "error": float(self.error(params)),
                 "fit": float(self.fit_residual(params)),
             }
+
+    def _u(self, params: Params) -> torch.Tensor:
+        """``params["U"]`` checked: ``(n, n)``, or ``(nnz,)`` in the values form."""
+        return _u_of(self, params)
 
     def condition_estimate(self) -> float | None:
         """For one linear hop: ``σ_max(X)² / σ_min(X)²`` over the non-zero singular values, the
@@ -377,9 +534,21 @@ class SparseProblem(Problem):
             "hops": self.hops,
             "activation": self.activation,
             "loss": self.loss_kind,
-            "free_entries": int(self.omega.count_nonzero()),
+            "free_entries": self.pattern.nnz if self.pattern is not None else int(self.omega.count_nonzero()),
+            "storage": "sparse" if self.pattern is not None else "dense",
             "dtype": str(self.dtype).removeprefix("torch."),
         }
+
+
+def _u_of(problem: SparseProblem, params: Params) -> torch.Tensor:
+    if problem.pattern is None:
+        return _u(params, problem.n)
+    U, nnz = params["U"], problem.pattern.nnz
+    if tuple(U.shape) != (nnz,):
+        raise ShapeError(
+            f"params['U']: expected the values on omega's pattern, shape (nnz,) = ({nnz},), received {tuple(U.shape)}"
+        )
+    return U
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:

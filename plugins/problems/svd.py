@@ -24,14 +24,17 @@ from typing import Any
 import torch
 
 import gdla
+from gdla.capabilities import SingularValueDecomposition
 from gdla.errors import InputError
 from gdla.problem import Params, Problem
+from gdla.scaling import Normalization, check_representable, power_of_two_scale, scale_by_power_of_two
 from gdla.validation import as_dtype, check_choice, check_int, check_matrix, check_nonnegative
 from gdla_plugins.problems._common import (
     as_working_float,
     cpu_generator,
     polar_factor,
     polar_factor_differentiable,
+    relative_norm,
     sign_fixed_qr,
     sign_fixed_qr_differentiable,
     uniform,
@@ -239,6 +242,48 @@ class SVDProblem(Problem):
         fitted = (gram_u * S * gram_v.mT).sum(dim=1)  # diag(Uᵀ U S Vᵀ V)
         return own - fitted + S * torch.diagonal(gram_u) * torch.diagonal(gram_v) < 0
 
+    def singular_value_decomposition(self) -> SingularValueDecomposition:
+        """``M`` and the rank; the factors are ``U``, ``V`` and the values ``s²`` (unlocks ``riemannian-svd``)."""
+
+        def load(params: Params) -> tuple[torch.Tensor, torch.Tensor]:
+            return params["U"], params["V"]
+
+        def store(params: Params, U: torch.Tensor, sigma: torch.Tensor, V: torch.Tensor) -> None:
+            with torch.no_grad():
+                params["U"].copy_(U)
+                params["s"].copy_(sigma.clamp(min=0).sqrt())
+                params["V"].copy_(V)
+
+        return SingularValueDecomposition(matrix=self.M, rank=self.rank, load=load, store=store)
+
+    def normalized(self) -> Normalization | None:
+        r"""The problem of :math:`M' = 2^{-e} M` with ``e`` even; its ``s`` restores as :math:`2^{e/2} s'`.
+
+        :math:`M' = U (2^{-e} Σ) V^T`: the singular vectors stay and ``s = √σ`` scales by
+        :math:`2^{-e/2}`, exact because ``e`` is even (the largest entry of ``M'`` is in ``[0.25, 1)``).
+        """
+        exponent = power_of_two_scale(self.M)
+        exponent += exponent % 2
+        check_representable("M", exponent, self.dtype, "the singular values of M")
+        if exponent == 0:
+            return None
+        work = type(self)(
+            scale_by_power_of_two(self.M, -exponent),
+            rank=self.rank,
+            weight_u=self.weight_u,
+            weight_v=self.weight_v,
+            orthonormal=self.orthonormal,
+        )
+
+        def restore(params: Params) -> Params:
+            return {
+                "U": params["U"],
+                "s": scale_by_power_of_two(params["s"], exponent // 2),
+                "V": params["V"],
+            }
+
+        return Normalization(problem=work, restore=restore, exponent=exponent)
+
     # -- answers ------------------------------------------------------------------------------
     def solution(self, params: Params) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(U, S, V)`` with ``S = s²`` descending, columns permuted alike, signs as ``torch.linalg.svd``'s.
@@ -266,13 +311,14 @@ class SVDProblem(Problem):
         """
         U, s, V = params["U"], params["s"], params["V"]
         S = s.square()
-        scale = self._norm if self._norm > 0 else 1.0
         eye = torch.eye(self.rank, dtype=self.dtype, device=self.device)
         root_k = math.sqrt(self.rank)
+        # in scaled arithmetic: ‖M‖_F of 1e-200 data underflows, and a zero M makes them undefined (NaN)
+        left, right = (_flat(self.M @ V - U * S), _flat(self.M.mT @ U - V * S))
         parts = torch.stack(
             [
-                torch.linalg.matrix_norm(self.M @ V - U * S) / scale,
-                torch.linalg.matrix_norm(self.M.mT @ U - V * S) / scale,
+                relative_norm(left, _flat(self.M), dim=(-1,)),
+                relative_norm(right, _flat(self.M), dim=(-1,)),
                 torch.linalg.matrix_norm(U.mT @ U - eye) / root_k,
                 torch.linalg.matrix_norm(V.mT @ V - eye) / root_k,
             ]
@@ -296,9 +342,7 @@ class SVDProblem(Problem):
         """``‖S − σ[:k]‖ / ‖σ[:k]‖`` with ``S`` the sorted ``s²`` and ``σ`` from ``torch.linalg.svdvals``."""
         S = params["s"].detach().square().sort(descending=True).values
         reference = self._sigma[: self.rank]
-        scale = torch.linalg.vector_norm(reference)
-        difference = torch.linalg.vector_norm(S - reference)
-        return difference / scale if float(scale) > 0 else difference
+        return relative_norm(S - reference, reference, dim=(-1,))
 
     def condition_estimate(self) -> float:
         """``σ_max / σ_min`` of ``M`` (``inf`` when ``M`` is rank-deficient)."""
@@ -319,3 +363,8 @@ class SVDProblem(Problem):
 @gdla.hookimpl
 def register_problems(register: Any) -> None:
     register(SVDProblem)
+
+
+def _flat(matrix: torch.Tensor) -> torch.Tensor:
+    """All entries of ``matrix`` as one vector (its 2-norm is the Frobenius norm)."""
+    return matrix.reshape(-1)

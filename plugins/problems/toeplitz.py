@@ -21,6 +21,7 @@ import gdla
 from gdla.capabilities import LinearLeastSquares
 from gdla.errors import ShapeError
 from gdla.problem import Params, Problem
+from gdla.scaling import Normalization, check_representable, power_of_two_scale, scale_by_power_of_two
 from gdla.validation import check_choice, check_int, check_matrix
 from gdla_plugins.problems._toeplitz_common import (
     LOSSES,
@@ -225,6 +226,32 @@ class ToeplitzProblem(Problem):
         if self.loss_kind == "frobenius":
             return (self.target - approx).square().sum() / self.n
         return (self._target_w - approx @ self._weights).square().sum()
+
+    def normalized(self) -> Normalization | None:
+        r"""The problem of the target :math:`2^{-e} T` (largest entry in ``[0.5, 1)``); restores :math:`c = 2^{e} c'`.
+
+        The best band is linear in the target, :math:`c(2^{-e} T) = 2^{-e} c(T)`; the probes stay.
+        """
+        exponent = power_of_two_scale(self.target)
+        check_representable("target", exponent, self.dtype, "the best band")
+        if exponent == 0:
+            return None
+        work = type(self)(
+            scale_by_power_of_two(self.target, -exponent),
+            bandwidth=self.bandwidth,
+            loss=self.loss_kind,
+            probes=self.probes,
+            num_probes=self.num_probes,
+            probe_seed=self.probe_seed,
+        )
+
+        def restore(params: Params) -> Params:
+            return {"band": scale_by_power_of_two(params["band"], exponent)}
+
+        # band' = 2^-e band and every residual scales by 2^-e: the (squared) loss by 2^-2e
+        return Normalization(
+            problem=work, restore=restore, exponent=exponent, param_exponent=-exponent, loss_exponent=-2 * exponent
+        )
 
     # -- answers ------------------------------------------------------------------------------
     def solution(self, params: Params) -> torch.Tensor:

@@ -25,8 +25,10 @@ from torch import nn
 from torch.func import functional_call
 
 import gdla
+from gdla.capabilities import SumOfSquares
 from gdla.errors import InputError, ShapeError
 from gdla.problem import Params, Problem
+from gdla.scaling import Normalization, check_representable, power_of_two_scale, scale_by_power_of_two
 from gdla.validation import check_choice, check_int
 from gdla_plugins.problems._toeplitz_common import (
     LOSSES,
@@ -233,6 +235,60 @@ class ToeplitzNetProblem(Problem):
 
     def loss(self, params: Params) -> torch.Tensor:
         return self._loss_on(self.predict(params, self.rows))
+
+    def sum_of_squares(self) -> SumOfSquares:
+        r"""The loss as ``‖r‖² / N + c`` with ``r_s = Lᵀ(f_θ(r_s) − c*_s)`` (unlocks ``levenberg-marquardt``).
+
+        ``‖t_s − D c‖² = (c − c*_s)ᵀ G (c − c*_s) + ‖t_s − D c*_s‖²`` for the least-squares bands
+        ``c*_s`` and ``G = DᵀD = L Lᵀ`` (Cholesky), so the network's loss is a sum of squared
+        residuals plus the constant ``c = mean_s (‖t_s‖² − h_s·c*_s)``, the best possible loss.
+        """
+        reference = self.reference()
+        factor = torch.linalg.cholesky(self._gram)  # G = L Lᵀ; the design has full column rank
+        floor = (self._target_sq - (self._rhs * reference).sum(-1)).mean()
+        count = self.rows.shape[0]
+
+        def residuals(params: Params) -> torch.Tensor:
+            return (self.predict(params, self.rows) - reference) @ factor  # shape: (N, 2b+1)
+
+        def loss_of(r: torch.Tensor) -> torch.Tensor:
+            return r.square().sum() / count + floor
+
+        return SumOfSquares(residuals=residuals, loss_of=loss_of)
+
+    def normalized(self) -> Normalization | None:
+        r"""The problem of the rows :math:`2^{-e} r` (and test rows); the bands scale with the rows.
+
+        With ``normalize=True`` the prediction :math:`s\,g_θ(r / s)` is already unit-free in θ
+        (``s``, the RMS entry, scales exactly by :math:`2^{-e}`): the parameters restore unchanged.
+        Otherwise the first layer's weight restores times :math:`2^{-e}` (it meets :math:`r` instead of
+        :math:`2^{-e} r`) and the output layer's weight and bias times :math:`2^{e}`.
+        """
+        exponent = power_of_two_scale(self.rows)
+        check_representable("rows", exponent, self.dtype, "the predicted bands")
+        if exponent == 0:
+            return None
+        work = type(self)(
+            scale_by_power_of_two(self.rows, -exponent),
+            bandwidth=self.bandwidth,
+            hidden=self.hidden,
+            loss=self.loss_kind,
+            test_rows=None if self.test_rows is None else scale_by_power_of_two(self.test_rows, -exponent),
+            probes=self.probes,
+            num_probes=self.num_probes,
+            probe_seed=self.probe_seed,
+            normalize=self.normalize,
+        )
+        linear = [name for name, layer in self.network.named_children() if isinstance(layer, nn.Linear)]
+        powers = {f"{linear[-1]}.weight": exponent, f"{linear[-1]}.bias": exponent}
+        powers[f"{linear[0]}.weight"] = powers.get(f"{linear[0]}.weight", 0) - exponent
+
+        def restore(params: Params) -> Params:
+            if self.normalize:
+                return dict(params)
+            return {key: scale_by_power_of_two(value, powers.get(key, 0)) for key, value in params.items()}
+
+        return Normalization(problem=work, restore=restore, exponent=exponent)
 
     # -- answers ------------------------------------------------------------------------------
     def solution(self, params: Params) -> torch.Tensor:

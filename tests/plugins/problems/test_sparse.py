@@ -284,3 +284,138 @@ def test_quadratic_only_for_one_linear_hop_with_the_squared_loss() -> None:
     result = gdla.solve(SparseProblem.example(12, loss="mse"), optimizer="cg", max_steps=100, **AUTOGRAD)
     assert result.converged, result.summary()
     assert result.metrics["error"] < 1e-9
+
+
+# -- the values-only form: Ω a torch sparse tensor --------------------------------------------------
+class TestSparseStorageContract(ProblemContract):
+    """The contract on the values-only form (U and Init stored on Ω's pattern)."""
+
+    problem_name = "sparse"
+    solve_options = {"optimizer": "cg", "max_steps": 300}
+
+    def make_problem(self, dtype: torch.dtype) -> SparseProblem:
+        return SparseProblem.example(30, dtype=dtype, storage="sparse", per_row=3, columns=12, loss="mse")
+
+
+def sparse_pair(n: int = 40, p: int = 6, **options) -> tuple[SparseProblem, SparseProblem]:
+    """The same random problem in the values-only form and in the dense form."""
+    generator = torch.Generator().manual_seed(3)
+    dense_mask = torch.rand(n, n, generator=generator) < 0.2
+    dense_mask[torch.arange(n), torch.arange(n)] = True
+    omega = dense_mask.double().to_sparse()
+    init = (0.1 * torch.randn(n, n, generator=generator, dtype=torch.float64) * dense_mask).to_sparse()
+    init = torch.sparse_coo_tensor(
+        omega.indices(), init.to_dense()[tuple(omega.indices())], (n, n), check_invariants=True
+    )
+    X = torch.randn(n, p, generator=generator, dtype=torch.float64)
+    Y = torch.randn(n, p, generator=generator, dtype=torch.float64)
+    sparse = SparseProblem(X, Y, omega=omega, init=init, **options)
+    dense = SparseProblem(X, Y, omega=dense_mask, init=init.to_dense(), **options)
+    return sparse, dense
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"loss": "mse"}, {"hops": 2, "activation": "tanh"}, {"hops": 3, "loss": "mse"}],
+    ids=["frobenius", "mse", "2-hops-tanh", "3-hops"],
+)
+def test_values_form_equals_the_dense_form(options: dict) -> None:
+    sparse, dense = sparse_pair(**options)
+    pattern = sparse.pattern
+    assert pattern is not None and sparse.init_params(torch.Generator())["U"].shape == (pattern.nnz,)
+    U = 0.3 * torch.randn(pattern.nnz, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    U_dense = torch.zeros(sparse.n, sparse.n, dtype=torch.float64)
+    U_dense[pattern.rows, pattern.cols] = U
+    loss, grad = sparse.loss_and_grad({"U": U})
+    loss_d, grad_d = dense.loss_and_grad({"U": U_dense})
+    torch.testing.assert_close(loss, loss_d, rtol=1e-12, atol=0)
+    torch.testing.assert_close(grad["U"], grad_d["U"][pattern.rows, pattern.cols], rtol=1e-10, atol=1e-14)
+    assert grad_d["U"].count_nonzero() <= pattern.nnz  # the dense gradient lives on the pattern too
+    torch.testing.assert_close(sparse.residual({"U": U}), dense.residual({"U": U_dense}), rtol=1e-10, atol=0)
+    S = sparse.solution({"U": U})
+    assert S.layout == torch.sparse_coo
+    torch.testing.assert_close(S.to_dense(), dense.solution({"U": U_dense}), rtol=0, atol=0)
+
+
+def test_values_form_reference_equals_the_dense_one() -> None:
+    sparse, dense = sparse_pair()
+    torch.testing.assert_close(sparse.reference().to_dense(), dense.reference(), rtol=1e-9, atol=1e-12)
+    params = sparse.reference_params()
+    assert params is not None
+    assert float(sparse.residual(params)) < 1e-12 and float(sparse.error(params)) == 0.0
+
+
+def test_values_form_least_squares_capability() -> None:
+    sparse, _ = sparse_pair(loss="mse")
+    form = sparse.least_squares()
+    assert form is not None and form.key == "U"
+    g = torch.Generator().manual_seed(4)
+    U = torch.randn(sparse.pattern.nnz, generator=g, dtype=torch.float64)
+    r = torch.randn(sparse.n, sparse.p, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(form.loss_of(form.residual(U)), sparse.loss({"U": U}), rtol=1e-13, atol=0)
+    # adjointness ⟨J d, r⟩ = ⟨d, Jᵀ r⟩, and Jᵀ r = ∂loss/∂U · n p / 2 for the mean-squared loss
+    torch.testing.assert_close((form.apply(U) * r).sum(), (U * form.adjoint(r)).sum(), rtol=1e-12, atol=0)
+    _, grad = sparse.loss_and_grad({"U": U})
+    scale = 2 / (sparse.n * sparse.p)
+    torch.testing.assert_close(grad["U"], scale * form.adjoint(form.residual(U)), rtol=1e-12, atol=1e-16)
+
+
+def test_csr_mask_equals_coo_mask() -> None:
+    sparse, _ = sparse_pair()
+    csr = SparseProblem(sparse.X, sparse.Y, omega=sparse.omega.to_sparse_csr(), init=sparse.init.to_sparse_csr())
+    U = torch.linspace(-1, 1, sparse.pattern.nnz, dtype=torch.float64)
+    torch.testing.assert_close(csr.loss({"U": U}), sparse.loss({"U": U}), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("optimizer", ["auto", "momentum"])
+def test_values_form_fits_a_large_operator(optimizer: str) -> None:
+    n = 10_000 if optimizer == "auto" else 5_000
+    problem = SparseProblem.example(n, storage="sparse", per_row=3, columns=12, loss="mse")
+    assert problem.describe()["storage"] == "sparse" and problem.describe()["free_entries"] > 2.9 * n
+    options = {"tol": 1e-6, "max_steps": 3000} if optimizer == "auto" else {"tol": 0.0, "max_steps": 30}
+    result = gdla.solve(problem, optimizer=optimizer, **options)
+    assert result.params["U"].shape == (problem.pattern.nnz,)
+    assert result.solution.layout == torch.sparse_coo
+    if optimizer == "auto":
+        assert result.stop_reason == "converged" and result.metrics["residual"] <= 1e-6
+        # the truth is the unique answer (more columns than free entries); error ≲ condition × residual
+        assert result.metrics["error"] < 1e-4 and result.metrics["fit"] < 1e-4
+    else:  # momentum moves every stored value (update_masks() is empty: all of them are free)
+        assert result.losses[-1] < 0.1 * result.losses[0]
+
+
+def test_values_form_errors() -> None:
+    sparse, _ = sparse_pair()
+    X, Y, omega = sparse.X, sparse.Y, sparse.omega
+    moved = omega.to_dense()  # one free entry of row 0 moved to a column omega does not free
+    j, c0 = int((moved[0] == 0).nonzero()[0]), int(omega.indices()[1, 0])
+    moved[0, j], moved[0, c0] = 1.0, 0.0
+    with pytest.raises(InputError, match=rf"^init: expected a sparse tensor with omega's pattern .* e.g. \(0, {j}\)"):
+        SparseProblem(X, Y, omega=omega, init=moved.to_sparse())
+    fewer = torch.sparse_coo_tensor(omega.indices()[:, 1:], omega.values()[1:], omega.shape, check_invariants=True)
+    with pytest.raises(InputError, match=r"received one with \d+ entries, missing \(0, \d+\) which omega frees"):
+        SparseProblem(X, Y, omega=omega, init=fewer)
+    with pytest.raises(InputError, match=r"^init: with a sparse omega, expected a torch sparse tensor"):
+        SparseProblem(X, Y, omega=omega, init=torch.zeros(sparse.n, sparse.n, dtype=torch.float64))
+    with pytest.raises(InputError, match=r"^omega: a sparse init needs a sparse omega"):
+        SparseProblem(X, Y, init=sparse.init)
+    twos = torch.sparse_coo_tensor(omega.indices(), 2 * omega.values(), omega.shape, check_invariants=True)
+    with pytest.raises(InputError, match=r"^omega: expected only 0 and 1 .* received 2.0 at \(0, "):
+        SparseProblem(X, Y, omega=twos)
+    with pytest.raises(ShapeError, match=r"^omega: expected a sparse matrix of shape \(n, n\) = \(40, 40\)"):
+        SparseProblem(X, Y, omega=torch.eye(41, dtype=torch.float64).to_sparse())
+    with pytest.raises(ShapeError, match=r"^params\['U'\]: expected the values on omega's pattern, shape \(nnz,\)"):
+        sparse.loss({"U": torch.zeros(sparse.n, sparse.n, dtype=torch.float64)})
+
+
+def test_dense_example_too_big_says_to_store_sparse() -> None:
+    from gdla.errors import ResourceError
+
+    with pytest.raises(
+        ResourceError, match=r"^size: the dense sparse-problem example of size 10000000 .* storage='sparse'"
+    ):
+        SparseProblem.example(10_000_000)
+    # the sparse form of the same size is estimated in O(n), far below the dense n²
+    assert SparseProblem.estimated_bytes(10_000_000, storage="sparse") < 1e-4 * SparseProblem.estimated_bytes(
+        10_000_000
+    )

@@ -311,3 +311,36 @@ def test_fused_loss_and_gradient_match_autograd(orthonormal: str, shape: tuple[i
     torch.testing.assert_close(fused_loss, loss)
     for key in ("U", "s", "V"):
         torch.testing.assert_close(fused_grads[key], grads[key], msg=key)
+
+
+# -- the declared singular value decomposition (riemannian-svd) ------------------------------------
+def test_declares_its_matrix_rank_and_how_to_store_an_answer() -> None:
+    M = random_matrix(6, 4)
+    problem = SVDProblem(M, rank=3)
+    form = problem.singular_value_decomposition()
+    assert form is not None and form.rank == 3 and form.matrix is problem.M
+    params = problem.init_params(torch.Generator().manual_seed(0))
+    U, S, Vh = torch.linalg.svd(M, full_matrices=False)
+    form.store(params, U[:, :3], S[:3], Vh[:3].mT)
+    loaded_u, loaded_v = form.load(params)
+    torch.testing.assert_close(loaded_u, U[:, :3])
+    torch.testing.assert_close(loaded_v, Vh[:3].mT)
+    torch.testing.assert_close(params["s"].square(), S[:3])
+    assert float(problem.residual(params)) < 1e-14  # the exact answer reaches any reachable tol
+
+
+@pytest.mark.parametrize("orthonormal", ["penalty", "qr", "polar"])
+def test_auto_picks_the_riemannian_method_and_reaches_the_default_tol(orthonormal: str) -> None:
+    problem = SVDProblem(random_matrix(9, 6, seed=3), orthonormal=orthonormal)
+    result = gdla.solve(problem)
+    assert result.settings["optimizer.method"] == "riemannian-svd"
+    assert result.stop_reason == "converged" and result.metrics["residual"] <= default_tol(torch.float64)
+    S = problem.solution(result.params)[1]
+    torch.testing.assert_close(S, torch.linalg.svdvals(problem.M), rtol=0, atol=1e-12)
+
+
+def test_penalty_form_with_lbfgs_is_unchanged_by_the_new_capability() -> None:
+    """The seed notebook's scenario: the penalised loss with an explicit L-BFGS, exactly as before."""
+    problem = SVDProblem.example()
+    result = gdla.solve(problem, seed=0, **LBFGS)
+    assert result.metrics["error"] <= 1e-6

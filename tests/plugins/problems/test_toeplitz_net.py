@@ -144,3 +144,22 @@ def test_bad_input_is_named(args: tuple, kwargs: dict, error: type, words: list[
         ToeplitzNetProblem(*args, **kwargs)
     for word in words:
         assert word in str(info.value), str(info.value)
+
+
+# -- the declared sum of squares (levenberg-marquardt) ---------------------------------------------
+def test_sum_of_squares_is_the_loss_and_vanishes_at_the_reference() -> None:
+    problem = small_problem()
+    form = problem.sum_of_squares()
+    params = problem.init_params(torch.Generator().manual_seed(1))
+    torch.testing.assert_close(form.loss_of(form.residuals(params)), problem.loss(params), rtol=1e-12, atol=1e-12)
+    # the floor is the loss of the per-row least-squares bands: what a perfect network reaches
+    bands = problem.reference()
+    direct = problem._loss_on(bands)
+    torch.testing.assert_close(form.loss_of(torch.zeros_like(bands)), direct, rtol=1e-12, atol=1e-12)
+
+
+def test_auto_trains_by_levenberg_marquardt_to_the_reference() -> None:
+    problem = ToeplitzNetProblem.example(train=48, test=16, hidden=32)
+    result = gdla.solve(problem, max_steps=60)
+    assert result.settings["optimizer.method"] == "levenberg-marquardt"
+    assert result.metrics["error"] <= 1e-4, result.summary()

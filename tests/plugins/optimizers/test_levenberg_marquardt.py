@@ -1,0 +1,160 @@
+"""``levenberg-marquardt``: damped Gauss-Newton on any declared sum of squares, dense and matrix-free."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.optimize
+import torch
+
+import gdla
+from gdla.capabilities import SumOfSquares
+from gdla.errors import InputError
+from gdla.problem import Params, Problem
+from gdla.testing import OptimizerContract, SmallLeastSquares
+from gdla_plugins.optimizers.levenberg_marquardt import LevenbergMarquardt
+
+
+class TestLevenbergMarquardtContract(OptimizerContract):
+    optimizer_name = "levenberg-marquardt"
+    solve_options = {"max_steps": 50}
+    error_tol = 1e-10
+
+
+class ExponentialFit(Problem):
+    """A third-party nonlinear fit ``y ≈ a exp(−b t) + c`` that declares only ``sum_of_squares()``."""
+
+    name = "test-exponential-fit"
+    summary = "exponential curve fit (test only)"
+    quadratic = False
+
+    def __init__(self, t: torch.Tensor, y: torch.Tensor) -> None:
+        self.t, self.y = t, y
+
+    @classmethod
+    def example(cls, size: int | None = None, *, seed: int = 0, dtype: torch.dtype = torch.float64) -> ExponentialFit:
+        n = size or 40
+        generator = torch.Generator().manual_seed(seed)
+        t = torch.linspace(0, 4, n, dtype=torch.float64)
+        y = 2.5 * torch.exp(-1.3 * t) + 0.5 + 0.05 * torch.randn(n, generator=generator, dtype=torch.float64)
+        return cls(t.to(dtype), y.to(dtype))
+
+    def init_params(self, generator: torch.Generator) -> Params:
+        return {"x": torch.tensor([1.0, 0.5, 0.0], dtype=self.t.dtype)}
+
+    def _residuals(self, params: Params) -> torch.Tensor:
+        a, b, c = params["x"]
+        return a * torch.exp(-b * self.t) + c - self.y
+
+    def loss(self, params: Params) -> torch.Tensor:
+        return 0.5 * self._residuals(params).square().sum()
+
+    def sum_of_squares(self) -> SumOfSquares:
+        return SumOfSquares(residuals=self._residuals, loss_of=lambda r: 0.5 * r.square().sum())
+
+    def solution(self, params: Params) -> torch.Tensor:
+        return params["x"].detach()
+
+    def residual(self, params: Params) -> torch.Tensor:
+        """Relative gradient ``‖Jᵀr‖ / ‖r‖``-style first-order measure."""
+        x = params["x"].detach().requires_grad_(True)
+        with torch.enable_grad():
+            (grad,) = torch.autograd.grad(self.loss({"x": x}), x)
+        return grad.norm() / (self.y.norm() ** 2)
+
+    def reference(self) -> torch.Tensor:
+        t, y = self.t.numpy(), self.y.numpy()
+        fit = scipy.optimize.least_squares(
+            lambda x: x[0] * np.exp(-x[1] * t) + x[2] - y, [1.0, 0.5, 0.0], method="lm", xtol=1e-15, ftol=1e-15
+        )
+        return torch.as_tensor(fit.x, dtype=self.t.dtype)
+
+    def error(self, params: Params) -> torch.Tensor:
+        reference = self.reference()
+        return (params["x"] - reference).norm() / reference.norm()
+
+
+@pytest.mark.parametrize("method", ["dense", "cg"])
+def test_third_party_nonlinear_fit_matches_scipy(method: str) -> None:
+    problem = ExponentialFit.example()
+    result = gdla.solve(problem, optimizer="levenberg-marquardt", method=method, max_steps=100, tol=1e-12)
+    assert result.stop_reason == "converged", result.summary()
+    assert float(problem.error(result.params)) < 1e-8
+
+
+def test_auto_picks_levenberg_marquardt_for_a_declared_sum_of_squares() -> None:
+    problem = ExponentialFit.example()
+    assert LevenbergMarquardt.suitability(problem).rank == 45
+    result = gdla.solve(problem, max_steps=100, tol=1e-12)
+    assert result.settings["optimizer.method"] == "levenberg-marquardt"
+    assert "Levenberg-Marquardt" in result.settings["optimizer.reason"]
+    assert float(problem.error(result.params)) < 1e-8
+
+
+def test_linear_least_squares_in_one_step_dense() -> None:
+    """On a linear residual the first Gauss-Newton step with tiny damping is the lstsq solution."""
+    problem = SmallLeastSquares.example(size=6)
+    params = problem.init_params(torch.Generator().manual_seed(0))
+    optimizer = LevenbergMarquardt(problem, params, method="dense", damping=1e-14)
+    with torch.no_grad():
+        optimizer.step()
+    torch.testing.assert_close(params["x"], problem.reference(), rtol=1e-9, atol=1e-12)
+
+
+def test_wide_jacobian_uses_the_residual_side_system() -> None:
+    """Fewer residuals than unknowns (minimum-norm side): still reaches zero residual."""
+    generator = torch.Generator().manual_seed(3)
+    A = torch.randn(4, 9, generator=generator, dtype=torch.float64)
+    b = torch.randn(4, generator=generator, dtype=torch.float64)
+
+    class Wide(ExponentialFit):
+        name = "test-wide"
+
+        def __init__(self) -> None:
+            self.t, self.y = torch.zeros(1, dtype=torch.float64), b
+
+        def init_params(self, generator: torch.Generator) -> Params:
+            return {"x": torch.zeros(9, dtype=torch.float64)}
+
+        def _residuals(self, params: Params) -> torch.Tensor:
+            return A @ params["x"] + 0.1 * torch.sin(params["x"][:4]) - b
+
+    problem = Wide()
+    params = problem.init_params(torch.Generator())
+    optimizer = LevenbergMarquardt(problem, params, method="dense")
+    with torch.no_grad():
+        for _ in range(30):
+            optimizer.step()
+    assert float(problem._residuals(params).norm()) < 1e-12
+
+
+def test_refuses_a_learning_rate_and_unknown_options() -> None:
+    problem = ExponentialFit.example()
+    params = problem.init_params(torch.Generator())
+    with pytest.raises(InputError, match="lr: optimizer 'levenberg-marquardt' has no learning rate"):
+        LevenbergMarquardt(problem, params, lr=0.1)
+    with pytest.raises(InputError, match="unknown 'momentum'"):
+        LevenbergMarquardt(problem, params, momentum=0.9)
+    with pytest.raises(InputError, match="method"):
+        LevenbergMarquardt(problem, params, method="qr")
+
+
+def test_problem_without_residuals_is_refused_with_the_reason() -> None:
+    svd = gdla.get_problem("svd").example()
+    assert LevenbergMarquardt.suitability(svd) is None
+    reason = LevenbergMarquardt.unsupported_reason(svd)
+    assert reason is not None and "sum_of_squares()" in reason
+    with pytest.raises(InputError, match="cannot solve problem 'svd'"):
+        LevenbergMarquardt(svd, svd.init_params(torch.Generator()))
+    assert "torch.func" in LevenbergMarquardt.fused_reason(svd, {})
+
+
+def test_matrix_free_path_matches_dense_on_a_well_posed_fit() -> None:
+    problem = ExponentialFit.example(size=60, seed=2)
+    answers = []
+    for method in ("dense", "cg"):
+        result = gdla.solve(problem, optimizer="levenberg-marquardt", method=method, max_steps=100, tol=1e-12)
+        answers.append(result.params["x"])
+    assert math.isclose(float((answers[0] - answers[1]).norm()), 0.0, abs_tol=1e-9)
