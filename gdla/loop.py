@@ -351,6 +351,15 @@ def _summarise(run: Run, losses: LossHistory, stop: str, *, setup_seconds: float
     finite = all(bool(torch.isfinite(v).all()) for v in work_params.values())
     # relative metrics are free of units: computed in the normalised ones, where nothing over- or underflows
     metrics = run.full.metrics(work_params) if finite else {"residual": math.nan, "error": math.nan}
+    notes = list(run.notes)
+    for key, value in metrics.items():  # an undefined figure says why, never passes for 0
+        if isinstance(value, float) and math.isnan(value):
+            why = (
+                "the parameters are not finite"
+                if not finite
+                else "its reference or denominator is zero, infinite or undefined while the answer is not"
+            )
+            notes.append(f"metric {key!r} is undefined (NaN): {why}")
     members, status = _batch_status(run.full, work_params, run.rules.tol)
     condition = run.problem.condition_estimate()
     lr = opt.lr  # reported in the data's units: the inverse conversion is exact
@@ -376,7 +385,7 @@ def _summarise(run: Run, losses: LossHistory, stop: str, *, setup_seconds: float
         message=_message(run, stop, status),
         condition=condition,
         settings=settings,
-        warnings=run.notes,
+        warnings=notes,
         batch_status=status,
         member_residuals=members,
     )

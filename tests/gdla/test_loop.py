@@ -394,3 +394,16 @@ def test_no_convergence_warning_when_enough_steps_or_tol_zero(problem: DiagonalS
     # filterwarnings=error: any warning here fails the test
     assert gdla.solve(problem, optimizer="slow", max_steps=2_000_000, tol=1e-3).converged
     assert gdla.solve(problem, optimizer="slow", max_steps=10, tol=0).warnings == []
+
+
+def test_an_undefined_metric_says_why(register_plugin: Any) -> None:
+    class ZeroReference(DiagonalSystem):
+        name = "zero-reference"
+
+        def error(self, params: gdla.Params) -> torch.Tensor:
+            return torch.tensor(math.nan, dtype=torch.float64)  # a zero reference, a nonzero answer
+
+    problem = ZeroReference(torch.ones(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64))
+    result = gdla.solve(problem, optimizer="plain-gd", max_steps=3, tol=0)
+    assert math.isnan(result.metrics["error"])
+    assert any("metric 'error' is undefined (NaN)" in note for note in result.warnings), result.warnings
