@@ -72,6 +72,8 @@ class LinearLeastSquares:
             a global CG terminates within this many times the block size.
         gram_factor: a (batched) matrix ``F`` such that each block's ``JᵀJ`` spectrum lies inside
             that of ``FᵀF`` (for step estimates); ``None``: estimated by Lanczos on ``JᵀJ``.
+        block_index: for a 1-D ``x`` whose blocks are not a tensor dimension (values stored on a
+            sparse pattern): the block of every entry, integers ``0..B−1``; overrides ``block_dims``.
     """
 
     key: str
@@ -83,6 +85,7 @@ class LinearLeastSquares:
     block_name: str = "global"
     distinct_blocks: int | None = None
     gram_factor: torch.Tensor | None = field(default=None, repr=False)
+    block_index: torch.Tensor | None = field(default=None, repr=False)
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         """``J x − b``."""
@@ -98,7 +101,9 @@ class LinearLeastSquares:
         return self.adjoint(self.apply(d))
 
     def block_size(self, x: torch.Tensor) -> int:
-        """Unknowns in one independent block of ``x``."""
+        """Unknowns in one independent block of ``x`` (the largest block's, for ``block_index``)."""
+        if self.block_index is not None:
+            return int(torch.bincount(self.block_index).max()) if self.block_index.numel() else 0
         if self.block_dims is None:
             return x.numel()
         return math.prod(x.shape[dim] for dim in self.block_dims)

@@ -43,6 +43,8 @@ class QuadraticView:
     block_dims: tuple[int, ...] | None = None
     #: What a block is, for reports.
     block_name: str = "global"
+    #: The block of every entry of a 1-D parameter, where blocks are not a tensor dimension.
+    block_index: torch.Tensor | None = None
 
     def gradient(self, params: Params) -> tuple[torch.Tensor, Params]:
         """``(loss, g)``: the problem's loss and the quadratic's gradient at ``params``."""
@@ -73,6 +75,7 @@ class LeastSquaresView(QuadraticView):
         self.key = form.key
         self.block_dims = form.block_dims
         self.block_name = form.block_name
+        self.block_index = form.block_index
         self._template = params[form.key]
 
     def gradient(self, params: Params) -> tuple[torch.Tensor, Params]:

@@ -91,6 +91,8 @@ class ConjugateGradient(Optimizer):
         self.blocks = blocks
         self.restart = restart
         self._dims = None if blocks == "global" else form.block_dims
+        self._index = None if blocks == "global" else form.block_index
+        self._blocks = int(self._index.max()) + 1 if self._index is not None and self._index.numel() else 0
         self._direction: torch.Tensor | None = None
         self._gg: torch.Tensor | None = None
         self._count = 0
@@ -115,6 +117,9 @@ class ConjugateGradient(Optimizer):
         return problem.fused_reason()
 
     def _dot(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if self._index is not None:  # one sum per block, handed back to each of its entries
+            sums = torch.zeros(self._blocks, dtype=a.dtype, device=a.device).index_add_(0, self._index, a * b)
+            return sums[self._index]
         if self._dims is None:
             return (a * b).sum()
         return (a * b).sum(dim=self._dims, keepdim=True)
@@ -153,7 +158,8 @@ class ConjugateGradient(Optimizer):
         kappa = self.spectrum().worst_condition()
         bound = math.sqrt(kappa) / 2 * math.log(2 / tol) if math.isfinite(kappa) else math.inf
         x = self.params[self.form.key]  # type: ignore[index]
-        size = self.form.block_size(x) * (1 if self._dims is not None else self.form.distinct_blocks(x))
+        independent = self._dims is not None or self._index is not None
+        size = self.form.block_size(x) * (1 if independent else self.form.distinct_blocks(x))
         return float(math.ceil(min(bound, 2 * size)))
 
     def describe(self) -> dict[str, Any]:
@@ -161,7 +167,7 @@ class ConjugateGradient(Optimizer):
             "name": self.name,
             "lr": None,
             "form": "hessian" if isinstance(self.form, HessianView) else "least-squares",
-            "blocks": self.form.block_name if self._dims is not None else "global",
+            "blocks": self.form.block_name if self._dims is not None or self._index is not None else "global",
             "restart": self.restart,
         }
 

@@ -188,8 +188,9 @@ class SparseProblem(Problem):
                 adjoint=lambda r: pattern.masked_outer(r, X),
                 rhs=self.Y - pattern.csr(self.init_values) @ X,
                 loss_of=loss_of,
-                block_name="pattern",
+                block_name="row",
                 gram_factor=X.mT,  # every row's Gram is a principal submatrix of X Xᵀ
+                block_index=pattern.rows,  # the stored values of one row are one problem
             )
         return LinearLeastSquares(
             key="U",
