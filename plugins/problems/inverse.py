@@ -17,6 +17,7 @@ subspace where it lies, so every optimizer lands on it.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -320,6 +321,15 @@ class InverseProblem(Problem):
             with torch.no_grad():
                 params["M"].copy_(self._restrict(params["M"]))
 
+    def _scaled(self, exponent: int) -> InverseProblem:
+        """The problem of ``2^exponent · A`` without a second analysis: singular values scale exactly,
+        and the condition numbers, ranks and the least-norm projector do not change."""
+        work = copy.copy(self)
+        work.A = scale_by_power_of_two(self.A, exponent)
+        work._sigma_max = scale_by_power_of_two(self._sigma_max, exponent)
+        work._reference = None
+        return work
+
     def normalized(self) -> Normalization | None:
         r"""The problem of :math:`A' = 2^{-e} A` (largest entry in ``[0.5, 1)``); restores :math:`M = 2^{-e} M'`.
 
@@ -327,9 +337,7 @@ class InverseProblem(Problem):
         Raises :class:`~gdla.errors.InputError` when :math:`A^{-1}` over- or underflows the dtype.
         """
         exponent = power_of_two_scale(self.A)
-        work = self if exponent == 0 else type(self)(
-            scale_by_power_of_two(self.A, -exponent), side=self.side, pseudo=self.pseudo, init=self.init
-        )
+        work = self if exponent == 0 else self._scaled(-exponent)
         if not bool((work._sigma_max > 0).any()):  # A = 0: its pseudo-inverse is 0, nothing to scale
             return None
         # entries of A'^{-1} lie between 1/σ_max(A') and 1/σ_min(A') = cond/σ_max(A'), up to √k factors
