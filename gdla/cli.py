@@ -223,7 +223,10 @@ def _cmd_plugins(args: argparse.Namespace, out: TextIO) -> int:
 
     entries = registry.entries()
     if args.json:
-        print(json.dumps([entry.to_dict() for entry in entries], indent=2), file=out)
+        from gdla.options import describe
+
+        listed = [{**entry.to_dict(), "options": describe(entry.obj.options)} for entry in entries]
+        print(json.dumps(listed, indent=2), file=out)
         return 0
     rows = [("KIND", "NAME", "PLUGIN", "VERSION", "SUMMARY")]
     rows += [(e.kind, e.name, e.plugin, e.version, getattr(e.obj, "summary", "")) for e in entries]
@@ -281,6 +284,7 @@ def _cmd_solve(args: argparse.Namespace, out: TextIO) -> int:
     from gdla.registry import get_problem
 
     problem_cls = get_problem(args.problem)
+    _check_option_names(args, problem_cls)
     if args.plot is not None:
         from gdla.plotting import check_figure_path
 
@@ -348,6 +352,20 @@ def _cmd_solve(args: argparse.Namespace, out: TextIO) -> int:
         if args.plot is not None:
             print(f"  loss plot saved to {args.plot}", file=out)
     return 0 if result.stop_reason != "diverged" else 1
+
+
+def _check_option_names(args: argparse.Namespace, problem_cls: Any) -> None:
+    """``-p``/``-o`` names against the problem's and the optimizer's declared options (bad usage if unknown)."""
+    from gdla.options import check_names
+    from gdla.registry import get_optimizer
+
+    try:
+        check_names("problem", args.problem, problem_cls.options, dict(args.problem_option))
+        optimizer_cls = get_optimizer(args.optimizer)
+        # auto hands its options to the method it picks, which checks them itself
+        check_names("optimizer", args.optimizer, optimizer_cls.options, dict(args.option))
+    except InputError as exc:
+        raise OptionValueError(str(exc)) from None
 
 
 def _estimate(problem_cls: Any, args: argparse.Namespace, dtype: Any) -> int | None:

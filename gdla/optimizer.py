@@ -56,6 +56,9 @@ class Optimizer(abc.ABC):
     #: Names of the attributes that carry the method's state from step to step (momentum buffers,
     #: previous directions...): what :meth:`state_dict` saves and :meth:`load_state_dict` restores.
     state_attributes: ClassVar[tuple[str, ...]] = ()
+    #: The options the method accepts (name -> :class:`gdla.options.Option`): shown by
+    #: ``gdla plugins --json`` and checked by ``gdla solve -o``; empty: not declared.
+    options: ClassVar[dict[str, Any]] = {}
     #: How the learning rate scales with the data's units: ``"curvature"`` (a step ``lr · g`` that
     #: must stay below ``2/L``: gradient descent, momentum), ``"distance"`` (a step of about ``lr``
     #: in parameter units: Adam, Adagrad, RMSprop) or ``None`` (unit-free, or no learning rate).

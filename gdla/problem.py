@@ -44,6 +44,9 @@ class Problem(abc.ABC):
     #: Whether the loss is a quadratic function of the parameters (exact line search and
     #: conjugate gradient rely on it). ``None``: unknown. Instances may override it with a property.
     quadratic: ClassVar[bool | None] = None
+    #: The options ``example``/``from_matrix`` and the constructor accept (name -> :class:`gdla.options.Option`):
+    #: shown by ``gdla plugins --json`` and checked by ``gdla solve -p``; empty: not declared.
+    options: ClassVar[dict[str, Any]] = {}
     #: Curvature pairs a quasi-Newton method should keep on this loss (``None``: the method's default);
     #: a hint for losses whose coupling only a long memory resolves.
     quasi_newton_memory: ClassVar[int | None] = None

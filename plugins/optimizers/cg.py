@@ -31,6 +31,7 @@ import torch
 import gdla
 from gdla.errors import InputError
 from gdla.optimizer import Optimizer, Suitability
+from gdla.options import Option
 from gdla.problem import Params, Problem
 from gdla.validation import check_choice
 from gdla_plugins.optimizers._quadratic import HessianView, QuadraticView, quadratic_view, view_reason
@@ -62,6 +63,10 @@ class ConjugateGradient(Optimizer):
     default_lr = None
     default_max_steps = 1000
     state_attributes = ("_direction", "_gg", "_count")
+    options = {
+        "blocks": Option(default="independent", doc="'independent' (one CG per column, row or member) or 'global'"),
+        "restart": Option(default=None, doc="restart with steepest descent every N steps (default: never)"),
+    }
 
     def __init__(
         self, problem: Problem, params: Params, *, lr: float | None = None, backend: str = "autograd", **options: Any

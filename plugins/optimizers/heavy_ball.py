@@ -29,6 +29,7 @@ import torch
 import gdla
 from gdla.errors import InputError
 from gdla.optimizer import Optimizer
+from gdla.options import Option
 from gdla.problem import Params, Problem
 from gdla.validation import check_int, check_nonnegative, check_positive
 from gdla_plugins.optimizers._quadratic import LeastSquaresView, QuadraticView, quadratic_view, view_reason
@@ -73,6 +74,12 @@ class HeavyBall(Optimizer):
     summary = "Polyak heavy ball, step and momentum from Lanczos estimates of the Hessian's extreme eigenvalues"
     default_lr = None
     default_max_steps = 20_000
+    options = {
+        "L": Option(default=None, doc="largest Hessian eigenvalue, in the data's units (default: estimated)"),
+        "mu": Option(default=None, doc="smallest nonzero Hessian eigenvalue (default: estimated)"),
+        "lanczos_steps": Option(default=120, doc="Lanczos iterations of the estimate"),
+        "margin": Option(default=0.05, doc="relative inflation of the estimated L"),
+    }
     state_attributes = ("_previous",)
 
     def __init__(

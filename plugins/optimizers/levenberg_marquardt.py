@@ -44,6 +44,7 @@ import gdla
 from gdla.capabilities import SumOfSquares
 from gdla.errors import InputError
 from gdla.optimizer import Optimizer, Suitability
+from gdla.options import Option
 from gdla.problem import Params, Problem
 from gdla.validation import check_choice, check_int, check_positive
 
@@ -75,6 +76,12 @@ class LevenbergMarquardt(Optimizer):
     summary = "Levenberg-Marquardt (damped Gauss-Newton, dense or matrix-free CG) on a declared sum of squares"
     default_lr = None
     default_max_steps = 200
+    options = {
+        "method": Option(default="auto", doc="'dense' (Jacobian and Cholesky), 'cg' (matrix-free) or 'auto'"),
+        "damping": Option(default=1e-6, doc="initial damping relative to max diag(JᵀJ)"),
+        "cg_iterations": Option(default=None, doc="CG iterations per solve on the matrix-free path"),
+        "max_retries": Option(default=20, doc="damped solves per step before giving up on it"),
+    }
     state_attributes = ("_lambda", "_nu", "_scale", "_count", "_first_gradient")
 
     def __init__(

@@ -28,6 +28,7 @@ import torch
 import gdla
 from gdla.errors import InputError
 from gdla.optimizer import Optimizer
+from gdla.options import Option
 from gdla.problem import Params, Problem
 from gdla.validation import check_choice
 from gdla_plugins.optimizers._quadratic import QuadraticView, quadratic_view, view_reason
@@ -67,6 +68,7 @@ class ExactLineSearch(Optimizer):
     summary = "steepest descent with the exact step t = g'g / g'Hg, for losses quadratic in the parameters"
     default_lr = None
     default_max_steps = 10_000
+    options = {"direction": Option(default="steepest", doc="'steepest' or 'cg' (Fletcher-Reeves)")}
     state_attributes = ("_trial", "_previous", "_gg", "last_step")
 
     def __init__(

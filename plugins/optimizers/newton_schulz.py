@@ -31,6 +31,7 @@ from gdla.backend import extension_status
 from gdla.capabilities import MatrixInverse
 from gdla.errors import InputError
 from gdla.optimizer import Optimizer, Suitability
+from gdla.options import Option
 from gdla.problem import Params, Problem
 from gdla.validation import check_choice, check_finite, check_int, check_matrix, check_nonnegative
 from gdla_plugins.optimizers._spectral import gram_extremes
@@ -133,6 +134,9 @@ class NewtonSchulz(Optimizer):
     summary = "Newton-Schulz X <- X(2I - AX) for the (pseudo-)inverse: quadratic convergence, tens of steps"
     default_lr = None
     default_max_steps = 200
+    options = {
+        "start": Option(default="safe", doc="'safe': Aᵀ/(‖A‖₁‖A‖∞), always converges; 'init': the problem's start")
+    }
     state_attributes = ("_done", "_last_change", "_count")
 
     def __init__(

@@ -39,6 +39,7 @@ import gdla
 from gdla.capabilities import SingularValueDecomposition
 from gdla.errors import InputError
 from gdla.optimizer import Optimizer, Suitability
+from gdla.options import Option
 from gdla.problem import Params, Problem
 from gdla.validation import check_int
 
@@ -220,6 +221,7 @@ class RiemannianSVD(Optimizer):
     summary = "SVD by a Riemannian trust region (truncated CG on the Hessian) on Brockett's cost over Stiefel pairs"
     default_lr = None
     default_max_steps = 500
+    options = {"inner_iterations": Option(default=None, doc="truncated-CG iterations per trust-region step")}
     state_attributes = ("_radius", "_count")
 
     def __init__(

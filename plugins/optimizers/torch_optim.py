@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -32,6 +32,7 @@ import torch
 import gdla
 from gdla.errors import InputError
 from gdla.optimizer import GradientOptimizer, Suitability
+from gdla.options import Option
 from gdla.problem import Params, Problem
 from gdla.validation import check_choice, check_int, check_nonnegative, check_positive, check_probability
 
@@ -85,14 +86,6 @@ def optional_count(value: Any, name: str) -> int | None:
 def line_search(value: Any, name: str) -> str | None:
     """``"strong_wolfe"`` or ``None`` (the two line searches ``torch.optim.LBFGS`` knows)."""
     return check_choice(value, name, ("strong_wolfe", None))
-
-
-@dataclass(frozen=True)
-class Option:
-    """One accepted option: its validator and its default."""
-
-    check: Callable[[Any, str], Any]
-    default: Any
 
 
 def validate_options(optimizer: str, accepted: Mapping[str, Option], given: Mapping[str, Any]) -> dict[str, Any]:
@@ -183,6 +176,17 @@ class TorchOptimizer(GradientOptimizer):
     default_schedule: ClassVar[str | None] = None
     #: A fixed step (and fixed momentum): its iteration count is predictable on quadratics.
     fixed_step: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # the declared schema: the torch options, plus the schedule every gradient method takes
+        cls.options = {
+            **cls.accepted,
+            "schedule": Option(
+                default=cls.default_schedule, doc="learning-rate schedule: step, multistep, exponential, cosine"
+            ),
+            "schedule_options": Option(default=None, doc="the schedule's options, e.g. {'gamma': 0.99}"),
+        }
 
     def __init__(self, problem: Problem, params: Params, **options: Any) -> None:
         if self.default_schedule is not None and "schedule" not in options:

@@ -26,6 +26,7 @@ import torch
 import gdla
 from gdla.capabilities import InverseMSE, LinearLeastSquares, MatrixInverse
 from gdla.errors import InputError, ShapeError, SingularMatrixError
+from gdla.options import Option
 from gdla.problem import Params, Problem
 from gdla.scaling import Normalization, check_representable, power_of_two_scale, scale_by_power_of_two
 from gdla.validation import as_dtype, check_choice, check_int, check_matrix
@@ -70,6 +71,13 @@ class InverseProblem(Problem):
 
     name = "inverse"
     summary = "inverse or pseudo-inverse of A (batched) by minimising mean((A M - I)^2)"
+    options = {
+        "side": Option(default=None, doc="'right' (A M = I), 'left' (M A = I) or 'both'; default: the attainable side"),
+        "pseudo": Option(default=False, doc="the Moore-Penrose pseudo-inverse of a rank-deficient or rectangular A"),
+        "init": Option(default="random", doc="start: 'random', 'zeros' or 'scaled-transpose'"),
+        "kind": Option(default="random", doc="example only: 'random' (seed 000's matrix) or 'diagonal'"),
+        "batch": Option(default=None, doc="example only: a batch of this many matrices"),
+    }
     fused = True
     quadratic = True
 

@@ -28,6 +28,7 @@ import gdla
 from gdla.capabilities import LinearLeastSquares
 from gdla.errors import InputError, ResourceError, ShapeError
 from gdla.memory import available_bytes, format_bytes
+from gdla.options import Option
 from gdla.problem import Params, Problem
 from gdla.scaling import Normalization, check_representable, power_of_two_scale, scale_by_power_of_two
 from gdla.validation import check_choice, check_finite, check_int, check_matrix
@@ -77,6 +78,16 @@ class SparseProblem(Problem):
 
     name = "sparse"
     summary = "masked sparse operator S = Init + Omega*U fitted so that S^k X = Y (optionally nonlinear)"
+    options = {
+        "hops": Option(default=1, doc="apply S this many times: fit S^k X ≈ Y"),
+        "activation": Option(default=None, doc="after every hop: 'relu', 'tanh', 'sigmoid', 'cube' or none"),
+        "loss": Option(default="frobenius", doc="'frobenius' (‖Y − Ŷ‖_F, the seed's) or 'mse'"),
+        "storage": Option(default="dense", doc="example only: 'dense' or 'sparse' (U stored on Ω's pattern)"),
+        "per_row": Option(default=6, doc="example only, sparse storage: free entries per row"),
+        "columns": Option(default=8, doc="example only: columns of X"),
+        "omega": Option(default=None, doc="Python API: the 0/1 mask Ω (dense, or a torch sparse tensor)"),
+        "init": Option(default=None, doc="Python API: Init, on Ω's pattern for sparse storage"),
+    }
     fused = True
 
     def __init__(

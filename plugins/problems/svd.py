@@ -26,6 +26,7 @@ import torch
 import gdla
 from gdla.capabilities import SingularValueDecomposition
 from gdla.errors import InputError
+from gdla.options import Option
 from gdla.problem import Params, Problem
 from gdla.scaling import Normalization, check_representable, power_of_two_scale, scale_by_power_of_two
 from gdla.validation import as_dtype, check_choice, check_int, check_matrix, check_nonnegative
@@ -61,6 +62,12 @@ class SVDProblem(Problem):
 
     name = "svd"
     summary = "singular value decomposition U diag(s^2) V^T = M by minimising a least-squares loss"
+    options = {
+        "rank": Option(default=None, doc="number of leading singular triples (default: all)"),
+        "weight_u": Option(default=0.01, doc="penalty weight of ‖UᵀU − I‖ (the seed's 1/100)"),
+        "weight_v": Option(default=0.01, doc="penalty weight of ‖VᵀV − I‖"),
+        "orthonormal": Option(default="penalty", doc="'penalty' (the seed's), 'qr' or 'polar' retraction"),
+    }
     fused = True
     quadratic = False
     #: Measured on the example (float64): L-BFGS needs about 640 steps with 100 or more curvature

@@ -20,6 +20,7 @@ import torch
 import gdla
 from gdla.capabilities import LinearLeastSquares
 from gdla.errors import ShapeError
+from gdla.options import Option
 from gdla.problem import Params, Problem
 from gdla.scaling import Normalization, check_representable, power_of_two_scale, scale_by_power_of_two
 from gdla.validation import check_choice, check_int, check_matrix
@@ -74,6 +75,13 @@ class ToeplitzProblem(Problem):
 
     name = "toeplitz"
     summary = "best banded Toeplitz approximation of a matrix (spectral or Frobenius loss)"
+    options = {
+        "bandwidth": Option(default=None, doc="half-bandwidth b (2b + 1 parameters); default min(3, n − 1)"),
+        "loss": Option(default="spectral", doc="'spectral' (the seed's probe loss) or 'frobenius'"),
+        "num_probes": Option(default=100, doc="probe vectors of the spectral loss"),
+        "probe_seed": Option(default=0, doc="seed of the default probes"),
+        "probes": Option(default=None, doc="Python API: the probe vectors (K, n)"),
+    }
     fused = False
     #: The loss is quadratic in ``band`` (read by solvers such as ``cg``).
     quadratic = True

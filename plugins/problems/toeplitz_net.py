@@ -27,6 +27,7 @@ from torch.func import functional_call
 import gdla
 from gdla.capabilities import SumOfSquares
 from gdla.errors import InputError, ShapeError
+from gdla.options import Option
 from gdla.problem import Params, Problem
 from gdla.scaling import Normalization, check_representable, power_of_two_scale, scale_by_power_of_two
 from gdla.validation import check_choice, check_int
@@ -79,6 +80,18 @@ class ToeplitzNetProblem(Problem):
 
     name = "toeplitz-net"
     summary = "MLP that maps a row to its best banded Toeplitz approximation (seed 004, amortised)"
+    options = {
+        "bandwidth": Option(default=None, doc="half-bandwidth b of the predicted bands"),
+        "hidden": Option(default=100, doc="width of the network's hidden layer"),
+        "loss": Option(default="spectral", doc="'spectral' or 'frobenius'"),
+        "num_probes": Option(default=100, doc="probe vectors of the spectral loss"),
+        "probe_seed": Option(default=0, doc="seed of the default probes"),
+        "normalize": Option(default=True, doc="scale each input row before the network"),
+        "train": Option(default=256, doc="example only: training rows"),
+        "test": Option(default=64, doc="example only: held-out rows"),
+        "probes": Option(default=None, doc="Python API: the probe vectors (K, n)"),
+        "test_rows": Option(default=None, doc="Python API: held-out rows"),
+    }
     fused = False
     #: The loss is not quadratic in the network's parameters (read by solvers such as ``cg``).
     quadratic = False

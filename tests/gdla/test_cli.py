@@ -114,10 +114,10 @@ def tiny(monkeypatch: pytest.MonkeyPatch) -> registry_module.Registry:
 def test_plugins_json(tiny: Any, cli: CliRun, error_of: ErrorOf) -> None:
     code, out, _ = cli("plugins", "--json")
     assert code == 0
-    assert json.loads(out) == [
-        {"name": "linear-system", "kind": "problem", "plugin": "tiny-dist", "version": "1.2"},
-        {"name": "gd", "kind": "optimizer", "plugin": "tiny-dist", "version": "1.2"},
-        {"name": "hopeless", "kind": "optimizer", "plugin": "tiny-dist", "version": "1.2"},
+    assert json.loads(out) == [  # plugins that declare no options list none
+        {"name": "linear-system", "kind": "problem", "plugin": "tiny-dist", "version": "1.2", "options": []},
+        {"name": "gd", "kind": "optimizer", "plugin": "tiny-dist", "version": "1.2", "options": []},
+        {"name": "hopeless", "kind": "optimizer", "plugin": "tiny-dist", "version": "1.2", "options": []},
     ]
 
 

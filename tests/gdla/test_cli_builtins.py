@@ -208,7 +208,23 @@ def test_problem_options_reach_the_problem(cli: CliRun, error_of: ErrorOf, tmp_p
     np.testing.assert_allclose(json.loads(out)["solution"], expected, rtol=1e-9, atol=1e-12)
     for bad in ("bogus=1", "A=[[1.0]]"):
         code, _, err = cli("solve", "inverse", "--matrix", singular, "-p", bad)
-        assert code == 2 and "--problem-option: problem 'inverse' does not accept" in error_of(err)
+        name = bad.split("=")[0]
+        assert code == 2 and f"{name}: problem 'inverse' has no option {name!r}" in error_of(err)
+
+
+def test_declared_options_are_listed_and_checked_with_a_suggestion(cli: CliRun, error_of: ErrorOf) -> None:
+    code, out, _ = cli("plugins", "--json")
+    assert code == 0
+    listed = {(entry["kind"], entry["name"]): entry["options"] for entry in json.loads(out)}
+    inverse = {option["name"]: option for option in listed["problem", "inverse"]}
+    assert inverse["pseudo"]["default"] is False and "pseudo-inverse" in inverse["pseudo"]["doc"]
+    assert {option["name"] for option in listed["optimizer", "cg"]} == {"blocks", "restart"}
+    assert {option["name"] for option in listed["optimizer", "momentum"]} >= {"momentum", "schedule"}
+    assert all(listed[key] for key in listed if key[0] == "problem")  # every built-in problem declares its options
+    code, _, err = cli("solve", "inverse", "-p", "sides=left")
+    assert code == 2 and "did you mean 'side'?" in error_of(err)
+    code, _, err = cli("solve", "inverse", "--optimizer", "cg", "-o", "block=global")
+    assert code == 2 and "did you mean 'blocks'?" in error_of(err)
 
 
 def test_schedule_options_must_be_a_mapping(cli: CliRun, error_of: ErrorOf) -> None:
