@@ -33,7 +33,7 @@ import torch
 from gdla.errors import InputError
 from gdla.problem import Params, Problem
 
-__all__ = ["Sharding", "init_from_environment", "is_reporting_rank", "shard_bounds"]
+__all__ = ["Sharding", "init_from_environment", "is_reporting_rank", "shard_bounds", "shutdown"]
 
 
 def shard_bounds(batch: int, world: int, rank: int) -> tuple[int, int]:
@@ -204,8 +204,17 @@ def init_from_environment(device: str | None = None) -> bool:
     dist.init_process_group("nccl" if cuda else "gloo")
     import atexit
 
-    atexit.register(dist.destroy_process_group)  # a clean shutdown: NCCL warns about a group left alive
+    atexit.register(shutdown)  # a clean shutdown: NCCL warns about a group left alive
     return True
+
+
+def shutdown() -> None:
+    """Wait for every rank, then destroy the default group (a rank leaving early aborts gloo's peers)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def is_reporting_rank() -> bool:

@@ -1,6 +1,8 @@
 """The plugin registry: one pluggy ``PluginManager`` fed by entry points of group ``gdla``.
 
-Entry points are loaded lazily, once, and each on its own: one that fails to import, raises in
+Entry points are loaded lazily, once, and each on its own; a lookup by name imports only the
+entry points carrying that name (name an entry point after what its module registers; several
+may point to one module), and a listing imports all of them: one that fails to import, raises in
 its hook or registers something invalid is skipped with a :class:`~gdla.errors.PluginWarning`
 naming its distribution, entry point and the reason, and the rest still load.
 ``GDLA_STRICT_PLUGINS=1`` turns that warning into a :class:`~gdla.errors.PluginError`.
@@ -85,6 +87,8 @@ class Registry:
         self._pm = pluggy.PluginManager(hookspecs.PROJECT)
         self._pm.add_hookspecs(hookspecs)
         self._loaded = False
+        self._read: list[metadata.EntryPoint] | None = None  # the entry points, read once
+        self._imported: set[tuple[str, str]] = set()  # (distribution, module) already loaded
         self._items: dict[str, dict[str, list[Entry]]] = {kind: {} for kind in KINDS}
         self._plugin_items: dict[str, list[Entry]] = {}
         self.failures: list[str] = []
@@ -103,10 +107,27 @@ class Registry:
             self.__init__(self._entry_points)  # type: ignore[misc]
             raise
 
-    def _load_entry_points(self) -> None:
-        for ep in self._entry_points():
+    def _load_named(self, name: str) -> None:
+        """Load only the entry points named ``name`` (the convention: an entry point per registered name)."""
+        if self._loaded:
+            return
+        try:
+            self._load_entry_points(only=name)
+        except BaseException:
+            self.__init__(self._entry_points)  # type: ignore[misc]
+            raise
+
+    def _load_entry_points(self, only: str | None = None) -> None:
+        if self._read is None:
+            self._read = list(self._entry_points())
+        for ep in self._read:
+            if only is not None and ep.name != only:
+                continue
             dist = ep.dist.name if ep.dist is not None else "unknown distribution"
             version = ep.dist.version if ep.dist is not None else "unknown"
+            if (dist, ep.value) in self._imported:  # several entry points may name one module
+                continue
+            self._imported.add((dist, ep.value))
             where = f"distribution {dist!r}, entry point {ep.name!r} ({ep.value})"
             try:
                 plugin = ep.load()
@@ -208,9 +229,18 @@ class Registry:
 
     # -- lookup -------------------------------------------------------------------------------
     def entry(self, kind: Kind, name: str) -> Entry:
-        """The registry entry for ``name``; raises for unknown or duplicated names."""
-        self.load()
-        found = self._items[kind].get(name) if isinstance(name, str) else None
+        """The registry entry for ``name``; raises for unknown or duplicated names.
+
+        Only the entry points named ``name`` are imported first; every other one only if that
+        does not find it (plugins whose entry-point names differ from what they register).
+        """
+        found = None
+        if isinstance(name, str) and not self._loaded:
+            self._load_named(name)
+            found = self._items[kind].get(name)
+        if not found:
+            self.load()
+            found = self._items[kind].get(name) if isinstance(name, str) else None
         if not found:
             valid = sorted(self._items[kind])
             hint = difflib.get_close_matches(str(name), valid, n=1)

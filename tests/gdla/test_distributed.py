@@ -76,6 +76,7 @@ WORKER = textwrap.dedent(
         code = main(["solve", "inverse", "-p", "batch=6", "--optimizer", "newton-schulz", "--json", "--distributed"])
     saved["cli"] = (code, text.getvalue())
     torch.save(saved, f"{out}/rank{rank}.pt")
+    dist.barrier()  # no rank tears the group down while another still talks
     dist.destroy_process_group()
     """
 )
