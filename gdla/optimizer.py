@@ -94,6 +94,16 @@ class Optimizer(abc.ABC):
         return None
 
     @classmethod
+    def refuse_unknown_options(cls, options: Mapping[str, Any]) -> None:
+        """Raise :class:`~gdla.errors.InputError` naming the ``options`` not in the declared :attr:`options`."""
+        unknown = sorted(set(options) - set(cls.options) - {"max_steps"})
+        if unknown:
+            raise InputError(
+                f"options: optimizer {cls.name!r} accepts {', '.join(repr(o) for o in cls.options)}, "
+                f"received unknown {', '.join(repr(o) for o in unknown)}"
+            )
+
+    @classmethod
     def method_class(cls, problem: Problem) -> type[Optimizer]:
         """The class whose steps actually run on ``problem`` (``auto`` answers with its pick; default: ``cls``)."""
         return cls

@@ -40,7 +40,6 @@ from gdla_plugins.optimizers._spectral import Spectrum
 __all__ = ["ConjugateGradient"]
 
 BLOCKS = ("independent", "global")
-OPTIONS = ("blocks", "restart")
 
 
 class ConjugateGradient(Optimizer):
@@ -75,12 +74,7 @@ class ConjugateGradient(Optimizer):
             raise InputError(
                 f"lr: optimizer 'cg' has no learning rate (its steps are exact), received {lr!r}; leave it out"
             )
-        unknown = sorted(set(options) - set(OPTIONS) - {"max_steps"})
-        if unknown:
-            raise InputError(
-                f"options: optimizer 'cg' accepts {', '.join(repr(o) for o in OPTIONS)}, "
-                f"received unknown {', '.join(repr(o) for o in unknown)}"
-            )
+        self.refuse_unknown_options(options)
         blocks = check_choice(options.pop("blocks", "independent"), "blocks", BLOCKS)
         restart = options.pop("restart", None)
         if restart is not None and (isinstance(restart, bool) or not isinstance(restart, int) or restart < 1):

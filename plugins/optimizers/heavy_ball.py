@@ -37,7 +37,6 @@ from gdla_plugins.optimizers._spectral import HESSIAN_STEPS, hessian_extremes
 
 __all__ = ["HeavyBall", "heavy_ball_parameters", "heavy_ball_steps"]
 
-OPTIONS = ("L", "mu", "lanczos_steps", "margin")
 
 
 def heavy_ball_parameters(L: float, mu: float) -> tuple[float, float]:
@@ -90,12 +89,7 @@ class HeavyBall(Optimizer):
                 f"lr: optimizer 'heavy-ball' sets its step from the Hessian's spectrum, received lr={lr!r}; "
                 "leave it out, or pass L= (the largest Hessian eigenvalue) to set the scale"
             )
-        unknown = sorted(set(options) - set(OPTIONS) - {"max_steps"})
-        if unknown:
-            raise InputError(
-                f"options: optimizer 'heavy-ball' accepts {', '.join(repr(o) for o in OPTIONS)}, "
-                f"received unknown {', '.join(repr(o) for o in unknown)}"
-            )
+        self.refuse_unknown_options(options)
         given_l = options.pop("L", None)
         given_mu = options.pop("mu", None)
         steps = check_int(options.pop("lanczos_steps", HESSIAN_STEPS), "lanczos_steps", minimum=2)

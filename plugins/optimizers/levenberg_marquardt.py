@@ -51,7 +51,6 @@ from gdla.validation import check_choice, check_int, check_positive
 __all__ = ["LevenbergMarquardt"]
 
 METHODS = ("auto", "dense", "cg")
-OPTIONS = ("method", "damping", "cg_iterations", "max_retries")
 #: The dense path's limits: the smaller side of ``J`` and the multiply-adds of its smaller Gram matrix.
 DENSE_SIDE, DENSE_WORK = 2000, 40_000_000_000
 
@@ -92,12 +91,7 @@ class LevenbergMarquardt(Optimizer):
                 f"lr: optimizer 'levenberg-marquardt' has no learning rate (it solves for each step), "
                 f"received {lr!r}; leave it out"
             )
-        unknown = sorted(set(options) - set(OPTIONS) - {"max_steps"})
-        if unknown:
-            raise InputError(
-                f"options: optimizer 'levenberg-marquardt' accepts {', '.join(repr(o) for o in OPTIONS)}, "
-                f"received unknown {', '.join(repr(o) for o in unknown)}"
-            )
+        self.refuse_unknown_options(options)
         method = check_choice(options.pop("method", "auto"), "method", METHODS)
         self.tau = check_positive(options.pop("damping", 1e-6), "damping")
         cg_iterations = options.pop("cg_iterations", None)

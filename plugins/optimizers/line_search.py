@@ -37,7 +37,6 @@ from gdla_plugins.optimizers._spectral import Spectrum
 __all__ = ["ExactLineSearch", "steepest_descent_steps"]
 
 DIRECTIONS = ("steepest", "cg")
-OPTIONS = ("direction",)
 
 
 def steepest_descent_steps(kappa: float, tol: float) -> float:
@@ -78,12 +77,7 @@ class ExactLineSearch(Optimizer):
             raise InputError(
                 f"lr: optimizer 'line-search' computes every step length exactly, received lr={lr!r}; leave it out"
             )
-        unknown = sorted(set(options) - set(OPTIONS) - {"max_steps"})
-        if unknown:
-            raise InputError(
-                f"options: optimizer 'line-search' accepts {', '.join(repr(o) for o in OPTIONS)}, "
-                f"received unknown {', '.join(repr(o) for o in unknown)}"
-            )
+        self.refuse_unknown_options(options)
         self.direction = check_choice(options.pop("direction", "steepest"), "direction", DIRECTIONS)
         super().__init__(problem, params, lr=None, backend=backend, **options)
         view = quadratic_view(problem, params, backend, prefer_loss=True)

@@ -42,7 +42,6 @@ STARTS = ("safe", "init")
 SIDES = ("right", "left", "both")
 #: Largest matrix side the extension's small-matrix kernel accepts.
 FUSED_MAX_SIDE = 16
-OPTIONS = ("start",)
 
 
 def safe_start(A: torch.Tensor) -> torch.Tensor:
@@ -146,12 +145,7 @@ class NewtonSchulz(Optimizer):
             raise InputError(
                 f"lr: optimizer 'newton-schulz' has no learning rate (its step is exact), received {lr!r}; leave it out"
             )
-        unknown = sorted(set(options) - set(OPTIONS) - {"max_steps"})
-        if unknown:
-            raise InputError(
-                f"options: optimizer 'newton-schulz' accepts {', '.join(repr(o) for o in OPTIONS)}, "
-                f"received unknown {', '.join(repr(o) for o in unknown)}"
-            )
+        self.refuse_unknown_options(options)
         start = check_choice(options.pop("start", "safe"), "start", STARTS)
         super().__init__(problem, params, lr=None, backend=backend, **options)
         self.start = start

@@ -45,7 +45,6 @@ from gdla.validation import check_int
 
 __all__ = ["RiemannianSVD", "brockett_trust_region_step"]
 
-OPTIONS = ("inner_iterations",)
 
 Pair = tuple[torch.Tensor, torch.Tensor]
 
@@ -232,12 +231,7 @@ class RiemannianSVD(Optimizer):
                 f"lr: optimizer 'riemannian-svd' has no learning rate (a trust region sizes its steps), "
                 f"received {lr!r}; leave it out"
             )
-        unknown = sorted(set(options) - set(OPTIONS) - {"max_steps"})
-        if unknown:
-            raise InputError(
-                f"options: optimizer 'riemannian-svd' accepts {', '.join(repr(o) for o in OPTIONS)}, "
-                f"received unknown {', '.join(repr(o) for o in unknown)}"
-            )
+        self.refuse_unknown_options(options)
         inner = options.pop("inner_iterations", None)
         super().__init__(problem, params, lr=None, backend=backend, **options)
         form = problem.singular_value_decomposition()
