@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TextIO
 
-from gdla.errors import GdlaError, GdlaWarning, InputError, UnknownNameError
+from gdla.errors import GdlaError, GdlaWarning, InputError, MatrixFileError, UnknownNameError
 
 __all__ = ["main"]
 
@@ -162,10 +162,23 @@ def build_parser() -> argparse.ArgumentParser:
         "solve",
         help="solve one problem",
         description="Solve PROBLEM (see `gdla plugins`) on a matrix file or on its built-in example.",
+        epilog=(
+            "Sparse files: for a problem that takes sparse matrices (sparse) a coordinate .mtx stays sparse "
+            "end to end: its stored positions are the mask, its values the operator to learn (a pattern file: "
+            "a random operator on the pattern), X has -p columns=K random columns. Example: "
+            "gdla solve sparse --matrix A.mtx -p loss=mse --save S.mtx. A method that would form dense "
+            "matrices too big for the memory (-o method=dense with levenberg-marquardt) is refused with one "
+            "that fits."
+        ),
     )
     solve.add_argument("problem", metavar="PROBLEM", help="registered problem name, e.g. inverse")
     source = solve.add_mutually_exclusive_group()
-    source.add_argument("--matrix", metavar="FILE", help="matrix file: .npy, .pt or .mtx (Matrix Market)")
+    source.add_argument(
+        "--matrix",
+        metavar="FILE",
+        help="matrix file: .npy, .pt or .mtx (Matrix Market; a coordinate file stays sparse for problems that "
+        "take sparse matrices, e.g. sparse: its positions are the mask, its values the operator to learn)",
+    )
     source.add_argument("--size", type=_int_at_least(1), metavar="N", help="size of the built-in example")
     solve.add_argument("--optimizer", default="auto", metavar="NAME", help="registered optimizer (default: auto)")
     solve.add_argument("--lr", type=_positive_float, metavar="X", help="learning rate (default: the optimizer's)")
@@ -189,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     solve.add_argument("--json", action="store_true", help="print the result as JSON (no progress bar)")
     solve.add_argument("--plot", metavar="FILE", help="save a log-scale loss plot (.png, .pdf or .svg)")
+    solve.add_argument(
+        "--save",
+        metavar="FILE",
+        help="save the solution: .pt (anything, a sparse answer stays sparse), .npy (dense) or .mtx "
+        "(one matrix; a sparse answer as coordinate entries)",
+    )
     solve.add_argument(
         "--option",
         "-o",
@@ -289,6 +308,10 @@ def _cmd_solve(args: argparse.Namespace, out: TextIO) -> int:
         from gdla.plotting import check_figure_path
 
         check_figure_path(args.plot, "--plot")  # fail before a long run, not after it
+    if args.save is not None:
+        from gdla.io import check_save_path
+
+        check_save_path(args.save, "--save")
     import torch
 
     dtype = None if args.dtype is None else (torch.float32 if args.dtype == "float32" else torch.float64)
@@ -300,9 +323,11 @@ def _cmd_solve(args: argparse.Namespace, out: TextIO) -> int:
         if args.matrix is not None:
             from gdla.io import load_matrix
 
-            matrix = load_matrix(args.matrix)
-            if not (matrix.is_floating_point() or matrix.is_complex()):
-                matrix = matrix.to(dtype or torch.float64)  # integer and pattern files hold exact values
+            # a problem that declares it takes a sparse matrix gets a coordinate file as one: never n² numbers
+            matrix = load_matrix(args.matrix, keep_sparse=bool(getattr(problem_cls, "accepts_sparse_matrix", False)))
+            positions_only = matrix.layout != torch.strided and matrix.dtype == torch.bool
+            if not (matrix.is_floating_point() or matrix.is_complex() or positions_only):
+                matrix = matrix.to(dtype or torch.float64)  # integer and dense pattern files hold exact values
             try:
                 problem = _build(args, problem_cls.from_matrix, matrix)
             except InputError as exc:
@@ -315,6 +340,11 @@ def _cmd_solve(args: argparse.Namespace, out: TextIO) -> int:
                 needed = _estimate(problem_cls, args, dtype or torch.float64)
                 check_fits(needed, f"problem {args.problem!r} of size {args.size}")
             problem = _build(args, problem_cls.example, size=args.size, dtype=dtype or torch.float64)
+        if args.save is not None and problem.sparse_storage() is not None and args.save.lower().endswith(".npy"):
+            raise MatrixFileError(
+                f"--save: problem {args.problem!r} stores its operator sparse, so its answer is a sparse tensor; "
+                f".npy stores dense arrays only, received {args.save!r}: use .mtx (coordinate) or .pt"
+            )
         result = _usage_checked(
             args,
             lambda: solve(
@@ -351,6 +381,12 @@ def _cmd_solve(args: argparse.Namespace, out: TextIO) -> int:
         print(result.summary(), file=out)
         if args.plot is not None:
             print(f"  loss plot saved to {args.plot}", file=out)
+    if args.save is not None:  # after the report: a file that cannot be written does not lose the result
+        from gdla.io import save_matrix
+
+        save_matrix(result.solution, args.save)
+        if not args.json:
+            print(f"  solution saved to {args.save}", file=out)
     return 0 if result.stop_reason != "diverged" else 1
 
 

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from gdla.errors import InputError
+from gdla.mesh import is_dtensor, mesh_summary
 from gdla.problem import Params, Problem
 
 __all__ = ["Sharding", "init_from_environment", "is_reporting_rank", "shard_bounds", "shutdown"]
@@ -56,8 +57,9 @@ class Sharding:
         rank, world_size: this process's place in ``group``.
 
     Raises:
-        InputError: no initialised process group, an unbatched problem, fewer members than ranks,
-            or ranks that disagree on the problem's shapes or dtype.
+        InputError: no initialised process group, an unbatched problem, a problem whose data is a
+            DTensor (it runs on its own mesh), fewer members than ranks, or ranks that disagree on the
+            problem's shapes or dtype.
     """
 
     def __init__(self, problem: Problem, group: Any = None) -> None:
@@ -67,6 +69,12 @@ class Sharding:
         self.world_size = dist.get_world_size(group)
         self.full = problem
         batch = problem.batch_size()
+        mesh = next((mesh_summary(v) for v in problem._data().values() if is_dtensor(v)), None)
+        if mesh is not None:
+            raise InputError(
+                f"distributed: expected a problem on plain tensors to shard, received problem {problem.name!r} whose "
+                f"data is a DTensor ({mesh}), which runs on its mesh already; solve it with distributed=False"
+            )
         if batch is None:
             raise InputError(
                 f"distributed: expected a batched problem (one whose batch_size() is set, e.g. 'inverse' with a "

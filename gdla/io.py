@@ -1,8 +1,13 @@
-"""Reading matrices from files: NumPy ``.npy``, PyTorch ``.pt`` and Matrix Market ``.mtx``.
+"""Reading and writing matrices: NumPy ``.npy``, PyTorch ``.pt`` and Matrix Market ``.mtx``.
 
 :func:`load_matrix` returns the data as stored (its dtype included). It does not convert integer
 or boolean data to floating point, so that the problem's own checks can say that the file holds
-integers instead of silently solving a different problem.
+integers instead of silently solving a different problem. With ``keep_sparse=True`` a
+coordinate-format ``.mtx`` (or a sparse ``.pt`` tensor) stays a torch sparse tensor, so a
+200,000 × 200,000 file with a million entries never becomes ``n²`` numbers.
+
+:func:`save_matrix` writes an answer (``gdla solve --save``): dense or sparse, ``.pt``, ``.npy``
+or ``.mtx``.
 """
 
 from __future__ import annotations
@@ -10,16 +15,17 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from gdla.errors import MatrixFileError
 
-__all__ = ["SUPPORTED_SUFFIXES", "load_matrix"]
+__all__ = ["SUPPORTED_SUFFIXES", "check_save_path", "load_matrix", "save_matrix"]
 
 
-def _read_npy(path: Path) -> torch.Tensor:
+def _read_npy(path: Path, keep_sparse: bool = False) -> torch.Tensor:
     # allow_pickle=False: a .npy file must never run code when it is read.
     data = np.load(path, allow_pickle=False)
     if isinstance(data, np.lib.npyio.NpzFile):  # np.load sniffs zip archives whatever the suffix
@@ -28,9 +34,11 @@ def _read_npy(path: Path) -> torch.Tensor:
     return _from_numpy(data)
 
 
-def _read_pt(path: Path) -> torch.Tensor:
+def _read_pt(path: Path, keep_sparse: bool = False) -> torch.Tensor:
     # weights_only=True: tensors and plain containers only, no arbitrary pickled objects.
-    data = torch.load(path, map_location="cpu", weights_only=True)
+    # a sparse tensor's indices are checked on load: a file must not describe memory out of bounds
+    with torch.sparse.check_sparse_tensor_invariants():
+        data = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(data, dict):
         tensors = [value for value in data.values() if isinstance(value, torch.Tensor)]
         if len(tensors) != 1 or len(data) != 1:
@@ -40,21 +48,42 @@ def _read_pt(path: Path) -> torch.Tensor:
     if not isinstance(data, torch.Tensor):
         raise ValueError(f"expected a tensor or a dict holding exactly one tensor, found {type(data).__name__}")
     if data.layout != torch.strided:
-        data = data.to_dense()
+        data = data.to_sparse_coo().coalesce() if keep_sparse and data.dim() == 2 else data.to_dense()
     return data.detach()
 
 
-def _read_mtx(path: Path) -> torch.Tensor:
+def _read_mtx(path: Path, keep_sparse: bool = False) -> torch.Tensor:
     import scipy.io
 
+    field = scipy.io.mminfo(path)[4]
     data = scipy.io.mmread(path)
     if hasattr(data, "toarray"):  # coordinate format comes back as a SciPy sparse matrix
+        if keep_sparse:
+            return _sparse_from_scipy(data, pattern=field == "pattern")
         data = data.toarray()
     return _from_numpy(np.asarray(data))
 
 
-#: File suffixes :func:`load_matrix` understands, with what reads them.
-SUPPORTED_SUFFIXES: dict[str, Callable[[Path], torch.Tensor]] = {
+def _sparse_from_scipy(data: Any, pattern: bool) -> torch.Tensor:
+    """A coalesced COO tensor of a SciPy sparse matrix; a ``pattern`` file's entries become ``True``.
+
+    Repeated coordinates are summed (Matrix Market's and SciPy's reading); an explicitly stored
+    zero stays a stored entry.
+    """
+    coo = data.tocoo()
+    indices = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
+    values = torch.ones(coo.nnz, dtype=torch.float64) if pattern else _from_numpy(np.asarray(coo.data))
+    shape = tuple(int(side) for side in coo.shape)
+    tensor = torch.sparse_coo_tensor(indices, values, shape, check_invariants=False).coalesce()
+    if pattern:  # positions only: a repeated one is still one position
+        kept = tensor.indices()
+        ones = torch.ones(kept.shape[1], dtype=torch.bool)
+        return torch.sparse_coo_tensor(kept, ones, shape, is_coalesced=True, check_invariants=False)
+    return tensor
+
+
+#: File suffixes :func:`load_matrix` understands, with what reads them (``reader(path, keep_sparse)``).
+SUPPORTED_SUFFIXES: dict[str, Callable[[Path, bool], torch.Tensor]] = {
     ".npy": _read_npy,
     ".pt": _read_pt,
     ".pth": _read_pt,
@@ -62,14 +91,21 @@ SUPPORTED_SUFFIXES: dict[str, Callable[[Path], torch.Tensor]] = {
 }
 
 
-def load_matrix(path: str | os.PathLike[str]) -> torch.Tensor:  # returns shape: (m, n) or (n,)
+def load_matrix(
+    path: str | os.PathLike[str], *, keep_sparse: bool = False
+) -> torch.Tensor:  # returns shape: (m, n) or (n,)
     """Read one 2-D matrix, or a 1-D row, from ``path`` (``.npy``, ``.pt``/``.pth`` or ``.mtx``).
 
     Args:
         path: the file; its suffix (case-insensitive) selects the reader.
+        keep_sparse: return a coordinate-format ``.mtx`` file, or a sparse tensor saved as
+            ``.pt``, as a coalesced torch sparse COO tensor instead of a dense one (memory
+            ``O(nnz)``). A Matrix Market ``pattern`` file, which holds positions only, then has
+            ``bool`` values (``True`` at every stored position). Dense files are read as usual.
 
     Returns:
-        A CPU tensor with the file's dtype (integer data stays integer).
+        A CPU tensor with the file's dtype (integer data stays integer); sparse COO only with
+        ``keep_sparse``.
 
     Raises:
         MatrixFileError: the file is missing, not a regular file, of an unsupported format,
@@ -88,7 +124,7 @@ def load_matrix(path: str | os.PathLike[str]) -> torch.Tensor:  # returns shape:
             raise MatrixFileError(f"matrix file {str(file)!r}: no such file")
         if not file.is_file():
             raise MatrixFileError(f"matrix file {str(file)!r}: not a regular file")
-        matrix = reader(file)
+        matrix = reader(file, keep_sparse)
     except MatrixFileError:
         raise
     except OSError as exc:  # permission denied, an unreadable folder, an I/O error...
@@ -113,3 +149,97 @@ def _from_numpy(array: np.ndarray) -> torch.Tensor:
         array = array.astype(array.dtype.newbyteorder("="))
     # np.require keeps 0-d arrays 0-d (np.ascontiguousarray would make them 1-d)
     return torch.from_numpy(np.require(array, requirements="C"))
+
+
+#: File suffixes :func:`save_matrix` writes.
+SAVE_SUFFIXES = (".pt", ".pth", ".npy", ".mtx")
+
+
+def check_save_path(path: str | os.PathLike[str], what: str = "path") -> Path:
+    """``path`` as a :class:`~pathlib.Path` that :func:`save_matrix` can write (checked before a long run).
+
+    Args:
+        path: the file to write.
+        what: the argument's name in the message (``--save`` on the command line).
+
+    Returns:
+        The path.
+
+    Raises:
+        MatrixFileError: an unsupported suffix, or a folder that does not exist.
+    """
+    file = Path(path)
+    if file.suffix.lower() not in SAVE_SUFFIXES:
+        raise MatrixFileError(f"{what}: expected a file ending in {', '.join(SAVE_SUFFIXES)}, received {str(file)!r}")
+    if not file.parent.is_dir():
+        raise MatrixFileError(f"{what}: the folder {str(file.parent)!r} of {str(file)!r} does not exist")
+    return file
+
+
+def save_matrix(value: Any, path: str | os.PathLike[str]) -> None:
+    """Write an answer to ``path``: a dense or sparse tensor, or a tuple of tensors (``.pt`` only).
+
+    ``.pt``/``.pth`` keep everything as it is (a sparse tensor stays sparse, a tuple stays a
+    tuple); ``.npy`` takes one dense tensor; ``.mtx`` takes one matrix, dense (Matrix Market
+    ``array``) or sparse (``coordinate``, only the stored entries: what :func:`load_matrix` reads
+    back with ``keep_sparse=True``).
+
+    Args:
+        value: the tensor(s).
+        path: the file; its suffix (case-insensitive) selects the format.
+
+    Raises:
+        MatrixFileError: a format that cannot hold ``value`` (a sparse tensor as ``.npy``, a
+            tuple or a batch of matrices as ``.npy``/``.mtx``), or a file that cannot be written.
+    """
+    file = check_save_path(path)
+    suffix = file.suffix.lower()
+    tensors = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    if not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):
+        raise MatrixFileError(
+            f"path {str(file)!r}: expected a tensor or a tuple of tensors to save, received {type(value).__name__}"
+        )
+    try:
+        if suffix in (".pt", ".pth"):
+            detached = tuple(t.detach().cpu() for t in tensors)
+            torch.save(detached if isinstance(value, (tuple, list)) else detached[0], file)
+            return
+        if len(tensors) != 1:
+            shapes = ", ".join(str(tuple(t.shape)) for t in tensors)
+            raise MatrixFileError(
+                f"path {str(file)!r}: the answer is {len(tensors)} tensors (shapes {shapes}); "
+                f"{suffix} holds one matrix, save it as .pt"
+            )
+        tensor = tensors[0].detach().cpu()
+        if suffix == ".npy":
+            if tensor.layout != torch.strided:
+                raise MatrixFileError(
+                    f"path {str(file)!r}: the answer is a sparse {tuple(tensor.shape)} tensor with "
+                    f"{tensor.to_sparse_coo().coalesce().values().numel()} stored entries; .npy stores "
+                    "dense arrays only, save it as .mtx (coordinate) or .pt (sparse tensor)"
+                )
+            np.save(file, tensor.numpy(), allow_pickle=False)
+            return
+        _write_mtx(tensor, file)
+    except MatrixFileError:
+        raise
+    except OSError as exc:
+        raise MatrixFileError(f"path {str(file)!r}: cannot be written ({exc.strerror or type(exc).__name__})") from None
+
+
+def _write_mtx(tensor: torch.Tensor, file: Path) -> None:
+    import scipy.io
+    import scipy.sparse
+
+    if tensor.dim() != 2:
+        raise MatrixFileError(
+            f"path {str(file)!r}: .mtx holds one 2-D matrix, the answer has shape {tuple(tensor.shape)}; save it as .pt"
+        )
+    if tensor.layout != torch.strided:
+        coo = tensor.to_sparse_coo().coalesce()
+        rows, cols = coo.indices().numpy()
+        data: Any = scipy.sparse.coo_matrix((coo.values().numpy(), (rows, cols)), shape=tuple(coo.shape))
+    else:
+        data = tensor.numpy()
+    with open(file, "wb") as stream:
+        scipy.io.mmwrite(stream, data)

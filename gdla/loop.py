@@ -19,10 +19,11 @@ import torch
 from gdla.backend import resolve_backend
 from gdla.errors import ConvergenceWarning, GdlaError, InputError, PluginError
 from gdla.memory import allocation_error
+from gdla.mesh import full_tensor
 from gdla.optimizer import Optimizer
 from gdla.problem import Params, Problem
 from gdla.registry import get_optimizer, get_problem, optimizers
-from gdla.result import STOP_REASONS, Result
+from gdla.result import STOP_REASONS, Metrics, Result
 from gdla.stopping import BLOW_UP, LossHistory, StopRules, default_patience, default_tol
 from gdla.validation import as_device, as_dtype, check_callable, check_int, check_nonnegative, check_positive
 
@@ -347,19 +348,16 @@ def _summarise(run: Run, losses: LossHistory, stop: str, *, setup_seconds: float
     work_params = {key: value.detach() for key, value in run.params.items()}
     if run.sharding is not None:  # every rank reports the whole batch
         work_params = run.sharding.gather_params(work_params)
+    work_params = {key: full_tensor(value) for key, value in work_params.items()}  # a DTensor: whole, every rank
     params_out = run.restore(work_params)
     finite = all(bool(torch.isfinite(v).all()) for v in work_params.values())
-    # relative metrics are free of units: computed in the normalised ones, where nothing over- or underflows
-    metrics = run.full.metrics(work_params) if finite else {"residual": math.nan, "error": math.nan}
     notes = list(run.notes)
-    for key, value in metrics.items():  # an undefined figure says why, never passes for 0
-        if isinstance(value, float) and math.isnan(value):
-            why = (
-                "the parameters are not finite"
-                if not finite
-                else "its reference or denominator is zero, infinite or undefined while the answer is not"
-            )
-            notes.append(f"metric {key!r} is undefined (NaN): {why}")
+    # relative metrics are free of units: computed in the normalised ones, where nothing over- or underflows
+    if finite:
+        metrics = Metrics(run.full.metrics(work_params), notes)
+    else:
+        notes.append("the parameters are not finite: every metric is NaN")
+        metrics = Metrics({"residual": math.nan, "error": math.nan})
     members, status = _batch_status(run.full, work_params, run.rules.tol)
     condition = run.problem.condition_estimate()
     lr = opt.lr  # reported in the data's units: the inverse conversion is exact
@@ -393,6 +391,8 @@ def _summarise(run: Run, losses: LossHistory, stop: str, *, setup_seconds: float
 
 def _batch_status(problem: Problem, params: Params, tol: float) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Each member's residual and verdict (0 converged, 1 not converged, 2 non-finite), where declared."""
+    if problem.batch_size() is None:  # one member: the residual metric says it all
+        return None, None
     members = problem.member_residuals(params)
     if members is None or members.dim() == 0:
         return None, None

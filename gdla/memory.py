@@ -2,17 +2,26 @@
 
 A problem class may say how many bytes its :meth:`~gdla.Problem.example` of a given size needs
 (:meth:`gdla.Problem.estimated_bytes`); the command line checks that against the memory available
-before building anything, and :func:`gdla.solve` turns an allocation failure anywhere in a run
-into a :class:`~gdla.errors.ResourceError` instead of an allocator traceback.
+before building anything. An optimizer may say how many bytes of dense matrices (Jacobians,
+Gram matrices...) it would form on a problem (:meth:`gdla.Optimizer.estimated_bytes`); every
+optimizer is checked with :func:`check_method_fits` before its constructor does any work, so a
+dense method asked to solve an operator that only fits sparse is refused with advice instead of
+swapping or crashing. :func:`gdla.solve` turns an allocation failure anywhere in a run into a
+:class:`~gdla.errors.ResourceError` instead of an allocator traceback.
 """
 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Any
 
-from gdla.errors import ResourceError
+from gdla.errors import GdlaError, ResourceError
 
-__all__ = ["allocation_error", "available_bytes", "check_fits", "format_bytes"]
+if TYPE_CHECKING:
+    from gdla.optimizer import Optimizer
+    from gdla.problem import Params, Problem
+
+__all__ = ["allocation_error", "available_bytes", "check_fits", "check_method_fits", "format_bytes"]
 
 #: Fraction of the available memory a problem may plan to use (the rest is for its work space).
 HEADROOM = 0.8
@@ -53,6 +62,69 @@ def check_fits(needed: int | None, what: str) -> None:
     raise ResourceError(
         f"{what} needs about {format_bytes(needed)} of memory, and {format_bytes(free)} is available; "
         "choose a smaller size, or a problem form that stores less (for example a sparse mask)"
+    )
+
+
+def check_method_fits(optimizer: type[Optimizer], problem: Problem, params: Params, options: dict[str, Any]) -> None:
+    """Refuse ``optimizer`` on ``problem`` before any work if the dense matrices it declares would not fit.
+
+    Args:
+        optimizer: the optimizer class about to be built.
+        problem: the problem it would solve.
+        params: the starting parameters (their sizes are the unknowns).
+        options: the options it is built with (a method may have a dense and a matrix-free path).
+
+    Raises:
+        ResourceError: :meth:`~gdla.Optimizer.estimated_bytes` exceeds the memory available (with
+            :data:`HEADROOM`). The message names the optimizer, the problem's size (its operator's
+            shape and stored entries where :meth:`~gdla.Problem.sparse_storage` declares them), the
+            memory needed and available, and the best-ranked registered method (by declared
+            ``suitability``, as ``auto`` ranks them) whose own estimate fits.
+    """
+    needed = optimizer.estimated_bytes(problem, params, options)
+    if needed is None or optimizer.unsupported_reason(problem) is not None:
+        return  # nothing dense declared, or the constructor says why it cannot run at all
+    free = available_bytes()
+    if free is None or needed <= HEADROOM * free:
+        return
+    unknowns = sum(value.numel() for value in params.values())
+    storage = problem.sparse_storage()
+    if storage is not None:
+        shape, nnz = storage
+        size = f"a {' × '.join(str(side) for side in shape)} operator stored sparse with {nnz:,} entries"
+    else:
+        size = f"{unknowns:,} unknowns"
+    raise ResourceError(
+        f"optimizer: {optimizer.name!r} would form dense matrices of about {format_bytes(needed)} on problem "
+        f"{problem.name!r} ({size}), and {format_bytes(free)} is available; "
+        f"{_fitting_method(problem, params, optimizer)}"
+    )
+
+
+def _fitting_method(problem: Problem, params: Params, refused: type[Optimizer]) -> str:
+    """Advice: the best-ranked registered method (by declared suitability) whose memory estimate fits."""
+    from gdla.registry import get_optimizer, optimizers
+
+    free = available_bytes()
+    best: tuple[int, str, str] | None = None
+    for name in optimizers():
+        try:
+            cls = get_optimizer(name)
+            fit = cls.suitability(problem)
+            if fit is None or cls is refused or cls.unsupported_reason(problem) is not None:
+                continue
+            needed = cls.estimated_bytes(problem, params, dict(fit.options))
+        except GdlaError:
+            continue
+        if needed is not None and free is not None and needed > HEADROOM * free:
+            continue
+        if best is None or (fit.rank, name) < best[:2]:
+            best = (fit.rank, name, fit.reason)
+    if best is None:
+        return "no registered method that declares itself suitable fits either; solve a smaller problem"
+    return (
+        f"use optimizer={best[1]!r}, the best-ranked method that fits (what optimizer='auto' picks by the "
+        f"declared suitability: {best[2]})"
     )
 
 

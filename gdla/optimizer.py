@@ -64,6 +64,22 @@ class Optimizer(abc.ABC):
     #: in parameter units: Adam, Adagrad, RMSprop) or ``None`` (unit-free, or no learning rate).
     lr_units: ClassVar[str | None] = None
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Optimizer:
+        """Check, before any subclass's ``__init__`` runs, that the dense matrices the method
+        declares (:meth:`estimated_bytes`) fit in memory (:func:`gdla.memory.check_method_fits`).
+
+        Raises:
+            ResourceError: they would not fit; the message says which method to use instead.
+        """
+        problem = args[0] if args else kwargs.get("problem")
+        params = args[1] if len(args) > 1 else kwargs.get("params")
+        if isinstance(problem, Problem) and isinstance(params, dict):
+            from gdla.memory import check_method_fits
+
+            options = {key: value for key, value in kwargs.items() if key not in ("problem", "params", "lr", "backend")}
+            check_method_fits(cls, problem, params, options)
+        return super().__new__(cls)
+
     def __init__(
         self, problem: Problem, params: Params, *, lr: float | None = None, backend: str = "autograd", **options: Any
     ) -> None:
@@ -82,6 +98,24 @@ class Optimizer(abc.ABC):
     @classmethod
     def unsupported_reason(cls, problem: Problem) -> str | None:
         """Why this optimizer cannot solve ``problem``, or ``None`` if it can."""
+        return None
+
+    @classmethod
+    def estimated_bytes(cls, problem: Problem, params: Params, options: Mapping[str, Any]) -> int | None:
+        """Bytes of the dense matrices this method would form on ``problem`` with ``options``, or ``None``.
+
+        Declare it when the method allocates more than a few copies of the parameters (a
+        Jacobian, a Gram matrix, an ``n × n`` factor): every optimizer is checked against the
+        memory available before its constructor does any work, and one that would not fit is
+        refused with a :class:`~gdla.errors.ResourceError` naming a method that fits. Default:
+        ``None`` (only vectors the size of the parameters).
+
+        Args:
+            problem: the problem to solve.
+            params: its starting parameters (their sizes are the unknowns; do not change them).
+            options: the options the method would be built with (unvalidated: return ``None`` for
+                ones it cannot read, the constructor reports them).
+        """
         return None
 
     @classmethod

@@ -50,6 +50,11 @@ class Problem(abc.ABC):
     #: Curvature pairs a quasi-Newton method should keep on this loss (``None``: the method's default);
     #: a hint for losses whose coupling only a long memory resolves.
     quasi_newton_memory: ClassVar[int | None] = None
+    #: Whether :meth:`from_matrix` takes a torch sparse tensor. ``gdla solve NAME --matrix FILE`` then
+    #: hands a coordinate-format ``.mtx`` (or a sparse tensor saved as ``.pt``) over as a coalesced
+    #: sparse COO tensor (``bool`` values for a Matrix Market ``pattern`` file) instead of densifying
+    #: it; problems that leave it ``False`` get the dense matrix, as before.
+    accepts_sparse_matrix: ClassVar[bool] = False
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -78,7 +83,10 @@ class Problem(abc.ABC):
 
     @classmethod
     def from_matrix(cls, matrix: torch.Tensor, **options: Any) -> Problem:
-        """Build the problem from one user matrix (the command line's ``--matrix``)."""
+        """Build the problem from one user matrix (the command line's ``--matrix``).
+
+        ``matrix`` is dense unless the class sets :attr:`accepts_sparse_matrix`.
+        """
         return cls(matrix, **options)  # type: ignore[call-arg]
 
     def _data(self) -> dict[str, torch.Tensor]:
@@ -178,6 +186,14 @@ class Problem(abc.ABC):
         """The matrix whose leading singular triples are the answer, or ``None`` (unlocks ``riemannian-svd``)."""
         return None
 
+    def sparse_storage(self) -> tuple[tuple[int, ...], int] | None:
+        """``(shape, nnz)`` of the operator when the problem stores it sparse (only its ``nnz`` entries), or ``None``.
+
+        Memory checks quote it: a method that would form dense matrices from such a problem is
+        refused before it starts (see :meth:`gdla.Optimizer.estimated_bytes`).
+        """
+        return None
+
     def fused_reason(self) -> str | None:
         """Why :meth:`loss_and_grad` has no fused-kernel path here, or ``None`` if it has one.
 
@@ -269,9 +285,16 @@ class Problem(abc.ABC):
         """Relative error of :meth:`solution` against :meth:`reference` (worst over a batch)."""
 
     def metrics(self, params: Params) -> dict[str, float]:
-        """Final figures reported in ``Result.metrics``; always ``residual`` and ``error``."""
-        with torch.no_grad():
-            return {"residual": float(self.residual(params)), "error": float(self.error(params))}
+        """Final figures reported in ``Result.metrics``; always ``residual`` and ``error``.
+
+        Returns a :class:`~gdla.result.Metrics`, which computes a figure given as a zero-argument
+        callable only when it is read, so a solve does not pay for a reference answer nobody looks
+        at. Overrides add their own, deferred or not: ``super().metrics(params) | {"fit": lambda: ...}``;
+        a plain ``dict`` of floats works too.
+        """
+        from gdla.result import Metrics
+
+        return Metrics({"residual": lambda: self.residual(params), "error": lambda: self.error(params)})
 
     def condition_estimate(self) -> float | None:
         """Estimated condition number of the problem's operator, or ``None`` if not meaningful."""

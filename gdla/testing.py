@@ -298,6 +298,17 @@ class OptimizerContract:
         assert cls.summary, "give the optimizer a one-line summary"
         assert cls.unsupported_reason(self.make_problem()) is None
 
+    def test_memory_estimate_is_bytes_and_leaves_the_parameters(self) -> None:
+        """``estimated_bytes`` (what the pre-construction memory check reads) is a byte count or ``None``."""
+        problem = self.make_problem()
+        params = problem.init_params(torch.Generator().manual_seed(0))
+        before = {key: value.clone() for key, value in params.items()}
+        options = {k: v for k, v in self.solve_options.items() if k not in ("max_steps", "tol")}
+        need = get_optimizer(self.optimizer_name).estimated_bytes(problem, params, options)
+        assert need is None or (isinstance(need, int) and need >= 0), f"estimated_bytes returned {need!r}"
+        for key, value in params.items():
+            assert torch.equal(value, before[key]), f"estimated_bytes changed params[{key!r}]"
+
     def test_converges_on_a_small_quadratic(self) -> None:
         problem = self.make_problem()
         result = solve(problem, optimizer=self.optimizer_name, tol=1e-10, **self.solve_options)

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from gdla.mesh import distribute_like, full_tensor, is_dtensor
 from gdla.problem import Params, Problem
 
 __all__ = [
@@ -140,16 +141,17 @@ def lanczos_extremes(matvec: Matvec, start: torch.Tensor, steps: int) -> Spectru
     return Spectrum(largest.to(start.dtype), smallest.to(start.dtype), k)
 
 
-def gram_extremes(A: torch.Tensor, steps: int = 100, seed: int = 0) -> Spectrum:
+def gram_extremes(A: torch.Tensor, steps: int = 100, seed: int = 0, dtype: torch.dtype = torch.float64) -> Spectrum:
     """Extreme squared singular values ``σ²`` of each matrix in ``A`` (shape ``(..., m, n)``).
 
     Lanczos on the smaller Gram matrix (``AᵀA`` or ``AAᵀ``), applied as two products (exact up
     to rounding when ``steps`` reaches the smaller side, as it does by default up to 100); the
     smallest value skips a null space, so a rank-deficient ``A`` gives its smallest nonzero ``σ²``.
-    Runs in float64. Squaring limits the smallest to about ``ε σ_max²`` absolute accuracy, enough
+    Runs in ``dtype`` (default float64; the largest value is accurate to rounding in any dtype).
+    Squaring limits the smallest to about ``ε σ_max²`` absolute accuracy, enough
     for step counts and condition numbers up to ``~1/√ε``.
     """
-    A = A.detach().to(torch.float64)
+    A = full_tensor(A).detach().to(dtype)  # an estimate: on the gathered matrix where A is a DTensor
     m, n = A.shape[-2], A.shape[-1]
     if n <= m:
 
@@ -169,17 +171,18 @@ def gram_extremes(A: torch.Tensor, steps: int = 100, seed: int = 0) -> Spectrum:
 
 # -- Hessians of problems --------------------------------------------------------------------
 def flatten(params: Params) -> torch.Tensor:
-    """All parameter tensors as one flat vector (in ``params``' key order)."""
-    return torch.cat([value.reshape(-1) for value in params.values()])
+    """All parameter tensors as one flat vector (in ``params``' key order; a DTensor gathered whole)."""
+    return torch.cat([full_tensor(value).reshape(-1) for value in params.values()])
 
 
 def unflatten(vector: torch.Tensor, like: Params) -> Params:
-    """The inverse of :func:`flatten`: tensors shaped like ``like``'s."""
+    """The inverse of :func:`flatten`: tensors shaped like ``like``'s (placed like a DTensor in ``like``)."""
     out: Params = {}
     offset = 0
     for key, value in like.items():
         size = value.numel()
-        out[key] = vector[offset : offset + size].view_as(value)
+        piece = vector[offset : offset + size]
+        out[key] = distribute_like(piece.view(value.shape), value) if is_dtensor(value) else piece.view_as(value)
         offset += size
     return out
 
@@ -205,7 +208,8 @@ def hessian_operator(problem: Problem, params: Params) -> Matvec:
             dot = sum((grad * pieces[key]).sum() for key, grad in pairs)
             out = torch.autograd.grad(dot, list(leaves.values()), retain_graph=True, allow_unused=True)
         pieces_out = zip(leaves.values(), out, strict=True)
-        return torch.cat([(torch.zeros_like(leaf) if g is None else g).reshape(-1) for leaf, g in pieces_out])
+        flat = [full_tensor(torch.zeros_like(leaf) if g is None else g).reshape(-1) for leaf, g in pieces_out]
+        return torch.cat(flat)
 
     return matvec
 

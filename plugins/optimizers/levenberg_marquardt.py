@@ -107,11 +107,7 @@ class LevenbergMarquardt(Optimizer):
         with torch.no_grad():
             residuals = int(self.form.residuals(params).numel())
         self.unknowns, self.residual_count = unknowns, residuals
-        if method == "auto":
-            side = min(unknowns, residuals)
-            small = side <= DENSE_SIDE and side * side * max(unknowns, residuals) <= DENSE_WORK
-            method = "dense" if small else "cg"
-        self.method = method
+        self.method = _path(method, unknowns, residuals)
         self.cg_iterations = (
             min(unknowns, 500) if cg_iterations is None else check_int(cg_iterations, "cg_iterations", minimum=1)
         )
@@ -130,6 +126,27 @@ class LevenbergMarquardt(Optimizer):
                 "(Problem.sum_of_squares() or least_squares() returning a description); use 'lbfgs' or 'adam'"
             )
         return None
+
+    @classmethod
+    def estimated_bytes(cls, problem: Problem, params: Params, options: Mapping[str, Any]) -> int | None:
+        """The dense path's ``J`` (residuals × unknowns, twice: ``jacrev`` builds it from a batch of
+        rows) and its smaller Gram matrix with its Cholesky factor; ``None`` on the matrix-free path.
+
+        ``method="auto"`` picks the dense path only for small systems, so this matters for
+        ``method="dense"`` on a large problem (a sparse operator's Jacobian is never formed otherwise).
+        """
+        method = options.get("method", "auto")
+        form = problem.sum_of_squares()
+        if method not in ("auto", "dense") or form is None:
+            return None
+        unknowns = sum(value.numel() for value in params.values() if value.is_floating_point())
+        with torch.no_grad():
+            residuals = int(form.residuals(params).numel())
+        if _path(method, unknowns, residuals) != "dense":
+            return None
+        itemsize = max((value.element_size() for value in params.values() if value.is_floating_point()), default=8)
+        side = min(unknowns, residuals)
+        return (2 * unknowns * residuals + 2 * side * side) * itemsize
 
     @classmethod
     def suitability(cls, problem: Problem) -> Suitability | None:
@@ -287,6 +304,15 @@ class LevenbergMarquardt(Optimizer):
             "unknowns": self.unknowns,
             "residuals": self.residual_count,
         }
+
+
+def _path(method: str, unknowns: int, residuals: int) -> str:
+    """``"dense"`` or ``"cg"``: ``method`` itself, or for ``"auto"`` dense when the system is small (see the module)."""
+    if method != "auto":
+        return method
+    side = min(unknowns, residuals)
+    small = side <= DENSE_SIDE and side * side * max(unknowns, residuals) <= DENSE_WORK
+    return "dense" if small else "cg"
 
 
 def _spd_solve(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

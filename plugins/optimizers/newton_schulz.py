@@ -30,6 +30,7 @@ import gdla
 from gdla.backend import extension_status
 from gdla.capabilities import MatrixInverse
 from gdla.errors import InputError
+from gdla.mesh import full_tensor, identity_like, is_dtensor, replicated
 from gdla.optimizer import Optimizer, Suitability
 from gdla.options import Option
 from gdla.problem import Params, Problem
@@ -63,6 +64,7 @@ def newton_schulz_steps(A: torch.Tensor, tol: float, *, lanczos_steps: int = 100
     """
     if tol <= 0 or tol >= 1:
         return 1.0
+    A = full_tensor(A)  # a set-up estimate: on the gathered matrix where A is a DTensor
     spectrum = gram_extremes(A, steps=lanczos_steps)
     A64 = A.detach().to(torch.float64)
     scale = torch.linalg.matrix_norm(A64, ord=1) * torch.linalg.matrix_norm(A64, ord=math.inf)
@@ -127,6 +129,9 @@ class NewtonSchulz(Optimizer):
 
     With ``backend="fused"`` and a batch of small matrices, one step runs the extension's
     ``small_inverse_newton_schulz`` kernel when the extension provides it.
+
+    Where the declared ``A`` is a DTensor (:mod:`gdla.mesh`), the iterate is one too (placed like
+    ``A``), every product is a DTensor op on the mesh and the loss an all-reduced plain scalar.
     """
 
     name = "newton-schulz"
@@ -154,7 +159,7 @@ class NewtonSchulz(Optimizer):
         self.A = self.inverse.A  # shape: (..., m, n)
         self.side = self.inverse.side
         k = self.inverse.identity_size  # the size of P = I_k
-        self._eye = torch.eye(k, dtype=self.A.dtype, device=self.A.device)
+        self._eye = identity_like(self.A, k)  # placed like A's products where A is a DTensor
         self._count = 0  # the safe start is written by the first step (so a restored state continues)
         # the loss is read off the residual the update needs anyway, where the problem's declared
         # least-squares form provably gives its loss from that residual; else the problem computes it
@@ -198,6 +203,8 @@ class NewtonSchulz(Optimizer):
         inverse = problem.matrix_inverse()
         if inverse is None:
             return cls.unsupported_reason(problem)
+        if is_dtensor(inverse.A):
+            return "'newton-schulz' runs DTensor products on the mesh; its fused kernel takes plain tensors"
         m, n = inverse.A.shape[-2], inverse.A.shape[-1]
         if m != n or n > FUSED_MAX_SIDE:
             limit = f"{FUSED_MAX_SIDE}×{FUSED_MAX_SIDE}"
@@ -245,12 +252,13 @@ class NewtonSchulz(Optimizer):
             return self._fused(X)
         residual = self._residual(X)
         loss = self._loss(residual)
+        # replicated(): a DTensor right factor is gathered whole, so each rank updates its own rows of X
         if self.side == "right":
-            update = X @ residual  # X (2I − A X) = X − update
+            update = X @ replicated(residual)  # X (2I − A X) = X − update
         elif self.side == "left":
-            update = residual @ X
+            update = residual @ replicated(X)
         else:
-            update = X @ (self.A @ X - self._eye)  # A is square and invertible here
+            update = X @ replicated(self.A @ replicated(X) - self._eye)  # A is square and invertible here
         if self._pseudo:
             self._polish(X, update)
         else:
@@ -266,14 +274,15 @@ class NewtonSchulz(Optimizer):
         ``A⁺``, but would undo progress while the iteration still converges, so it is applied,
         per matrix, only once the update has stopped shrinking fast (the quadratic phase is over).
         """
-        size = torch.linalg.matrix_norm(X).clamp_min(torch.finfo(X.dtype).tiny)
-        change = torch.linalg.matrix_norm(update) / size  # shape: (...)
+        # plain (all-reduced) norms where X is a DTensor: every rank decides alike
+        size = full_tensor(torch.linalg.matrix_norm(X)).clamp_min(torch.finfo(X.dtype).tiny)
+        change = full_tensor(torch.linalg.matrix_norm(update)) / size  # shape: (...)
         settled = (change <= self._settle) | ((change > 0.5 * self._last_change) & (change < 1e-2))
         self._done = self._done | settled
         self._last_change = change
         X.sub_(update)
         if bool(self._done.any()):
-            cleaned = X @ (self.A @ X)
+            cleaned = X @ replicated(self.A @ replicated(X))
             X.copy_(torch.where(self._done[..., None, None], cleaned, X))
 
     def _fused_kernel(self) -> Any:

@@ -25,7 +25,7 @@ import torch
 
 from gdla.errors import InputError, ShapeError
 
-__all__ = ["Pattern", "is_sparse"]
+__all__ = ["Pattern", "is_sparse", "random_operator_on", "random_pattern_example"]
 
 _SPARSE_LAYOUTS = (torch.sparse_coo, torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc)
 
@@ -175,13 +175,20 @@ def _compressed(sorted_rows: torch.Tensor, n: int) -> torch.Tensor:
 
 
 class _SparseMatmul(torch.autograd.Function):
-    """``S X`` for ``S`` given by its values on a pattern; backward ``Ω ⊙ (G Xᵀ)`` and ``Sᵀ G``."""
+    """``S X`` for ``S`` given by its values on a pattern; backward ``Ω ⊙ (G Xᵀ)`` and ``Sᵀ G``,
+    forward-mode ``S(v̇) X + S Ẋ``. In the ``setup_context`` form, so ``torch.func`` transforms
+    (``vjp``, ``jvp``: Levenberg-Marquardt's matrix-free path) run it as one operation."""
 
     @staticmethod
-    def forward(ctx: Any, values: torch.Tensor, X: torch.Tensor, pattern: Pattern) -> torch.Tensor:
-        ctx.save_for_backward(values, X)
-        ctx.pattern = pattern
+    def forward(values: torch.Tensor, X: torch.Tensor, pattern: Pattern) -> torch.Tensor:
         return pattern.csr(values) @ X
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        values, X, pattern = inputs
+        ctx.save_for_backward(values, X)
+        ctx.save_for_forward(values, X)
+        ctx.pattern = pattern
 
     @staticmethod
     def backward(ctx: Any, G: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
@@ -192,15 +199,28 @@ class _SparseMatmul(torch.autograd.Function):
         grad_X = pattern.csr_t(values) @ G if ctx.needs_input_grad[1] else None
         return grad_values, grad_X, None
 
+    @staticmethod
+    def jvp(ctx: Any, values_dot: torch.Tensor | None, X_dot: torch.Tensor | None, _: None) -> torch.Tensor:
+        values, X = ctx.saved_tensors
+        pattern: Pattern = ctx.pattern
+        # gathered rows, not CSR: the tangents arrive wrapped by the transform, which CSR products refuse
+        terms = torch.zeros(pattern.nnz, X.shape[1], dtype=X.dtype, device=X.device)
+        if values_dot is not None:
+            terms = terms + values_dot[:, None] * X[pattern.cols]
+        if X_dot is not None:
+            terms = terms + values[:, None] * X_dot[pattern.cols]
+        out = torch.zeros(pattern.n, X.shape[1], dtype=terms.dtype, device=X.device)
+        return out.index_add(0, pattern.rows, terms)
+
 
 def random_pattern_example(
     n: int, per_row: int, p: int, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """A random sparse scenario: ``(omega, init, truth, X)`` with about ``per_row`` free entries per row.
 
-    Column positions are uniform (repeats merge); ``Init`` and ``U*`` have variance ``0.01/per_row``
-    and ``1/per_row`` per entry, so ``S*`` has spectral radius about 1; ``X`` is ``randn(n, p)``.
-    ``omega``, ``init`` and ``truth`` are coalesced sparse COO tensors with the same pattern.
+    Column positions are uniform (repeats merge); ``Init``, ``U*`` and ``X`` as in
+    :func:`random_operator_on`. ``omega``, ``init`` and ``truth`` are coalesced sparse COO tensors
+    with the same pattern.
     """
     rows = torch.arange(n).repeat_interleave(per_row)
     cols = torch.randint(n, (n * per_row,), generator=generator)
@@ -208,12 +228,26 @@ def random_pattern_example(
         torch.stack([rows, cols]), torch.ones(n * per_row), (n, n), check_invariants=False
     ).coalesce()
     indices, nnz = pattern.indices(), pattern.indices().shape[1]
-    scale = per_row**-0.5
-    init_values = 0.1 * scale * torch.randn(nnz, generator=generator, dtype=torch.float64)
-    truth_values = init_values + scale * torch.randn(nnz, generator=generator, dtype=torch.float64)
-    X = torch.randn(n, p, generator=generator, dtype=torch.float64)
+    init_values, step_values, X = random_operator_on(nnz, n, per_row, p, generator)
+    truth_values = init_values + step_values
 
     def sparse(values: torch.Tensor) -> torch.Tensor:
         return torch.sparse_coo_tensor(indices, values, (n, n), is_coalesced=True, check_invariants=False)
 
     return sparse(torch.ones(nnz, dtype=torch.float64)), sparse(init_values), sparse(truth_values), X
+
+
+def random_operator_on(
+    nnz: int, n: int, per_row: float, p: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random values on a given pattern of ``nnz`` entries: ``(init_values, step_values, X)``, float64.
+
+    ``Init`` and ``U*`` (``step_values``, the ground truth is ``Init + U*``) have variance
+    ``0.01/per_row`` and ``1/per_row`` per entry, so with about ``per_row`` entries a row the
+    ground truth has spectral radius about 1; ``X`` is ``randn(n, p)``. Drawn in that order.
+    """
+    scale = per_row**-0.5
+    init_values = 0.1 * scale * torch.randn(nnz, generator=generator, dtype=torch.float64)
+    step_values = scale * torch.randn(nnz, generator=generator, dtype=torch.float64)
+    X = torch.randn(n, p, generator=generator, dtype=torch.float64)
+    return init_values, step_values, X

@@ -13,12 +13,20 @@ For ``A`` of shape ``(..., m, n)`` (leading dimensions: independent problems) th
 A wide ``A`` has right inverses, a tall one left inverses; among them the Moore-Penrose
 pseudo-inverse is the one of least norm, and :meth:`InverseProblem.project` keeps ``M`` in the
 subspace where it lies, so every optimizer lands on it.
+
+``A`` may be a :class:`torch.distributed.tensor.DTensor`: one matrix whose rows are split over a
+1-D ``DeviceMesh`` (``Shard(0)``) or replicated on it (see :mod:`gdla.mesh`). The iterate ``M`` is
+then a DTensor with the same placement (its rows split alike) and every product runs as a DTensor
+op on the mesh; losses and residuals are all-reduced, the same number on every rank. The
+singular-value analysis and the reference inverse (set-up and final metrics) run on the gathered
+matrix, on every rank; the fused kernels take plain tensors, so a DTensor problem runs ``autograd``.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,6 +34,16 @@ import torch
 import gdla
 from gdla.capabilities import InverseMSE, LinearLeastSquares, MatrixInverse
 from gdla.errors import InputError, ShapeError, SingularMatrixError
+from gdla.mesh import (
+    check_mesh_matrix,
+    distribute_like,
+    full_tensor,
+    identity_like,
+    is_dtensor,
+    mesh_summary,
+    placed_like,
+    replicated,
+)
 from gdla.options import Option
 from gdla.problem import Params, Problem
 from gdla.scaling import Normalization, check_representable, power_of_two_scale, scale_by_power_of_two
@@ -51,13 +69,17 @@ INITS = ("random", "zeros", "scaled-transpose")
 EXAMPLE_KINDS = ("random", "diagonal")
 #: The seed notebook drew its matrix right after ``torch.manual_seed(314)``.
 EXAMPLE_SEED = 314
+#: Columns of a random start that set its scale (all of them up to this many).
+START_SAMPLE = 64
 
 
 class InverseProblem(Problem):
     """Find ``M ≈ A⁻¹`` (or ``A⁺``) by minimising ``mean((P − I)²)`` summed over the batch.
 
     Args:
-        A: the matrix or batch of matrices, shape ``(..., m, n)``.
+        A: the matrix or batch of matrices, shape ``(..., m, n)``; or one matrix as a DTensor with
+            placement ``Shard(0)`` or ``Replicate()`` on a 1-D mesh (solved on the mesh; the
+            :class:`~gdla.Result`'s solution is then the full inverse, a plain tensor on every rank).
         side: ``"right"`` (``A M = I_m``), ``"left"`` (``M A = I_n``) or ``"both"`` (the average
             of the two products, square ``A`` only). Default: ``"right"`` if ``m <= n`` else
             ``"left"``, the side whose equation a full-rank ``A`` can satisfy.
@@ -89,12 +111,21 @@ class InverseProblem(Problem):
         pseudo: bool = False,
         init: str = "random",
     ) -> None:
-        A = as_working_float(check_matrix(A, "A")).detach()
+        if is_dtensor(A):  # checked before any collective: a bad placement or shape raises on every rank
+            A = as_working_float(check_mesh_matrix(A, "A")).detach()
+            dense = as_working_float(check_matrix(full_tensor(A), "A"))  # the same on every rank
+        else:
+            A = dense = as_working_float(check_matrix(A, "A")).detach()
         if not isinstance(pseudo, bool):
             raise InputError(f"pseudo: expected True or False, received {pseudo!r}")
         m, n = A.shape[-2], A.shape[-1]
         side = check_choice(("right" if m <= n else "left") if side is None else side, "side", SIDES)
         _check_side(side, m, n, pseudo)
+        if side == "both" and is_dtensor(A):  # its step estimates probe the loss with plain random tensors
+            raise InputError(
+                "side: expected 'right' or 'left' for A given as a DTensor, received 'both'; for a square "
+                "invertible A both sides have the same answer: use side='right'"
+            )
         self.A = A
         self.side: str = side
         self.pseudo = pseudo
@@ -104,12 +135,17 @@ class InverseProblem(Problem):
         #: Size k of the identity the product is compared with.
         self._k = n if side == "left" else m
         self._reference: torch.Tensor | None = None
-        self._analyse()
+        self._identity: torch.Tensor | None = None  # cached for a DTensor A (placing it costs a full eye)
+        self._analyse(dense)
 
     # -- construction -------------------------------------------------------------------------
-    def _analyse(self) -> None:
-        """Singular values, the singularity check, and the projector onto the least-norm subspace."""
-        A, m, n = self.A, self._m, self._n
+    def _analyse(self, A: torch.Tensor) -> None:
+        """Singular values, the singularity check, and the projector onto the least-norm subspace.
+
+        Args:
+            A: ``self.A`` as a plain tensor (gathered on every rank when ``self.A`` is a DTensor).
+        """
+        m, n = self._m, self._n
         sigma = torch.linalg.svdvals(A)  # shape: (..., min(m, n)), descending
         self._sigma_max = sigma[..., 0]
         self._cond = condition_numbers(sigma)
@@ -152,6 +188,7 @@ class InverseProblem(Problem):
                 self._projector = (vh.mT * keep.unsqueeze(-2)) @ vh  # shape: (..., n, n)
             else:
                 self._projector = (u * keep.unsqueeze(-2)) @ u.mT  # shape: (..., m, m)
+            self._projector = distribute_like(self._projector, self.A)
 
     @classmethod
     def example(
@@ -260,11 +297,21 @@ class InverseProblem(Problem):
     # -- declared capabilities ----------------------------------------------------------------
     def matrix_inverse(self) -> MatrixInverse:
         """The answer is ``A⁻¹`` (``A⁺`` with ``pseudo``), measured on this problem's side."""
-        return MatrixInverse(self.A, side=self.side, pseudo=self.pseudo, key="M")
+        kind = RowShardedInverse if is_dtensor(self.A) else MatrixInverse
+        return kind(self.A, side=self.side, pseudo=self.pseudo, key="M")
 
-    def fused_loss(self) -> InverseMSE:
-        """The loss is the fused ``inverse_mse`` op's."""
-        return InverseMSE(self.A, side=self.side, key="M")
+    def fused_loss(self) -> InverseMSE | None:
+        """The loss is the fused ``inverse_mse`` op's (``None`` for a DTensor ``A``: the op takes plain tensors)."""
+        return None if is_dtensor(self.A) else InverseMSE(self.A, side=self.side, key="M")
+
+    def fused_reason(self) -> str | None:
+        """``None`` (the fused ops compute this loss), except for a DTensor ``A``."""
+        if is_dtensor(self.A):
+            return (
+                f"problem 'inverse' holds A as a DTensor ({mesh_summary(self.A)}): its products run as DTensor ops "
+                "on the mesh, and the fused kernels take plain tensors"
+            )
+        return super().fused_reason()
 
     def needs_projection(self) -> bool:
         """Only where inverses are not unique (a null space on the optimised side)."""
@@ -283,15 +330,26 @@ class InverseProblem(Problem):
             apply=inverse.product,
             adjoint=inverse.adjoint,
             rhs=self._eye().expand(*self.batch_shape, self._k, self._k),
-            loss_of=batched_mse,
+            loss_of=_full_mse if is_dtensor(self.A) else batched_mse,
             block_dims=dims,
             block_name=block,
-            distinct_blocks=self.A[..., 0, 0].numel(),  # every column (row) of one matrix meets the same A
+            distinct_blocks=math.prod(self.batch_shape),  # every column (row) of one matrix meets the same A
             gram_factor=None if self.side == "both" else self.A,
+            gram_exact=self.side != "both",  # a column's (row's) Gram is AᵀA (AAᵀ) itself
+            loss_curvature=2.0 / (self._k * self._k),  # each member's loss is the mean of k² squares
         )
 
     def _eye(self) -> torch.Tensor:
-        return torch.eye(self._k, dtype=self.dtype, device=self.device)
+        """``I_k``, placed like ``A`` when ``A`` is a DTensor."""
+        if not is_dtensor(self.A):
+            return torch.eye(self._k, dtype=self.dtype, device=self.device)
+        if self._identity is None or self._identity.dtype != self.dtype:
+            self._identity = identity_like(self.A, self._k)
+        return self._identity
+
+    def _placed(self, M: torch.Tensor) -> torch.Tensor:
+        """``M`` as the iterate of a DTensor ``A`` is held: a DTensor placed like ``A`` (rows split alike)."""
+        return placed_like(M, self.A) if is_dtensor(M) else distribute_like(M, self.A)
 
     def _restrict(self, M: torch.Tensor) -> torch.Tensor:
         """``M`` projected onto the subspace holding the pseudo-inverse (identity if unique)."""
@@ -301,18 +359,29 @@ class InverseProblem(Problem):
 
     def init_params(self, generator: torch.Generator) -> Params:
         shape = (*self.batch_shape, self._n, self._m)
+        device = self.device if not is_dtensor(self.A) else self.A.to_local().device
         if self.init == "zeros":
-            M = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            M = self._placed(torch.zeros(shape, dtype=self.dtype, device=device))
         elif self.init == "scaled-transpose":
-            M = self.matrix_inverse().safe_start()
-        else:
-            M = self._restrict(uniform(shape, generator, dtype=self.dtype, device=self.device))
+            M = self._placed(self.matrix_inverse().safe_start())
+        else:  # every rank draws the whole start from the same generator: the one-process start, split
+            M = self._restrict(self._placed(uniform(shape, generator, dtype=self.dtype, device=device)))
             # start with ‖P(M₀)‖_F = ‖I_k‖_F = √k, whatever the scale of A
-            M = M * (math.sqrt(self._k) / safe_scale(frobenius(self._product(M))))[..., None, None]
+            M = M * (math.sqrt(self._k) / safe_scale(full_tensor(self._product_norm(M))))[..., None, None]
         return {"M": M.contiguous()}
 
+    def _product_norm(self, M: torch.Tensor) -> torch.Tensor:
+        """``‖P(M)‖_F`` per matrix; above ``START_SAMPLE`` columns (rows on the left) of a random ``M``, estimated
+        from that many of them (its columns are independent draws), so the start costs no full matrix product."""
+        count = M.shape[-1] if self.side == "right" else M.shape[-2]
+        # a DTensor M samples the same columns (a slice along its unsharded dimension): the one-process start
+        if self.side == "both" or count <= START_SAMPLE:
+            return frobenius(self._product(M))
+        part = M[..., :START_SAMPLE] if self.side == "right" else M[..., :START_SAMPLE, :]
+        return frobenius(self._product(part)) * math.sqrt(count / START_SAMPLE)
+
     def loss(self, params: Params) -> torch.Tensor:
-        return batched_mse(self._product(params["M"]) - self._eye())
+        return full_tensor(batched_mse(self._product(params["M"]) - self._eye()))
 
     def loss_and_grad(self, params: Params, backend: str = "autograd") -> tuple[torch.Tensor, Params]:
         check_choice(backend, "backend", ("autograd", "fused"))
@@ -321,7 +390,9 @@ class InverseProblem(Problem):
 
             loss, grad = ops.inverse_mse_and_grad(self.A, params["M"], self.side)
             return loss, {"M": grad}
-        return super().loss_and_grad(params, backend)
+        loss, grads = super().loss_and_grad(params, backend)
+        grads["M"] = placed_like(grads["M"], params["M"])  # a DTensor gradient: placed like M
+        return loss, grads
 
     def project(self, params: Params) -> None:
         """Keep ``M`` in the row space (right) or column space (left) of ``A`` when inverses are not unique."""
@@ -344,7 +415,7 @@ class InverseProblem(Problem):
         :math:`(2^{-e} A)^{-1} = 2^{e} A^{-1}` (also for the pseudo-inverse and one-sided inverses).
         Raises :class:`~gdla.errors.InputError` when :math:`A^{-1}` over- or underflows the dtype.
         """
-        exponent = power_of_two_scale(self.A)
+        exponent = power_of_two_scale(full_tensor(self.A.abs().amax()) if is_dtensor(self.A) else self.A)
         work = self if exponent == 0 else self._scaled(-exponent)
         if not bool((work._sigma_max > 0).any()):  # A = 0: its pseudo-inverse is 0, nothing to scale
             return None
@@ -368,7 +439,8 @@ class InverseProblem(Problem):
 
     # -- answers ------------------------------------------------------------------------------
     def solution(self, params: Params) -> torch.Tensor:
-        return params["M"].detach()
+        """``M``: a plain tensor, gathered on every rank where ``M`` is a DTensor."""
+        return full_tensor(params["M"].detach())
 
     def residual(self, params: Params) -> torch.Tensor:
         """Worst over the batch of :meth:`member_residuals`."""
@@ -390,15 +462,16 @@ class InverseProblem(Problem):
         :math:`\|A\|_2` makes it invariant to the scale of ``A`` and never larger than the
         exact-equation residual.
         """
-        M, A, eye = params["M"], self.A, self._eye()
+        A, eye = self.A, self._eye()
+        M = self._placed(params["M"])  # a gathered answer goes back on the mesh: the products run there
         root_k = math.sqrt(self._k)
         if self.side == "both":
-            return torch.maximum(frobenius(A @ M - eye), frobenius(M @ A - eye)) / root_k
+            return torch.maximum(_norms(A @ replicated(M) - eye), _norms(M @ replicated(A) - eye)) / root_k
         error = self._product(M) - eye
-        value = frobenius(error) / root_k
+        value = _norms(error) / root_k
         if not bool(self._attainable.all()):
-            normal = A.mT @ error if self.side == "right" else error @ A.mT
-            normal_value = frobenius(normal) / (safe_scale(self._sigma_max) * root_k)
+            normal = self.matrix_inverse().adjoint(error)  # Aᵀ(AM − I) right, (MA − I)Aᵀ left
+            normal_value = _norms(normal) / (safe_scale(self._sigma_max) * root_k)
             value = torch.where(self._attainable, value, normal_value)
         return value
 
@@ -406,7 +479,8 @@ class InverseProblem(Problem):
         """``torch.linalg.inv(A)``, or ``torch.linalg.pinv(A)`` for ``pseudo=True`` or rectangular ``A``."""
         if self._reference is None:
             square = self._m == self._n
-            self._reference = torch.linalg.pinv(self.A) if self.pseudo or not square else torch.linalg.inv(self.A)
+            A = full_tensor(self.A)  # gathered on every rank: torch.linalg does not run on a mesh
+            self._reference = torch.linalg.pinv(A) if self.pseudo or not square else torch.linalg.inv(A)
         return self._reference
 
     def reference_params(self) -> Params:
@@ -415,7 +489,17 @@ class InverseProblem(Problem):
     def error(self, params: Params) -> torch.Tensor:
         """Worst over the batch of ``‖M − ref‖_F / ‖ref‖_F``."""
         reference = self.reference()
-        return worst(relative_frobenius(params["M"] - reference, reference))
+        return worst(relative_frobenius(full_tensor(params["M"]) - reference, reference))
+
+    def metrics(self, params: Params) -> dict[str, float]:
+        """``residual`` and ``error``; computed at once for a DTensor ``A``, deferred (when read) otherwise.
+
+        With a DTensor each figure is a collective (products on the mesh, the gathered reference), so
+        every rank computes them now, together: a figure left for later would hang a rank that reads
+        it while the others do not.
+        """
+        figures = super().metrics(params)
+        return dict(figures.items()) if is_dtensor(self.A) else figures
 
     def condition_estimate(self) -> float:
         """Largest 2-norm condition number ``σ_max / σ_min`` over the batch (``inf`` if singular)."""
@@ -432,7 +516,7 @@ class InverseProblem(Problem):
         return type(self)(self.A[start:stop], side=self.side, pseudo=self.pseudo, init=self.init)
 
     def describe(self) -> dict[str, Any]:
-        return {
+        info: dict[str, Any] = {
             "name": self.name,
             "shape": list(self.A.shape),
             "batch_shape": list(self.batch_shape),
@@ -443,6 +527,56 @@ class InverseProblem(Problem):
             "init": self.init,
             "reference": "pinv" if self.pseudo or self._m != self._n else "inv",
         }
+        mesh = mesh_summary(self.A)
+        if mesh is not None:
+            info["mesh"] = mesh
+        return info
+
+
+@dataclass(frozen=True)
+class RowShardedInverse(MatrixInverse):
+    """:class:`~gdla.MatrixInverse` of a DTensor ``A`` whose products say how they communicate.
+
+    ``A`` and the iterate ``X`` are row-sharded alike (or both replicated). A product takes the
+    rows of its left factor times the whole right factor (:func:`~gdla.mesh.replicated`: one
+    all-gather), so each result is row-sharded too; ``Aᵀ R`` sums every rank's ``A_rᵀ R_r`` and
+    reduce-scatters it back into rows. The values are :class:`~gdla.MatrixInverse`'s.
+    """
+
+    def product(self, X: torch.Tensor) -> torch.Tensor:
+        A = self.A
+        if self.side == "right":
+            return A @ replicated(X)
+        if self.side == "left":
+            return X @ replicated(A)
+        return (A @ replicated(X) + X @ replicated(A)) / 2
+
+    def safe_start(self) -> torch.Tensor:
+        """:meth:`~gdla.MatrixInverse.safe_start` from the gathered ``A``, handed out in rows like ``A``.
+
+        (``Aᵀ`` of a row-sharded ``A`` is column-sharded; turning it into rows would be an all-to-all,
+        which gloo lacks.)
+        """
+        whole = MatrixInverse(replicated(self.A), side=self.side, pseudo=self.pseudo, key=self.key)
+        return placed_like(whole.safe_start(), self.A)
+
+    def adjoint(self, R: torch.Tensor) -> torch.Tensor:
+        A = self.A
+        if self.side == "right":
+            return placed_like(A.mT @ R, R)
+        if self.side == "left":
+            return R @ replicated(A).mT
+        return (placed_like(A.mT @ R, R) + R @ replicated(A).mT) / 2
+
+
+def _norms(tensor: torch.Tensor) -> torch.Tensor:
+    """:func:`frobenius` of each matrix, all-reduced to a plain tensor for a DTensor (the same on every rank)."""
+    return full_tensor(frobenius(tensor))
+
+
+def _full_mse(difference: torch.Tensor) -> torch.Tensor:
+    """:func:`batched_mse` of a DTensor as a plain tensor, the same on every rank."""
+    return full_tensor(batched_mse(difference))
 
 
 def _check_side(side: str, m: int, n: int, pseudo: bool) -> None:

@@ -27,7 +27,7 @@ import torch
 import gdla
 from gdla.capabilities import LinearLeastSquares
 from gdla.errors import InputError, ResourceError, ShapeError
-from gdla.memory import available_bytes, format_bytes
+from gdla.memory import HEADROOM, available_bytes, format_bytes
 from gdla.options import Option
 from gdla.problem import Params, Problem
 from gdla.scaling import Normalization, check_representable, power_of_two_scale, scale_by_power_of_two
@@ -39,7 +39,7 @@ from gdla_plugins.problems._common import (
     relative_norm,
     safe_scale,
 )
-from gdla_plugins.problems._sparse_pattern import Pattern, is_sparse, random_pattern_example
+from gdla_plugins.problems._sparse_pattern import Pattern, is_sparse, random_operator_on, random_pattern_example
 
 __all__ = ["ACTIVATIONS", "LOSSES", "SparseProblem"]
 
@@ -84,11 +84,16 @@ class SparseProblem(Problem):
         "loss": Option(default="frobenius", doc="'frobenius' (‖Y − Ŷ‖_F, the seed's) or 'mse'"),
         "storage": Option(default="dense", doc="example only: 'dense' or 'sparse' (U stored on Ω's pattern)"),
         "per_row": Option(default=6, doc="example only, sparse storage: free entries per row"),
-        "columns": Option(default=8, doc="example only: columns of X"),
+        "columns": Option(
+            default=8,
+            doc="columns of X: the example's (default 8), or a sparse --matrix's (default max(8, 2 × widest row))",
+        ),
         "omega": Option(default=None, doc="Python API: the 0/1 mask Ω (dense, or a torch sparse tensor)"),
         "init": Option(default=None, doc="Python API: Init, on Ω's pattern for sparse storage"),
     }
     fused = True
+    #: ``gdla solve sparse --matrix FILE.mtx``: a coordinate file stays sparse (see :meth:`from_matrix`).
+    accepts_sparse_matrix = True
 
     def __init__(
         self,
@@ -191,17 +196,19 @@ class SparseProblem(Problem):
             return None
         omega, X = self.omega, self.X
         loss_of = (lambda r: r.square().mean()) if self.loss_kind == "mse" else (lambda r: torch.linalg.matrix_norm(r))
+        curvature = 2.0 / self.Y.numel() if self.loss_kind == "mse" else None  # the Frobenius norm is not quadratic
         pattern = self.pattern
         if pattern is not None:  # x = U's values: the rows stay independent but share one vector (one block)
             return LinearLeastSquares(
                 key="U",
-                apply=lambda d: pattern.csr(d) @ X,
+                apply=lambda d: pattern.matmul(d, X),  # also under torch.func transforms
                 adjoint=lambda r: pattern.masked_outer(r, X),
                 rhs=self.Y - pattern.csr(self.init_values) @ X,
                 loss_of=loss_of,
                 block_name="row",
                 gram_factor=X.mT,  # every row's Gram is a principal submatrix of X Xᵀ
                 block_index=pattern.rows,  # the stored values of one row are one problem
+                loss_curvature=curvature,
             )
         return LinearLeastSquares(
             key="U",
@@ -212,18 +219,117 @@ class SparseProblem(Problem):
             block_dims=(-1,),
             block_name="row",
             gram_factor=X.mT,
+            loss_curvature=curvature,
         )
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def from_matrix(cls, matrix: Any, **options: Any) -> SparseProblem:
-        """Learn the operator that maps ``X = I`` to ``matrix``: ``S ≈ matrix`` where the mask allows."""
+    def from_matrix(cls, matrix: Any, *, columns: int | None = None, **options: Any) -> SparseProblem:
+        """The problem of learning ``matrix`` (``gdla solve sparse --matrix FILE``).
+
+        A dense ``matrix``: learn the operator that maps ``X = I`` to it, ``S ≈ matrix`` where
+        ``omega`` (default: everywhere) allows.
+
+        A torch sparse ``matrix`` (COO or CSR; what the command line makes of a coordinate-format
+        ``.mtx``) stays sparse end to end, in memory ``O(nnz + n · columns)``, never ``n²``:
+
+        * its stored positions are ``Ω`` (an explicitly stored zero is a free position too);
+        * with values, the operator to learn is the matrix itself: ``Init = 0`` (or ``init``, on
+          the pattern), ``X = randn(n, columns)`` from a generator seeded with 123 and
+          ``Y = σ(M ⋯ σ(M X))`` (``hops`` times, with the ``activation``);
+        * a ``pattern`` file (``bool`` values: positions only) has no operator to learn, so the
+          pattern gets the example's rule (``example(n, storage="sparse")``): a random ground
+          truth ``S* = Init + U*`` on the pattern, ``Init`` of variance ``0.01/r`` and ``U*`` of
+          ``1/r`` per entry (``r`` the mean entries per row), ``X = randn(n, columns)``,
+          ``Y = σ(S* ⋯ σ(S* X))``; the seeded generator makes it the same on every run.
+
+        ``columns`` defaults to ``max(8, 2 · w)`` with ``w`` the most entries in one row: every
+        row's least-squares problem is then over-determined and well conditioned, so for one
+        linear hop the answer (:meth:`reference`) *is* the matrix (the ground truth). Fewer
+        columns than a row's entries give that row the minimum-norm fit instead.
+
+        Args:
+            matrix: the operator, dense ``(n, n)`` or torch sparse ``(n, n)``.
+            columns: sparse ``matrix`` only: columns of the random ``X``.
+            **options: the constructor's (``hops``, ``activation``, ``loss``, ``init``; ``omega``
+                only with a dense ``matrix``).
+
+        Returns:
+            The problem; in sparse storage for a sparse ``matrix``.
+
+        Raises:
+            ShapeError: a matrix that is not square.
+            InputError: complex or non-finite values, an empty sparse matrix, ``omega`` given
+                with a sparse matrix (its pattern is Ω), ``columns`` with a dense one.
+            ResourceError: ``X`` and ``Y`` (``n × columns`` each) would not fit in memory.
+        """
+        if is_sparse(matrix):
+            return cls._from_sparse_matrix(matrix, columns, options)
+        if columns is not None:
+            raise InputError(
+                "columns: only for a sparse matrix (a coordinate .mtx file or a torch sparse tensor), whose X has "
+                f"that many random columns; a dense matrix is learned from X = I, received columns={columns!r}"
+            )
         target = check_matrix(matrix, "matrix", batch=False)
         if target.shape[0] != target.shape[1]:
             raise ShapeError(
                 f"matrix: expected a square operator (n, n) to learn, received shape {tuple(target.shape)}"
             )
         return cls(torch.eye(target.shape[0], dtype=target.dtype, device=target.device), target, **options)
+
+    @classmethod
+    def _from_sparse_matrix(cls, matrix: torch.Tensor, columns: int | None, options: dict[str, Any]) -> SparseProblem:
+        """:meth:`from_matrix` for a torch sparse ``matrix``: its pattern is Ω (see there)."""
+        if "omega" in options:
+            raise InputError(
+                "omega: a sparse matrix's stored positions are omega; leave omega out, received one as well"
+            )
+        if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]:
+            raise ShapeError(
+                f"matrix: expected a square sparse operator (n, n) to learn, received shape {tuple(matrix.shape)}"
+            )
+        if matrix.is_complex():
+            raise InputError(f"matrix: expected real values, received {matrix.dtype}")
+        coo = (matrix if matrix.layout == torch.sparse_coo else matrix.to_sparse_coo()).coalesce()
+        n, indices, values = int(matrix.shape[0]), coo.indices(), coo.values()
+        nnz = int(values.numel())
+        if nnz == 0:
+            raise InputError(
+                f"matrix: expected at least one stored entry (the positions U may use), received an empty "
+                f"sparse ({n}, {n}) matrix"
+            )
+        positions_only = values.dtype == torch.bool
+        dtype = as_working_float(values).dtype if values.is_floating_point() else torch.float64
+        widest = int(torch.bincount(indices[0], minlength=n).max())
+        p = max(8, 2 * widest) if columns is None else check_int(columns, "columns", minimum=1)
+        _check_data_fits(n, p, nnz, dtype, columns is None)
+        hops = check_int(options.get("hops", 1), "hops", minimum=1)
+        act = ACTIVATIONS.get(options.get("activation") or "", _identity)
+        generator = cpu_generator(EXAMPLE_SEED)
+
+        def sparse(entries: torch.Tensor) -> torch.Tensor:
+            return torch.sparse_coo_tensor(indices, entries, (n, n), is_coalesced=True, check_invariants=False)
+
+        if positions_only:  # the example's rule on the given pattern
+            init_values, step_values, X = random_operator_on(nnz, n, max(nnz / n, 1.0), p, generator)
+            init = options.pop("init", None)
+            if init is None:
+                init = sparse(init_values)
+            else:
+                init_values = Pattern(sparse(torch.ones(nnz)), n, torch.device("cpu")).values_of(
+                    init, "init", torch.float64
+                )
+            truth_values = init_values + step_values
+        else:
+            truth_values = values.to(torch.float64)
+            check_finite(truth_values, "matrix")
+            X = torch.randn(n, p, generator=generator, dtype=torch.float64)
+            init = options.pop("init", None)
+        truth, Y = sparse(truth_values), X
+        for _ in range(hops):
+            Y = act(torch.sparse.mm(truth, Y))
+        omega = sparse(torch.ones(nnz, dtype=dtype))
+        return cls(X.to(dtype), Y.to(dtype), omega=omega, init=init, **options)
 
     @classmethod
     def estimated_bytes(cls, size: int, dtype: torch.dtype = torch.float64, **options: Any) -> int:
@@ -302,6 +408,10 @@ class SparseProblem(Problem):
         for _ in range(hops):
             Y = act(truth @ Y)
         return cls(X.to(dtype), Y.to(dtype), omega=omega, init=init.to(dtype), hops=hops, **options)
+
+    def sparse_storage(self) -> tuple[tuple[int, ...], int] | None:
+        """``((n, n), nnz)`` in sparse storage (``U`` and ``Init`` on Ω's pattern), ``None`` in the dense form."""
+        return None if self.pattern is None else ((self.n, self.n), self.pattern.nnz)
 
     def fused_reason(self) -> str | None:
         """The dense form fuses ``Init + Ω ⊙ U`` (``gdla.ops.masked_hadamard``); the values form has no mask to fuse."""
@@ -518,12 +628,7 @@ class SparseProblem(Problem):
     def metrics(self, params: Params) -> dict[str, float]:
         """``residual``, ``error`` (NaN without a closed form: null in ``Result.to_dict``) and ``fit``
         (``‖Ŷ − Y‖_F / ‖Y‖_F``, which is not 0 when no exact fit exists)."""
-        with torch.no_grad():
-            return {
-                "residual": float(self.residual(params)),
-                "error": float(self.error(params)),
-                "fit": float(self.fit_residual(params)),
-            }
+        return super().metrics(params) | {"fit": lambda: self.fit_residual(params)}
 
     def _u(self, params: Params) -> torch.Tensor:
         """``params["U"]`` checked: ``(n, n)``, or ``(nnz,)`` in the values form."""
@@ -572,6 +677,21 @@ def _u(params: Params, n: int) -> torch.Tensor:
     if tuple(U.shape) != (n, n):
         raise ShapeError(f"params['U']: expected shape (n, n) = ({n}, {n}), received {tuple(U.shape)}")
     return U
+
+
+def _check_data_fits(n: int, p: int, nnz: int, dtype: torch.dtype, default: bool) -> None:
+    """Raise :class:`ResourceError` if a sparse matrix's problem (``X``, ``Y`` and their work copies,
+    about 8 numbers per entry of ``(n, p)``, plus about 20 per stored entry) would not fit."""
+    free = available_bytes()
+    needed = (8 * n * p + 20 * nnz) * (torch.finfo(dtype).bits // 8)
+    if free is None or needed <= HEADROOM * free:
+        return
+    chosen = f"the default max(8, 2 × the widest row) = {p}" if default else f"columns={p}"
+    raise ResourceError(
+        f"columns: X and Y of shape (n, columns) = ({n}, {p}) with {chosen}, and the {nnz} stored entries, need "
+        f"about {format_bytes(needed)} ({format_bytes(free)} available); pass fewer columns (-p columns=K): rows "
+        "with more than K entries then get the minimum-norm fit"
+    )
 
 
 def _check_square_of(value: torch.Tensor, name: str, n: int) -> None:

@@ -230,3 +230,85 @@ def test_declared_options_are_listed_and_checked_with_a_suggestion(cli: CliRun, 
 def test_schedule_options_must_be_a_mapping(cli: CliRun, error_of: ErrorOf) -> None:
     code, _, err = cli("solve", "inverse", "--optimizer", "adam", "-o", "schedule=cosine", "-o", "schedule_options=[1]")
     assert code == 2 and "schedule_options: expected a mapping" in error_of(err)
+
+
+# -- a sparse Matrix Market file stays sparse for the sparse problem --------------------------------
+def write_tridiagonal(tmp_path: Path, n: int, field: str = "real") -> tuple[str, Any]:
+    import scipy.io
+    import scipy.sparse
+
+    rng = np.random.default_rng(5)
+    matrix = scipy.sparse.diags([rng.normal(size=n - 1), 4 + rng.random(n), rng.normal(size=n - 1)], [-1, 0, 1])
+    path = tmp_path / f"tri-{field}.mtx"
+    scipy.io.mmwrite(path, matrix.tocoo(), field=field)
+    return str(path), matrix.tocsr()
+
+
+def test_sparse_problem_solves_a_coordinate_file_and_saves_it_sparse(cli: CliRun, tmp_path: Path) -> None:
+    from gdla.io import load_matrix
+
+    path, matrix = write_tridiagonal(tmp_path, 2_000)
+    out_file = tmp_path / "S.mtx"
+    code, out, err = cli("solve", "sparse", "--matrix", path, "-p", "loss=mse", "--save", str(out_file), "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["stop_reason"] == "converged" and result["settings"]["optimizer.method"] == "cg"
+    assert set(result["solution"]) == {"shape", "indices", "values"} and len(result["solution"]["values"]) == 5_998
+    saved = load_matrix(out_file, keep_sparse=True)
+    assert saved.layout == torch.sparse_coo and saved._nnz() == 5_998
+    expected = torch.from_numpy(matrix.toarray()[saved.indices()[0].numpy(), saved.indices()[1].numpy()])
+    torch.testing.assert_close(saved.values(), expected, rtol=1e-9, atol=1e-10)
+
+
+def test_sparse_problem_on_a_pattern_file(cli: CliRun, tmp_path: Path) -> None:
+    path, _ = write_tridiagonal(tmp_path, 500, field="pattern")
+    code, out, err = cli("solve", "sparse", "--matrix", path, "--json", "-p", "columns=6")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["stop_reason"] == "converged" and result["metrics"]["error"] < 1e-9
+    assert "solution saved" not in out
+
+
+def test_a_sparse_answer_cannot_go_to_npy_and_says_so_before_the_run(
+    cli: CliRun, error_of: ErrorOf, tmp_path: Path
+) -> None:
+    path, _ = write_tridiagonal(tmp_path, 50)
+    code, out, err = cli("solve", "sparse", "--matrix", path, "--save", str(tmp_path / "S.npy"))
+    assert code == 1 and out == ""
+    assert error_of(err) == (
+        "gdla: error: --save: problem 'sparse' stores its operator sparse, so its answer is a sparse tensor; "
+        f".npy stores dense arrays only, received {str(tmp_path / 'S.npy')!r}: use .mtx (coordinate) or .pt"
+    )
+    assert not (tmp_path / "S.npy").exists()
+    code, _, err = cli("solve", "inverse", "--size", "3", "--save", str(tmp_path / "no" / "M.npy"))
+    assert code == 1 and "--save: the folder" in error_of(err)
+
+
+def test_a_dense_method_on_a_sparse_file_is_refused_with_a_method_that_fits(
+    cli: CliRun, error_of: ErrorOf, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gdla import memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda: 2**30)
+    path, _ = write_tridiagonal(tmp_path, 3_000)
+    code, out, err = cli(
+        "solve", "sparse", "--matrix", path, "--optimizer", "levenberg-marquardt", "-o", "method=dense"
+    )
+    assert code == 1 and out == ""
+    line = error_of(err)
+    for words in (
+        "'levenberg-marquardt' would form dense matrices",
+        "3000 × 3000 operator stored sparse with 8,998",
+        "1 GiB is available",
+        "use optimizer='cg'",
+    ):
+        assert words in line, line
+
+
+def test_other_problems_still_get_a_coordinate_file_dense(cli: CliRun, tmp_path: Path) -> None:
+    path, matrix = write_tridiagonal(tmp_path, 6)
+    code, out, err = cli("solve", "inverse", "--matrix", path, "--json", "--save", str(tmp_path / "M.npy"))
+    assert code == 0, err
+    inverse = np.linalg.inv(matrix.toarray())
+    np.testing.assert_allclose(np.array(json.loads(out)["solution"]), inverse, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(np.load(tmp_path / "M.npy"), inverse, rtol=1e-9, atol=1e-12)

@@ -13,7 +13,7 @@ import scipy.sparse
 import torch
 
 from gdla.errors import InputError, MatrixFileError
-from gdla.io import SUPPORTED_SUFFIXES, load_matrix
+from gdla.io import SUPPORTED_SUFFIXES, check_save_path, load_matrix, save_matrix
 
 MATRIX = np.array([[4.0, -1.5, 0.0], [0.25, 3.0, 1e-8]])  # shape: (2, 3)
 
@@ -82,6 +82,91 @@ def test_mtx_written_by_hand(tmp_path: Path) -> None:
     expected = torch.zeros(3, 3, dtype=torch.float64)
     expected[0, 0], expected[2, 1] = 2.5, -1.0
     assert torch.equal(loaded, expected)
+
+
+def test_coordinate_mtx_stays_sparse_when_asked(tmp_path: Path) -> None:
+    sparse = scipy.sparse.coo_matrix(MATRIX)
+    scipy.io.mmwrite(tmp_path / "sparse.mtx", sparse)
+    loaded = load_matrix(tmp_path / "sparse.mtx", keep_sparse=True)
+    assert loaded.layout == torch.sparse_coo and loaded.is_coalesced() and loaded.dtype == torch.float64
+    assert loaded.indices().tolist() == [[0, 0, 1, 1, 1], [0, 1, 0, 1, 2]]
+    assert loaded.values().tolist() == [4.0, -1.5, 0.25, 3.0, 1e-8]
+    # an array-format file is dense whatever is asked
+    scipy.io.mmwrite(tmp_path / "dense.mtx", MATRIX)
+    assert load_matrix(tmp_path / "dense.mtx", keep_sparse=True).layout == torch.strided
+
+
+def test_pattern_mtx_gives_positions_only(tmp_path: Path) -> None:
+    text = "%%MatrixMarket matrix coordinate pattern general\n3 3 3\n1 1\n3 2\n3 2\n"  # (3, 2) twice
+    (tmp_path / "p.mtx").write_text(text)
+    loaded = load_matrix(tmp_path / "p.mtx", keep_sparse=True)
+    assert loaded.dtype == torch.bool and loaded.indices().tolist() == [[0, 2], [0, 1]]
+    assert loaded.values().tolist() == [True, True]
+
+
+def test_symmetric_and_integer_coordinate_files(tmp_path: Path) -> None:
+    text = "%%MatrixMarket matrix coordinate integer symmetric\n2 2 2\n1 1 5\n2 1 -3\n"
+    (tmp_path / "s.mtx").write_text(text)
+    loaded = load_matrix(tmp_path / "s.mtx", keep_sparse=True)
+    assert loaded.dtype == torch.int64  # integers stay integers, as in the dense reading
+    assert loaded.to_dense().tolist() == [[5, -3], [-3, 0]]
+
+
+def test_sparse_pt_stays_sparse_when_asked(tmp_path: Path) -> None:
+    sparse = torch.tensor(MATRIX).to_sparse()
+    torch.save(sparse, tmp_path / "s.pt")
+    kept = load_matrix(tmp_path / "s.pt", keep_sparse=True)
+    assert kept.layout == torch.sparse_coo and torch.equal(kept.to_dense(), torch.from_numpy(MATRIX))
+    assert load_matrix(tmp_path / "s.pt").layout == torch.strided
+
+
+def test_sparse_pt_with_indices_out_of_bounds_is_refused(tmp_path: Path) -> None:
+    bad = torch.sparse_coo_tensor(torch.tensor([[0, 9], [0, 0]]), torch.ones(2), (2, 2), check_invariants=False)
+    torch.save(bad, tmp_path / "bad.pt")
+    with pytest.raises(MatrixFileError, match=r"bad.pt.*cannot be read as .pt"):
+        load_matrix(tmp_path / "bad.pt", keep_sparse=True)
+
+
+def test_save_round_trips(tmp_path: Path) -> None:
+    dense = torch.tensor(MATRIX)
+    sparse = dense.to_sparse()
+    save_matrix(sparse, tmp_path / "s.mtx")
+    assert "coordinate" in (tmp_path / "s.mtx").read_text().splitlines()[0]
+    back = load_matrix(tmp_path / "s.mtx", keep_sparse=True)
+    assert torch.equal(back.indices(), sparse.indices()) and torch.equal(back.values(), sparse.values())
+    save_matrix(sparse, tmp_path / "s.pt")
+    assert torch.equal(load_matrix(tmp_path / "s.pt", keep_sparse=True).values(), sparse.values())
+    for name in ("d.npy", "d.mtx", "d.PT"):
+        save_matrix(dense, tmp_path / name)
+        assert torch.equal(load_matrix(tmp_path / name), dense)
+    save_matrix((dense, dense[0]), tmp_path / "t.pt")
+    loaded = torch.load(tmp_path / "t.pt", weights_only=True)
+    assert isinstance(loaded, tuple) and torch.equal(loaded[1], dense[0])
+
+
+@pytest.mark.parametrize(
+    ("value", "name", "words"),
+    [
+        (torch.eye(2).to_sparse(), "s.npy", ["sparse (2, 2) tensor with 2 stored entries", ".mtx", ".pt"]),
+        ((torch.eye(2), torch.ones(2)), "t.mtx", ["2 tensors", "(2, 2), (2,)", "save it as .pt"]),
+        (torch.ones(2, 2, 2), "b.mtx", ["shape (2, 2, 2)", ".pt"]),
+        ("text", "x.pt", ["expected a tensor", "str"]),
+    ],
+)
+def test_save_refuses_what_the_format_cannot_hold(tmp_path: Path, value: object, name: str, words: list) -> None:
+    with pytest.raises(MatrixFileError) as info:
+        save_matrix(value, tmp_path / name)
+    for word in words:
+        assert word in str(info.value), str(info.value)
+    assert not (tmp_path / name).exists()
+
+
+def test_check_save_path(tmp_path: Path) -> None:
+    assert check_save_path(tmp_path / "a.mtx") == tmp_path / "a.mtx"
+    with pytest.raises(MatrixFileError, match=r"--save: expected a file ending in .pt, .pth, .npy, .mtx"):
+        check_save_path(tmp_path / "a.csv", "--save")
+    with pytest.raises(MatrixFileError, match=r"--save: the folder .*missing.* does not exist"):
+        check_save_path(tmp_path / "missing" / "a.pt", "--save")
 
 
 def test_supported_suffixes() -> None:

@@ -158,3 +158,38 @@ def test_matrix_free_path_matches_dense_on_a_well_posed_fit() -> None:
         result = gdla.solve(problem, optimizer="levenberg-marquardt", method=method, max_steps=100, tol=1e-12)
         answers.append(result.params["x"])
     assert math.isclose(float((answers[0] - answers[1]).norm()), 0.0, abs_tol=1e-9)
+
+
+def test_dense_path_on_an_operator_that_only_fits_sparse_is_refused_before_any_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gdla import memory
+    from gdla.errors import ResourceError
+    from gdla_plugins.problems.sparse import SparseProblem
+
+    monkeypatch.setattr(memory, "available_bytes", lambda: 64 * 2**30)  # the same verdict on every machine
+    problem = SparseProblem.example(20_000, storage="sparse", loss="mse")  # 120,000 stored entries
+    nnz = problem.pattern.nnz
+    params = problem.init_params(torch.Generator())
+    need = LevenbergMarquardt.estimated_bytes(problem, params, {"method": "dense"})
+    assert need == (2 * nnz * 20_000 * 8 + 2 * nnz * nnz) * 8  # J twice and the unknowns' Gram matrix: 0.5 TiB
+    assert LevenbergMarquardt.estimated_bytes(problem, params, {}) is None  # auto: matrix-free here
+    assert LevenbergMarquardt.estimated_bytes(problem, params, {"method": "cg"}) is None
+    with pytest.raises(ResourceError) as info:
+        gdla.solve(problem, optimizer="levenberg-marquardt", method="dense")
+    message = str(info.value)
+    for words in (
+        "optimizer: 'levenberg-marquardt' would form dense matrices of about ",
+        " GiB on problem 'sparse' (a 20000 × 20000 operator stored sparse with ",
+        f"{nnz:,} entries), and 64 GiB is available; use optimizer='cg', the best-ranked method that fits",
+    ):
+        assert words in message, message
+
+
+def test_matrix_free_path_runs_on_sparse_storage() -> None:
+    from gdla_plugins.problems.sparse import SparseProblem
+
+    problem = SparseProblem.example(60, storage="sparse", per_row=2, columns=6, loss="mse")
+    result = gdla.solve(problem, optimizer="levenberg-marquardt", method="cg", max_steps=20, tol=1e-10)
+    assert result.settings["optimizer.path"] == "cg" and result.converged
+    assert result.metrics["error"] < 1e-8
