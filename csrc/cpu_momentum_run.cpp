@@ -4,7 +4,9 @@
 // same bits). One problem stays in local storage for the whole call; a batch advances step by
 // step, problems in parallel, and each step's loss is the sum of the per-problem losses in
 // batch order (the same bits at any thread count).
+#include "cpu_isa.h"
 #include "cpu_lanes.h"
+#include "cpu_run_chunks.h"
 #include "op_args.h"
 #include "small_inverse_math.h"
 
@@ -50,25 +52,11 @@ int64_t run_one_portable(const T* A, T* X, T* buf, int side, double inv_count, T
   return run_one<T, N>(A, X, buf, side, inv_count, lr, momentum, steps, started, first, blow_up, losses);
 }
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define GDLA_RUN_X86_DISPATCH 1
-// The same loop compiled for AVX2 (picked at run time: the default build stays portable). The
-// instruction set changes the vector width, never the arithmetic: no FMA contraction (ISO C++),
-// so both versions give the same bits.
+#ifdef GDLA_RUN_X86_DISPATCH
 template <typename T, int N>
-__attribute__((target("arch=x86-64-v3"))) int64_t run_one_avx2(const T* A, T* X, T* buf, int side,
-                                                                double inv_count, T lr, T momentum, int64_t steps,
-                                                                bool started, double first, double blow_up,
-                                                                double* losses) {
+GDLA_TARGET_AVX2 int64_t run_one_avx2(const T* A, T* X, T* buf, int side, double inv_count, T lr, T momentum,
+                                      int64_t steps, bool started, double first, double blow_up, double* losses) {
   return run_one<T, N>(A, X, buf, side, inv_count, lr, momentum, steps, started, first, blow_up, losses);
-}
-
-bool has_avx2() {
-  static const bool supported = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return supported;
 }
 #endif
 
@@ -143,8 +131,7 @@ int64_t run_batch(const T* A, T* X, T* buf, int64_t batch, int side, double lr, 
   constexpr int64_t nn = N * N;
   const double inv_count = 1.0 / static_cast<double>(nn);
   const T t_lr = static_cast<T>(lr), t_mu = static_cast<T>(momentum);
-  bool is_first = std::isnan(first_loss);
-  double first = first_loss;
+  const double first = first_loss;
   if (batch == 1) {  // the whole run in registers
 #ifdef GDLA_RUN_X86_DISPATCH
     if (has_avx2()) {
@@ -153,36 +140,11 @@ int64_t run_batch(const T* A, T* X, T* buf, int64_t batch, int side, double lr, 
 #endif
     return run_one_portable<T, N>(A, X, buf, side, inv_count, t_lr, t_mu, steps, started, first, blow_up, losses);
   }
-  // A batch runs a chunk of steps without looking, then checks the chunk's losses; after a step
-  // that diverged it restores the chunk's start and runs exactly up to that step (the same bits).
-  std::vector<T> saved_x(static_cast<size_t>(batch * nn)), saved_buf(static_cast<size_t>(batch * nn));
-  int64_t done = 0;
-  while (done < steps) {
-    const int64_t chunk = std::min(kRunChunk, steps - done);
-    std::copy(X, X + batch * nn, saved_x.begin());
-    std::copy(buf, buf + batch * nn, saved_buf.begin());
-    run_all<T, N>(A, X, buf, batch, side, t_lr, t_mu, started, chunk, losses + done);
-    int64_t stop = -1;
-    for (int64_t s = 0; s < chunk; ++s) {
-      const double loss = losses[done + s];
-      if (small::diverged(loss, first, blow_up, is_first)) {
-        stop = s;
-        break;
-      }
-      if (is_first) first = loss, is_first = false;
-    }
-    if (stop >= 0) {
-      if (stop + 1 < chunk) {  // the run went on past the diverging step: replay up to it
-        std::copy(saved_x.begin(), saved_x.end(), X);
-        std::copy(saved_buf.begin(), saved_buf.end(), buf);
-        run_all<T, N>(A, X, buf, batch, side, t_lr, t_mu, started, stop + 1, losses + done);
-      }
-      return done + stop + 1;
-    }
-    started = true;
-    done += chunk;
-  }
-  return done;
+  const int64_t entries = batch * nn;
+  return run_in_chunks<T>({X, buf}, entries, steps, kRunChunk, first, blow_up, losses,
+                          [&](int64_t done, int64_t count, double* out) {
+                            run_all<T, N>(A, X, buf, batch, side, t_lr, t_mu, started || done > 0, count, out);
+                          });
 }
 
 at::Tensor inverse_momentum_run_cpu(const at::Tensor& A, at::Tensor& X, at::Tensor& buf, c10::string_view side,

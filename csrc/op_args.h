@@ -106,6 +106,36 @@ inline int check_momentum_run_args(const at::Tensor& A, const at::Tensor& X, con
   return static_cast<int>(n);
 }
 
+// inverse_adam_run: A square n x n with n <= 16; X and the two moments like A and contiguous
+// (updated in place); lrs a 1-D float64 CPU tensor of positive finite rates, one per step. Returns n.
+inline int check_adam_run_args(const at::Tensor& A, const at::Tensor& X, const at::Tensor& exp_avg,
+                               const at::Tensor& exp_avg_sq, const at::Tensor& lrs, double beta1, double beta2,
+                               double eps, int64_t step0, double blow_up) {
+  const char* op = "inverse_adam_run";
+  check_matrix(A, op, "A");
+  const int64_t n = A.size(-1);
+  TORCH_CHECK_VALUE(A.size(-2) == n && n >= 1 && n <= small::kMaxN, op, ": A must hold square n x n matrices with n <= ",
+                    small::kMaxN, "; received shape ", shape_str(A.sizes()));
+  for (const auto& [tensor, name] : {std::pair<const at::Tensor&, const char*>{X, "X"}, {exp_avg, "exp_avg"},
+                                     {exp_avg_sq, "exp_avg_sq"}}) {
+    check_like(tensor, name, A, "A", op);
+    check_shape(tensor, name, A.sizes(), "to match A", op);
+    TORCH_CHECK_VALUE(tensor.is_contiguous(), op, ": ", name, " must be contiguous (it is updated in place)");
+  }
+  TORCH_CHECK_VALUE(A.is_contiguous(), op, ": A must be contiguous");
+  TORCH_CHECK_VALUE(lrs.dim() == 1 && lrs.scalar_type() == at::kDouble && lrs.device().is_cpu(), op,
+                    ": lrs must be a 1-D float64 CPU tensor (one rate per step); received ", lrs.scalar_type(), " ",
+                    shape_str(lrs.sizes()), " on ", lrs.device());
+  TORCH_CHECK_VALUE(std::isfinite(beta1) && beta1 >= 0.0 && beta1 < 1.0, op, ": beta1 must be in [0, 1); received ",
+                    beta1);
+  TORCH_CHECK_VALUE(std::isfinite(beta2) && beta2 >= 0.0 && beta2 < 1.0, op, ": beta2 must be in [0, 1); received ",
+                    beta2);
+  TORCH_CHECK_VALUE(std::isfinite(eps) && eps > 0.0, op, ": eps must be a finite number > 0; received ", eps);
+  TORCH_CHECK_VALUE(step0 >= 0, op, ": step0 must be an integer >= 0; received ", step0);
+  TORCH_CHECK_VALUE(blow_up > 0.0, op, ": blow_up must be > 0; received ", blow_up);
+  return static_cast<int>(n);
+}
+
 // 0 right, 1 left, 2 both.
 inline int momentum_run_side(c10::string_view side) {
   if (side == "right") return 0;

@@ -54,6 +54,11 @@ TORCH_LIBRARY(gdla, m) {
       "inverse_momentum_run(Tensor A, Tensor(a!) X, Tensor(b!) buf, str side, float lr, float momentum, int steps, "
       "bool started, float first_loss, float blow_up) -> Tensor",
       tags);
+  // torch.optim.Adam on the inverse MSE, one learning rate per step: X and the moments updated in place.
+  m.def(
+      "inverse_adam_run(Tensor A, Tensor(a!) X, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, str side, Tensor lrs, "
+      "float beta1, float beta2, float eps, int step0, float first_loss, float blow_up) -> Tensor",
+      tags);
   m.def("openmp_max_threads() -> int", &openmp_max_threads);
 }
 
@@ -65,7 +70,8 @@ TORCH_LIBRARY(gdla, m) {
 // gdla/ops.py instead.
 TORCH_LIBRARY_IMPL(gdla, Autograd, m) {
   for (const char* op : {"inverse_mse_and_grad", "inverse_mse_backward", "masked_update_", "svd_loss_and_grad",
-                         "small_inverse_newton_schulz", "small_inverse_momentum", "inverse_momentum_run"}) {
+                         "small_inverse_newton_schulz", "small_inverse_momentum", "inverse_momentum_run",
+                         "inverse_adam_run"}) {
     m.impl(op, torch::autograd::autogradNotImplementedFallback());
   }
 }

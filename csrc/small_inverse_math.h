@@ -7,6 +7,7 @@
 // 16 x 16 arrays. No torch headers here, so the CUDA kernel file compiles in seconds.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <type_traits>
 
@@ -17,6 +18,11 @@
 #define GDLA_PRAGMA(x) _Pragma(#x)
 #define GDLA_UNROLL GDLA_PRAGMA(unroll(kFixed ? N : 1))
 #define GDLA_PRAGMA_UNROLL_ALL GDLA_PRAGMA(unroll)
+#elif defined(__GNUC__) || defined(__clang__)
+// always_inline: a kernel compiled for AVX2 (cpu_isa.h) must take these in, not call the baseline build
+#define GDLA_HD __attribute__((always_inline)) inline
+#define GDLA_UNROLL
+#define GDLA_PRAGMA_UNROLL_ALL
 #else
 #define GDLA_HD inline
 #define GDLA_UNROLL
@@ -25,6 +31,11 @@
 
 namespace gdla {
 namespace small {
+
+#ifndef __CUDACC__
+using std::pow;
+using std::sqrt;  // the float overload for float problems
+#endif
 
 // Largest n the kernels accept, and the largest with a fully unrolled specialisation.
 constexpr int kMaxN = 16;
@@ -338,13 +349,27 @@ struct MomentumProblem {
       for (int j = 0; j < N; ++j) at[i * N + j] = a[j * N + i];
     if (side == 0) matmul_split<T, N>(at, a, h);  // A^T A
     if (side == 1) matmul_split<T, N>(a, at, h);  // A A^T
+    if (side == 2)
+      for (int i = 0; i < N * N; ++i) h[i] = T(0);  // unused: the both-sided gradient needs R
   }
 
   // One step of seed 000's momentum: returns sum((P(X) - I)^2) at the X it started from (double;
   // the caller divides by n^2), then g = d mean((P - I)^2) / dX, buf = started ? momentum buf + g : g,
   // X = X - buf lr. The update rounds as the Python path writes it: (momentum buf) + g, then X - (buf lr).
   GDLA_HD double step(T* __restrict x, T* __restrict buf, T lr, T momentum, bool started) const {
-    T r[N * N], g[N * N];
+    T g[N * N];
+    const double sum = gradient(x, g);
+    for (int i = 0; i < N * N; ++i) {
+      const T grad = scale * g[i];
+      buf[i] = started ? momentum * buf[i] + grad : grad;
+      x[i] = x[i] - buf[i] * lr;
+    }
+    return sum;
+  }
+
+  // sum((P(X) - I)^2) at x (double), and g = the gradient of mean((P - I)^2) divided by ``scale``.
+  GDLA_HD double gradient(const T* __restrict x, T* __restrict g) const {
+    T r[N * N];
     if (side == 1) {
       matmul_split<T, N>(x, a, r);
     } else {
@@ -379,12 +404,31 @@ struct MomentumProblem {
       matmul_split<T, N>(r, at, v);
       for (int i = 0; i < N * N; ++i) g[i] += v[i];
     }
-    for (int i = 0; i < N * N; ++i) {
-      const T grad = scale * g[i];
-      buf[i] = started ? momentum * buf[i] + grad : grad;
-      x[i] = x[i] - buf[i] * lr;
-    }
     return sum;
+  }
+};
+
+// torch.optim.Adam's update (no weight decay, no amsgrad) on one problem's entries, written as
+// torch's single-tensor path orders it: m <- m + (1 - beta1)(g - m); v <- v beta2 + (1 - beta2) g g;
+// x <- x - (lr / (1 - beta1^t)) m / (sqrt(v) / sqrt(1 - beta2^t) + eps), t the 1-based step count.
+template <typename T>
+struct AdamRule {
+  double beta1, beta2;
+  T eps;
+
+  GDLA_HD void apply(T* __restrict x, T* __restrict m, T* __restrict v, const T* __restrict g, T scale, int count,
+                     double lr, int64_t t) const {
+    const double bias1 = 1.0 - pow(beta1, static_cast<double>(t));
+    const double bias2 = 1.0 - pow(beta2, static_cast<double>(t));
+    const T step_size = static_cast<T>(lr / bias1), root2 = static_cast<T>(sqrt(bias2));
+    const T w1 = static_cast<T>(1.0 - beta1), b2 = static_cast<T>(beta2), w2 = static_cast<T>(1.0 - beta2);
+    for (int i = 0; i < count; ++i) {
+      const T grad = scale * g[i];
+      m[i] = m[i] + w1 * (grad - m[i]);
+      v[i] = v[i] * b2 + w2 * grad * grad;
+      const T denom = sqrt(v[i]) / root2 + eps;
+      x[i] = x[i] - step_size * (m[i] / denom);
+    }
   }
 };
 
@@ -393,6 +437,29 @@ GDLA_HD bool diverged(double loss, double first, double blow_up, bool is_first) 
   if (!(loss - loss == 0.0)) return true;  // NaN or +-inf
   const double floor = first > 1e-30 ? first : 1e-30;
   return !is_first && loss > blow_up * floor;
+}
+
+// Calls f(std::integral_constant<int, N>) for every size n <= kMaxN (whole-run kernels with n == N).
+template <typename F>
+inline void dispatch_exact_size(int n, F&& f) {
+  switch (n) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 5: f(std::integral_constant<int, 5>{}); break;
+    case 6: f(std::integral_constant<int, 6>{}); break;
+    case 7: f(std::integral_constant<int, 7>{}); break;
+    case 8: f(std::integral_constant<int, 8>{}); break;
+    case 9: f(std::integral_constant<int, 9>{}); break;
+    case 10: f(std::integral_constant<int, 10>{}); break;
+    case 11: f(std::integral_constant<int, 11>{}); break;
+    case 12: f(std::integral_constant<int, 12>{}); break;
+    case 13: f(std::integral_constant<int, 13>{}); break;
+    case 14: f(std::integral_constant<int, 14>{}); break;
+    case 15: f(std::integral_constant<int, 15>{}); break;
+    default: f(std::integral_constant<int, 16>{}); break;
+  }
 }
 
 // Calls f(std::integral_constant<int, N>) for the register-resident size n <= kMaxUnrolledN.

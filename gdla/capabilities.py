@@ -74,6 +74,12 @@ class LinearLeastSquares:
             that of ``FᵀF`` (for step estimates); ``None``: estimated by Lanczos on ``JᵀJ``.
         block_index: for a 1-D ``x`` whose blocks are not a tensor dimension (values stored on a
             sparse pattern): the block of every entry, integers ``0..B−1``; overrides ``block_dims``.
+        gram_exact: every block's ``JᵀJ`` *is* ``FᵀF`` (``F`` = ``gram_factor``), not only inside
+            its spectrum; then the loss's largest curvature follows from ``F`` alone.
+        loss_curvature: ``c`` where ``loss_of(r) = c/2 · ‖r‖²`` (a scaled sum of squares: the mean
+            of ``N`` squares has ``c = 2/N``), so the loss's Hessian is ``c JᵀJ`` and its largest
+            eigenvalue follows from ``gram_factor`` without touching ``x``; ``None``: ``loss_of``
+            is not of that form (unless it is the default :func:`squared_norm`, ``c = 2``).
     """
 
     key: str
@@ -86,6 +92,14 @@ class LinearLeastSquares:
     distinct_blocks: int | None = None
     gram_factor: torch.Tensor | None = field(default=None, repr=False)
     block_index: torch.Tensor | None = field(default=None, repr=False)
+    gram_exact: bool = False
+    loss_curvature: float | None = None
+
+    def hessian_scale(self) -> float | None:
+        """``c`` of :attr:`loss_curvature` (2 for the default :func:`squared_norm`), or ``None`` if not declared."""
+        if self.loss_curvature is not None:
+            return self.loss_curvature
+        return 2.0 if self.loss_of is squared_norm else None
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         """``J x − b``."""

@@ -21,6 +21,7 @@ from gdla.errors import InputError, ShapeError
 from gdla.ops_small import (
     RUN_MAX_N,
     SMALL_MAX_N,
+    inverse_adam_run,
     inverse_momentum_run,
     small_inverse_momentum,
     small_inverse_newton_schulz,
@@ -32,6 +33,7 @@ __all__ = [
     "SIDES",
     "SMALL_MAX_N",
     "has_cuda_kernels",
+    "inverse_adam_run",
     "inverse_momentum_run",
     "inverse_mse",
     "inverse_mse_and_grad",

@@ -13,7 +13,14 @@ from gdla._op_checks import _matrix, _shape, _side, _tensor
 from gdla.errors import ShapeError
 from gdla.validation import check_int, check_nonnegative, check_positive, check_probability
 
-__all__ = ["RUN_MAX_N", "SMALL_MAX_N", "inverse_momentum_run", "small_inverse_momentum", "small_inverse_newton_schulz"]
+__all__ = [
+    "RUN_MAX_N",
+    "SMALL_MAX_N",
+    "inverse_adam_run",
+    "inverse_momentum_run",
+    "small_inverse_momentum",
+    "small_inverse_newton_schulz",
+]
 
 SMALL_MAX_N = 16  # the largest n the batched tiny-problem kernels keep in registers
 RUN_MAX_N = 8  # the largest n the whole-run kernels keep in registers
@@ -148,4 +155,61 @@ def inverse_momentum_run(
 @torch.library.register_fake("gdla::inverse_momentum_run")
 def _momentum_run_fake(A, X, buf, side, lr, momentum, steps, started, first_loss, blow_up):
     count = torch.library.get_ctx().new_dynamic_size(min=0, max=steps)
+    return A.new_empty((count,), dtype=torch.float64)
+
+
+def inverse_adam_run(
+    A: torch.Tensor,
+    X: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    side: str,
+    lrs: torch.Tensor,
+    *,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    step0: int = 0,
+    first_loss: float = float("nan"),
+    blow_up: float = 1e12,
+) -> torch.Tensor:
+    r"""``torch.optim.Adam`` on ``Σ_b mean((P_b − I)²)``, one step per entry of ``lrs``; ``X`` and the moments in place.
+
+    Per step ``t = step0 + 1, step0 + 2, ...`` with rate ``lrs[t − step0 − 1]``: the step's loss at
+    the iterate before the update; ``g = ∂loss/∂X``; ``m ← m + (1 − β₁)(g − m)``,
+    ``v ← v β₂ + (1 − β₂) g²``, ``X ← X − (lr / (1 − β₁ᵗ)) · m / (√v / √(1 − β₂ᵗ) + eps)`` (torch's
+    Adam without weight decay or amsgrad; it agrees with ``torch.optim.Adam`` to rounding). Stops
+    early after a step whose loss is not finite or exceeds ``blow_up · max(first_loss, 1e-30)``
+    (``first_loss`` NaN: this call's first step sets it). Not differentiable.
+
+    Args:
+        A: square matrices, ``n <= 16``.  # shape: (..., n, n)
+        X, exp_avg, exp_avg_sq: iterate and Adam's moments, like ``A``, contiguous.  # shape: (..., n, n)
+        side: ``"right"``, ``"left"`` or ``"both"``.
+        lrs: the learning rate of every step (float64, on the CPU).  # shape: (steps,)
+
+    Returns:
+        The loss of every step taken (float64, length ``<= len(lrs)``).
+    """
+    op = "inverse_adam_run"
+    A = _matrix(op, A, "A")
+    n = A.shape[-1]
+    if A.shape[-2] != n or n > SMALL_MAX_N:
+        raise ShapeError(f"{op}: A must hold square n x n matrices with n <= {SMALL_MAX_N}, received {tuple(A.shape)}")
+    for name, value in (("X", X), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
+        _shape(op, _tensor(op, value, name, A, "A"), name, tuple(A.shape), "to match A")
+    if not isinstance(lrs, torch.Tensor) or lrs.dim() != 1 or lrs.dtype != torch.float64 or lrs.device.type != "cpu":
+        got = f"{lrs.dtype} of shape {tuple(lrs.shape)} on {lrs.device}" if isinstance(lrs, torch.Tensor) else repr(lrs)
+        raise ShapeError(f"{op}: lrs must be a 1-D float64 CPU tensor (one rate per step), received {got}")
+    beta1 = check_probability(betas[0], f"{op}: betas[0]")
+    beta2 = check_probability(betas[1], f"{op}: betas[1]")
+    return _ops.inverse_adam_run(
+        A, X, exp_avg, exp_avg_sq, _side(op, side), lrs, beta1, beta2, check_positive(eps, f"{op}: eps"),
+        check_int(step0, f"{op}: step0", minimum=0), float(first_loss), check_positive(blow_up, f"{op}: blow_up"),
+    )
+
+
+@torch.library.register_fake("gdla::inverse_adam_run")
+def _adam_run_fake(A, X, exp_avg, exp_avg_sq, side, lrs, beta1, beta2, eps, step0, first_loss, blow_up):
+    steps = lrs.shape[0]  # a SymInt under dynamic shapes: then no static upper bound
+    count = torch.library.get_ctx().new_dynamic_size(min=0, max=steps if isinstance(steps, int) else None)
     return A.new_empty((count,), dtype=torch.float64)

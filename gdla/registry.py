@@ -89,6 +89,7 @@ class Registry:
         self._loaded = False
         self._read: list[metadata.EntryPoint] | None = None  # the entry points, read once
         self._imported: set[tuple[str, str]] = set()  # (distribution, module) already loaded
+        self._visited: set[int] = set()  # indexes into _read already handled
         self._items: dict[str, dict[str, list[Entry]]] = {kind: {} for kind in KINDS}
         self._plugin_items: dict[str, list[Entry]] = {}
         self.failures: list[str] = []
@@ -120,9 +121,10 @@ class Registry:
     def _load_entry_points(self, only: str | None = None) -> None:
         if self._read is None:
             self._read = list(self._entry_points())
-        for ep in self._read:
-            if only is not None and ep.name != only:
+        for index, ep in enumerate(self._read):
+            if (only is not None and ep.name != only) or index in self._visited:
                 continue
+            self._visited.add(index)  # reading ep.dist parses the distribution's metadata: once per entry point
             dist = ep.dist.name if ep.dist is not None else "unknown distribution"
             version = ep.dist.version if ep.dist is not None else "unknown"
             if (dist, ep.value) in self._imported:  # several entry points may name one module

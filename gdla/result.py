@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["BATCH_STATUS", "STOP_REASONS", "Result"]
+__all__ = ["BATCH_STATUS", "STOP_REASONS", "Metrics", "Result"]
 
 #: Why a run ended, with the sentence shown to people.
 STOP_REASONS = {
@@ -22,6 +22,98 @@ STOP_REASONS = {
 #: ``Result.batch_status`` codes, one per member of a batched problem (as ``torch.linalg.inv_ex``'s
 #: ``info``: 0 is success).
 BATCH_STATUS = {0: "converged", 1: "not converged", 2: "non-finite"}
+
+
+class Metrics(dict):  # type: ignore[type-arg]
+    """``Result.metrics``: a ``dict`` of floats whose costly figures are computed when first read.
+
+    A problem's :meth:`~gdla.Problem.metrics` may give a figure as a zero-argument callable (an
+    error against a reference inverse is an O(n³) factorisation): it runs, under
+    ``torch.no_grad()``, when that key is read, or when the whole mapping is (``items()``,
+    ``values()``, ``==``, ``repr``, ``to_dict``, printing); reading ``"error"`` alone leaves the others
+    pending. A figure that turns out NaN adds a sentence saying why to ``notes`` (the result's
+    ``warnings``), never passing for 0.
+    """
+
+    def __init__(self, figures: dict[str, Any], notes: list[str] | None = None) -> None:
+        figures = dict(dict.items(figures))  # another Metrics' figures as they stand, pending ones unrun
+        super().__init__(figures)
+        self._notes = notes if notes is not None else []
+        self._pending = {key: value for key, value in figures.items() if callable(value)}
+        for key, value in figures.items():
+            if not callable(value):
+                self._note_if_undefined(key, value)
+
+    def _resolve(self, key: str) -> None:
+        compute = self._pending.pop(key, None)
+        if compute is not None:
+            with torch.no_grad():
+                value = float(compute())
+            super().__setitem__(key, value)
+            self._note_if_undefined(key, value)
+
+    def _resolve_all(self) -> None:
+        for key in list(self._pending):
+            self._resolve(key)
+
+    def _note_if_undefined(self, key: str, value: Any) -> None:
+        if isinstance(value, float) and math.isnan(value):
+            self._notes.append(
+                f"metric {key!r} is undefined (NaN): its reference or denominator is zero, infinite or "
+                "undefined while the answer is not"
+            )
+
+    @property
+    def pending(self) -> tuple[str, ...]:
+        """Figures not computed yet."""
+        return tuple(self._pending)
+
+    def __getitem__(self, key: str) -> float:
+        self._resolve(key)
+        return super().__getitem__(key)  # type: ignore[no-any-return]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._pending.pop(key, None)
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self._pending.pop(key, None)
+        super().__delitem__(key)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in self else default
+
+    def items(self):  # type: ignore[no-untyped-def, override]
+        self._resolve_all()
+        return super().items()
+
+    def values(self):  # type: ignore[no-untyped-def, override]
+        self._resolve_all()
+        return super().values()
+
+    def copy(self) -> dict[str, float]:  # type: ignore[override]
+        return dict(self.items())
+
+    def __eq__(self, other: object) -> bool:
+        self._resolve_all()
+        return super().__eq__(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        self._resolve_all()
+        return super().__repr__()
+
+    def __or__(self, other: Any) -> Metrics:  # type: ignore[override]
+        """These figures and ``other``'s (which may be callables too), still pending: ``super().metrics(p) | {...}``."""
+        return Metrics({**dict(dict.items(self)), **dict(other)}, self._notes)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (dict, (self.copy(),))
 
 
 @dataclass
@@ -40,6 +132,8 @@ class Result:
     stop_reason: str
     seconds: float
     backend: str
+    #: Final figures (:class:`Metrics`): ``residual``, ``error`` and the problem's own; the costly ones are
+    #: computed when first read.
     metrics: dict[str, float]
     problem: str = ""
     optimizer: str = ""

@@ -12,6 +12,7 @@ a solve of ``A`` and of ``2^k · A`` behave identically (same steps, same normal
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -83,6 +84,7 @@ def scale_by_power_of_two(t: torch.Tensor, exponent: int) -> torch.Tensor:
     return t
 
 
+@functools.cache
 def answer_exponent_limits(dtype: torch.dtype) -> tuple[int, int]:
     """The binary exponents ``(low, high)`` an answer's largest entry may have in ``dtype``.
 

@@ -16,17 +16,23 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from gdla.errors import InputError
 from gdla.validation import check_choice, check_int, check_nonnegative, check_positive
 
-__all__ = ["SCHEDULES", "make_schedule"]
+__all__ = ["SCHEDULES", "advance", "make_schedule", "upcoming_rates"]
 
 SCHEDULES = ("step", "multistep", "exponential", "cosine")
+
+#: The factor of each epoch, vectorised, for the ``LambdaLR`` schedules made here (not in their
+#: state_dict, which must stay picklable).
+_FACTORS: weakref.WeakKeyDictionary[Any, Callable[[np.ndarray], np.ndarray]] = weakref.WeakKeyDictionary()
 
 
 def make_schedule(
@@ -89,7 +95,10 @@ def _cosine(optimizer: torch.optim.Optimizer, t_max: int, eta_min: float) -> tor
         return (eta_min + (base - eta_min) * (1 + math.cos(math.pi * progress)) / 2) / base
 
     bases = [group["lr"] for group in optimizer.param_groups]
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, [lambda t, b=b: factor(t, b) for b in bases])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [lambda t, b=b: factor(t, b) for b in bases])
+    # math.cos, one step at a time: numpy's vector cosine may round differently
+    _FACTORS[scheduler] = lambda epochs: np.array([factor(int(t), bases[0]) for t in epochs])
+    return scheduler
 
 
 def _piecewise(
@@ -101,4 +110,57 @@ def _piecewise(
     if any(a >= b for a, b in zip(steps, steps[1:], strict=False)):
         raise InputError(f"milestones: expected increasing steps, received {list(milestones)}")
     scales = [1.0] + [check_positive(f, "factors") for f in factors]
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: scales[bisect.bisect_right(steps, t)])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: scales[bisect.bisect_right(steps, t)])
+    table = np.array(scales, dtype=np.float64)
+    _FACTORS[scheduler] = lambda epochs: table[np.searchsorted(steps, epochs, side="right")]
+    return scheduler
+
+
+# -- many steps at once -------------------------------------------------------------------------
+def upcoming_rates(scheduler: torch.optim.lr_scheduler.LRScheduler | None, lr: float, count: int) -> np.ndarray:
+    """The learning rate of each of the next ``count`` steps, then the one after them (``count + 1`` values).
+
+    ``lr`` is the rate of the next step (the first parameter group's ``"lr"``). The values are
+    the bits that stepping ``scheduler`` once per step would put in the group (each schedule's own
+    recursion, replayed in float64 in the same order), so a whole-run kernel fed these rates takes
+    the same steps as the step-by-step loop. :func:`advance` then moves the scheduler past them.
+
+    Raises:
+        TypeError: for a scheduler :func:`make_schedule` did not make.
+    """
+    if scheduler is None:
+        return np.full(count + 1, lr, dtype=np.float64)
+    epochs = np.arange(scheduler.last_epoch, scheduler.last_epoch + count + 1)
+    factors = _FACTORS.get(scheduler)
+    if factors is not None:  # LambdaLR: base rate × factor(epoch)
+        rates = scheduler.base_lrs[0] * factors(epochs)
+        rates[0] = lr  # the group's rate as it stands
+        return rates
+    if isinstance(scheduler, torch.optim.lr_scheduler.ExponentialLR):  # lr ← lr γ, every step
+        steps = np.full(count + 1, scheduler.gamma, dtype=np.float64)
+        steps[0] = lr
+        return np.cumprod(steps)  # left to right: the same products, in the same order
+    if isinstance(scheduler, torch.optim.lr_scheduler.StepLR):  # lr ← lr γ at every multiple of step_size
+        rates = np.empty(count + 1, dtype=np.float64)
+        current = lr
+        for i, epoch in enumerate(epochs):
+            if i > 0 and epoch % scheduler.step_size == 0:
+                current = current * scheduler.gamma
+            rates[i] = current
+        return rates
+    raise TypeError(f"upcoming_rates: no replay for scheduler {type(scheduler).__name__}")
+
+
+def advance(scheduler: torch.optim.lr_scheduler.LRScheduler | None, rates: np.ndarray, taken: int) -> None:
+    """Leave ``scheduler`` and its optimizer's groups as ``taken`` calls of ``step()`` would.
+
+    ``rates`` is what :func:`upcoming_rates` returned for at least ``taken`` steps.
+    """
+    if scheduler is None or taken == 0:
+        return
+    value = float(rates[taken])
+    scheduler.last_epoch += taken
+    scheduler._step_count += taken  # type: ignore[attr-defined]
+    for group in scheduler.optimizer.param_groups:
+        group["lr"] = value
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]  # type: ignore[attr-defined]

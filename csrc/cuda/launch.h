@@ -51,6 +51,12 @@ template <typename T>
 cudaError_t launch_momentum_step(const T* A, T* X, T* buf, int n, int side, double lr, double momentum, bool started,
                                  double* losses, int64_t batch, cudaStream_t stream);
 
+// One Adam step (small::AdamRule, step number t, rate lr) on every problem's inverse MSE (n <= 16,
+// one thread a problem): X, M, V updated in place, losses[b] = mean((P_b - I)^2) before the step.
+template <typename T>
+cudaError_t launch_adam_step(const T* A, T* X, T* M, T* V, int n, int side, double beta1, double beta2, double eps,
+                             double lr, int64_t t, double* losses, int64_t batch, cudaStream_t stream);
+
 // One thread per n x n problem (n <= 16); X0 null: the scaled transpose of A.
 template <typename T>
 cudaError_t launch_newton_schulz(const T* A, const T* X0, T* X, int64_t* steps, int64_t batch, int n, int max_steps,

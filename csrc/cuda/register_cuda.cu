@@ -137,26 +137,18 @@ at::Tensor heavy_ball_cuda(const at::Tensor& A, const at::Tensor& X0, double lr,
   return X;
 }
 
-// One kernel launch a step (each step's total loss is checked on the host for divergence, as the
-// CPU kernel does inside its loop); the per-problem losses are summed in a fixed order by ATen.
-at::Tensor inverse_momentum_run_cuda(const at::Tensor& A, at::Tensor& X, at::Tensor& buf, c10::string_view side,
-                                     double lr, double momentum, int64_t steps, bool started, double first_loss,
-                                     double blow_up) {
-  const int n = check_momentum_run_args(A, X, buf, lr, momentum, steps, blow_up);
-  const int code = momentum_run_side(side);
-  const c10::OptionalDeviceGuard guard(at::device_of(A));
-  const int64_t batch = batch_count(A, 2);
+// A whole run as one kernel launch a step: launch(step, member) writes every problem's loss of that
+// step to ``member``; their sum (in a fixed order, by ATen) is checked on the host for divergence,
+// as the CPU kernels do inside their loops. Returns the losses of the steps taken, on A's device.
+template <typename Launch>
+at::Tensor stepped_run(const at::Tensor& A, int64_t batch, int64_t steps, double first_loss, double blow_up,
+                       Launch&& launch) {
   at::Tensor member = at::empty({batch}, A.options().dtype(at::kDouble));
   std::vector<double> losses;
   bool is_first = std::isnan(first_loss);
   double first = first_loss;
   for (int64_t step = 0; step < steps; ++step) {
-    AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "gdla_inverse_momentum_run_cuda", [&] {
-      C10_CUDA_CHECK(cuda::launch_momentum_step<scalar_t>(A.data_ptr<scalar_t>(), X.data_ptr<scalar_t>(),
-                                                          buf.data_ptr<scalar_t>(), n, code, lr, momentum,
-                                                          started || step > 0, member.data_ptr<double>(), batch,
-                                                          current_stream()));
-    });
+    launch(step, member.data_ptr<double>());
     const double loss = at::sum(member).item<double>();
     losses.push_back(loss);
     if (small::diverged(loss, first, blow_up, is_first)) break;
@@ -167,9 +159,43 @@ at::Tensor inverse_momentum_run_cuda(const at::Tensor& A, at::Tensor& X, at::Ten
   return out.to(A.device());
 }
 
+at::Tensor inverse_momentum_run_cuda(const at::Tensor& A, at::Tensor& X, at::Tensor& buf, c10::string_view side,
+                                     double lr, double momentum, int64_t steps, bool started, double first_loss,
+                                     double blow_up) {
+  const int n = check_momentum_run_args(A, X, buf, lr, momentum, steps, blow_up);
+  const int code = momentum_run_side(side);
+  const c10::OptionalDeviceGuard guard(at::device_of(A));
+  const int64_t batch = batch_count(A, 2);
+  return stepped_run(A, batch, steps, first_loss, blow_up, [&](int64_t step, double* member) {
+    AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "gdla_inverse_momentum_run_cuda", [&] {
+      C10_CUDA_CHECK(cuda::launch_momentum_step<scalar_t>(A.data_ptr<scalar_t>(), X.data_ptr<scalar_t>(),
+                                                          buf.data_ptr<scalar_t>(), n, code, lr, momentum,
+                                                          started || step > 0, member, batch, current_stream()));
+    });
+  });
+}
+
+at::Tensor inverse_adam_run_cuda(const at::Tensor& A, at::Tensor& X, at::Tensor& exp_avg, at::Tensor& exp_avg_sq,
+                                 c10::string_view side, const at::Tensor& lrs, double beta1, double beta2, double eps,
+                                 int64_t step0, double first_loss, double blow_up) {
+  const int n = check_adam_run_args(A, X, exp_avg, exp_avg_sq, lrs, beta1, beta2, eps, step0, blow_up);
+  const int code = momentum_run_side(side);
+  const c10::OptionalDeviceGuard guard(at::device_of(A));
+  const at::Tensor rates = lrs.contiguous();
+  return stepped_run(A, batch_count(A, 2), lrs.numel(), first_loss, blow_up, [&](int64_t step, double* member) {
+    AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "gdla_inverse_adam_run_cuda", [&] {
+      C10_CUDA_CHECK(cuda::launch_adam_step<scalar_t>(
+          A.data_ptr<scalar_t>(), X.data_ptr<scalar_t>(), exp_avg.data_ptr<scalar_t>(),
+          exp_avg_sq.data_ptr<scalar_t>(), n, code, beta1, beta2, eps, rates.data_ptr<double>()[step],
+          step0 + step + 1, member, batch_count(A, 2), current_stream()));
+    });
+  });
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(gdla, CUDA, m) {
+  m.impl("inverse_adam_run", &inverse_adam_run_cuda);
   m.impl("inverse_momentum_run", &inverse_momentum_run_cuda);
   m.impl("inverse_mse", &inverse_mse_impl<CudaPrims>);
   m.impl("inverse_mse_and_grad", &inverse_mse_and_grad_impl<CudaPrims>);

@@ -124,23 +124,12 @@ class Momentum(TorchOptimizer):
         return optimizer
 
     def _whole_run_form(self) -> InverseMSE | None:
-        """The problem's fused inverse MSE where the extension's whole-run kernel serves it, else ``None``.
-
-        It serves a fixed rate (no schedule) on one contiguous parameter tensor of square matrices
-        up to ``gdla.ops.RUN_MAX_N``, under ``backend="fused"``.
-        """
-        form = self.problem.fused_loss()
-        if self.backend != "fused" or not isinstance(form, InverseMSE) or self.scheduler is not None:
-            return None
-        X = self.params.get(form.key)
-        A = form.A
-        if len(self.params) != 1 or X is None or not X.is_contiguous() or not A.is_contiguous():
+        """The fused inverse MSE where the whole-run kernel serves it: a fixed rate, ``n <= gdla.ops.RUN_MAX_N``."""
+        if self.backend != "fused" or self.scheduler is not None:
             return None
         from gdla import ops
 
-        if A.shape[-1] != A.shape[-2] or A.shape[-1] > ops.RUN_MAX_N:
-            return None
-        return form
+        return self.inverse_run_form(ops.RUN_MAX_N)
 
     def run(self, steps: int) -> torch.Tensor | None:
         """Seed 000's update, ``steps`` times in one call of ``gdla.ops.inverse_momentum_run``."""

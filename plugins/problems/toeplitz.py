@@ -220,6 +220,7 @@ class ToeplitzProblem(Problem):
             block_name="matrix",
             distinct_blocks=1,  # one design matrix for the whole batch
             gram_factor=D,
+            gram_exact=True,
         )
 
     # -- optimisation -------------------------------------------------------------------------
@@ -289,12 +290,7 @@ class ToeplitzProblem(Problem):
 
     def metrics(self, params: Params) -> dict[str, float]:
         """``residual``, ``error`` and ``loss`` (the objective's value)."""
-        with torch.no_grad():
-            return {
-                "residual": float(self.residual(params)),
-                "error": float(self.error(params)),
-                "loss": float(self.loss(params)),
-            }
+        return super().metrics(params) | {"loss": lambda: self.loss(params)}
 
     def condition_estimate(self) -> float | None:
         """Condition number of the loss's Hessian ``2G`` (what governs gradient descent here)."""

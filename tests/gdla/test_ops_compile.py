@@ -52,6 +52,11 @@ def _samples(device: str) -> list[tuple[str, tuple]]:
                                   False, float("nan"), 1e12)),
         ("inverse_momentum_run", (small[0], small[0].clone(), torch.ones_like(small[0]), "both", 0.1, 0.0, 3,
                                   True, 1.0, 1e12)),
+        ("inverse_adam_run", (small, small.mT.contiguous(), torch.zeros_like(small), torch.zeros_like(small), "right",
+                              torch.linspace(0.1, 0.01, 7, dtype=torch.float64), 0.9, 0.999, 1e-8, 0, float("nan"),
+                              1e12)),
+        ("inverse_adam_run", (small[0], small[0].clone(), torch.ones_like(small[0]), torch.ones_like(small[0]), "both",
+                              torch.full((3,), 0.05, dtype=torch.float64), 0.5, 0.9, 1e-6, 4, 1.0, 1e12)),
     ]
 
 

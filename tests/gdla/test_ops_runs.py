@@ -130,3 +130,82 @@ def test_a_batch_that_diverges_stops_where_step_by_step_stops() -> None:
             break
     assert whole.tolist() == single
     assert torch.equal(X, X_steps) and torch.equal(buf, buf_steps)
+
+
+# -- inverse_adam_run ---------------------------------------------------------------------------------
+def adam_reference(A: torch.Tensor, X: torch.Tensor, side: str, rates: list[float]) -> tuple[list, torch.Tensor]:
+    """torch.optim.Adam with autograd gradients of sum_b mean((P_b - I)^2), the rate set before each step."""
+    eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+    leaf = X.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([leaf], lr=rates[0])
+    losses = []
+    for rate in rates:
+        optimizer.param_groups[0]["lr"] = rate
+        optimizer.zero_grad()
+        P = {"right": A @ leaf, "left": leaf @ A, "both": (A @ leaf + leaf @ A) / 2}[side]
+        loss = (P - eye).square().mean(dim=(-2, -1)).sum()
+        loss.backward()
+        losses.append(float(loss.detach()))
+        optimizer.step()
+    return losses, leaf.detach()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("side", ["right", "left", "both"])
+@pytest.mark.parametrize(("batch", "n"), [((), 4), ((3,), 2), ((2,), 16), ((), 11)])
+def test_adam_run_matches_torch_adam(device: str, dtype: torch.dtype, side: str, batch: tuple, n: int) -> None:
+    A, X = problems(batch, n, dtype, device)
+    start = X.clone()
+    rates = [0.02 * 0.9**k for k in range(30)]  # a schedule: a new rate every step
+    m, v = torch.zeros_like(X), torch.zeros_like(X)
+    losses = ops.inverse_adam_run(A, X, m, v, side, torch.tensor(rates, dtype=torch.float64))
+    expected_losses, expected_X = adam_reference(A, start, side, rates)
+    assert losses.dtype == torch.float64 and losses.shape == (30,)
+    torch.testing.assert_close(losses, torch.tensor(expected_losses, dtype=torch.float64, device=device), **TOL[dtype])
+    torch.testing.assert_close(X, expected_X, **TOL[dtype])
+
+
+@pytest.mark.parametrize("batch", [(), (5,)])
+def test_adam_run_in_one_call_equals_step_by_step_bitwise(batch: tuple) -> None:
+    A, X = problems(batch, 5, torch.float32, "cpu")
+    X_steps = X.clone()
+    m, v, m_steps, v_steps = (torch.zeros_like(X) for _ in range(4))
+    rates = torch.linspace(0.05, 0.001, 60, dtype=torch.float64)
+    whole = ops.inverse_adam_run(A, X, m, v, "left", rates)
+    first, single = math.nan, []
+    for step in range(60):
+        loss = ops.inverse_adam_run(A, X_steps, m_steps, v_steps, "left", rates[step : step + 1], step0=step,
+                                    first_loss=first)
+        first = float(loss[0]) if step == 0 else first
+        single.append(float(loss[0]))
+    assert whole.tolist() == single
+    assert torch.equal(X, X_steps) and torch.equal(m, m_steps) and torch.equal(v, v_steps)
+
+
+@pytest.mark.parametrize("batch", [(), (4,)])
+def test_adam_run_stops_after_the_step_that_diverges(batch: tuple) -> None:
+    A, X = problems(batch, 3, torch.float64, "cpu")
+    m, v = torch.zeros_like(X), torch.zeros_like(X)
+    losses = ops.inverse_adam_run(A, X, m, v, "right", torch.full((5000,), 1e6, dtype=torch.float64), blow_up=1e3)
+    assert 1 < len(losses) < 5000
+    first = float(losses[0])
+    assert float(losses[-1]) > 1e3 * first and all(value <= 1e3 * first for value in losses[:-1].tolist())
+
+
+def test_adam_run_bad_arguments_name_the_argument() -> None:
+    A, X = problems((), 4, torch.float64, "cpu")
+    m, v, rates = torch.zeros_like(X), torch.zeros_like(X), torch.full((3,), 0.1, dtype=torch.float64)
+    with pytest.raises(ShapeError, match="n <= 16"):
+        big = torch.eye(17, dtype=torch.float64)
+        ops.inverse_adam_run(big, big.clone(), big.clone(), big.clone(), "right", rates)
+    with pytest.raises(ShapeError, match="exp_avg_sq must have shape"):
+        ops.inverse_adam_run(A, X, m, v[:2], "right", rates)
+    with pytest.raises(ShapeError, match="lrs must be a 1-D float64 CPU tensor.*float32"):
+        ops.inverse_adam_run(A, X, m, v, "right", rates.float())
+    with pytest.raises(InputError, match=r"betas\[1\]"):
+        ops.inverse_adam_run(A, X, m, v, "right", rates, betas=(0.9, 1.0))
+    with pytest.raises(InputError, match="step0"):
+        ops.inverse_adam_run(A, X, m, v, "right", rates, step0=-1)
+    with pytest.raises(ValueError, match="contiguous"):
+        ops.inverse_adam_run(A, X.mT, m, v, "right", rates)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gdla.errors import InputError
-from gdla.schedules import SCHEDULES, make_schedule
+from gdla.schedules import SCHEDULES, advance, make_schedule, upcoming_rates
 
 
 def plain_optimizer(lr: float = 1.0) -> torch.optim.Optimizer:
@@ -170,3 +170,40 @@ def test_cosine_refuses_eta_min_above_lr() -> None:
 def test_multistep_refuses_repeated_milestones() -> None:
     with pytest.raises(InputError, match=r"^milestones: expected increasing steps"):
         make_schedule("multistep", plain_optimizer(), milestones=[5, 5], factors=[0.5, 0.2])
+
+
+REPLAYED = [
+    ("step", {"step_size": 7, "gamma": 0.5}),
+    ("multistep", {"milestones": [5, 13], "factors": [0.5, 0.2]}),
+    ("exponential", {"gamma": 0.97}),
+    ("cosine", {"T_max": 20}),
+    (None, {}),
+]
+
+
+def _stepped(name: str | None, options: dict) -> tuple[torch.optim.Optimizer, object]:
+    optimizer = torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.05)
+    return optimizer, make_schedule(name, optimizer, max_steps=100, **options)
+
+
+@pytest.mark.parametrize(("name", "options"), REPLAYED)
+def test_upcoming_rates_are_the_bits_stepping_gives_and_advance_leaves_the_same_state(name, options) -> None:
+    stepped, scheduler = _stepped(name, options)
+    replayed, twin = _stepped(name, options)
+    for optimizer, schedule in ((stepped, scheduler), (replayed, twin)):  # both mid-run first
+        for _ in range(3):
+            optimizer.step()
+            if schedule is not None:
+                schedule.step()
+    seen = []
+    for _ in range(30):
+        seen.append(stepped.param_groups[0]["lr"])
+        stepped.step()
+        if scheduler is not None:
+            scheduler.step()
+    rates = upcoming_rates(twin, replayed.param_groups[0]["lr"], 30)
+    assert rates.tolist()[:30] == seen  # exactly: a whole-run kernel takes the loop's steps
+    advance(twin, rates, 30)
+    assert replayed.param_groups[0]["lr"] == stepped.param_groups[0]["lr"] == rates[30]
+    if scheduler is not None:
+        assert twin.state_dict() == scheduler.state_dict()

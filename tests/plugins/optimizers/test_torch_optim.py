@@ -15,6 +15,7 @@ import gdla
 from gdla.testing import relative_error
 from gdla_plugins.optimizers import torch_optim
 from gdla_plugins.optimizers.torch_optim import LINE_SEARCH_EVALS, estimate_scales
+from gdla_plugins.problems.inverse import InverseProblem
 
 GRADIENT_METHODS = ("sgd", "momentum", "adam", "adagrad", "rmsprop", "lbfgs")
 #: Options that give each method some internal state to save.
@@ -378,3 +379,61 @@ def test_every_gradient_method_is_registered_here() -> None:
     assert registered <= set(gdla.optimizers())
     for name in registered:
         assert gdla.get_optimizer(name).__module__ == "gdla_plugins.optimizers.torch_optim"
+
+
+# -- Adam's whole-run kernel ------------------------------------------------------------------------
+needs_kernel = pytest.mark.skipif(not gdla.extension_status()[0], reason="the compiled extension gdla._C is not built")
+SEED_003 = {"optimizer": "adam", "lr": 0.05, "schedule": "multistep", "max_steps": 400, "tol": 0,
+            "schedule_options": {"milestones": [150, 300], "factors": [0.5, 0.2]}}
+
+
+def _one_by_one(step: int, loss: float, params: gdla.Params) -> None:
+    """A callback: the loop then goes step by step."""
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("side", ["right", "left", "both"])
+def test_adam_whole_run_equals_the_step_by_step_path(dtype: torch.dtype, side: str) -> None:
+    problem = InverseProblem.well_conditioned(16, dtype=dtype, side=side)
+    bulk = gdla.solve(problem, **SEED_003)
+    stepwise = gdla.solve(problem, callback=_one_by_one, **SEED_003)
+    assert bulk.backend == stepwise.backend == "fused"
+    assert (bulk.steps, bulk.stop_reason) == (stepwise.steps, stepwise.stop_reason) == (400, "max_steps")
+    assert bulk.losses == stepwise.losses  # the same bits
+    assert torch.equal(bulk.solution, stepwise.solution)
+
+
+@needs_kernel
+def test_adam_whole_run_matches_torch_adam_with_autograd() -> None:
+    problem = InverseProblem.well_conditioned(16, side="left")
+    fused = gdla.solve(problem, **SEED_003)
+    reference = gdla.solve(problem, backend="autograd", **SEED_003)
+    torch.testing.assert_close(torch.tensor(fused.losses), torch.tensor(reference.losses), rtol=1e-9, atol=1e-20)
+    torch.testing.assert_close(fused.solution, reference.solution, rtol=1e-9, atol=1e-12)
+    assert fused.settings["optimizer.schedule"] == "multistep"
+
+
+@needs_kernel
+def test_adam_state_round_trip_across_a_bulk_run() -> None:
+    problem = InverseProblem.well_conditioned(6)
+    params = problem.init_params(torch.Generator().manual_seed(0))
+    twin = {key: value.clone() for key, value in params.items()}
+    opt = gdla.get_optimizer("adam")(problem, params, lr=0.01, backend="fused", max_steps=100)
+    first = opt.run(40).tolist()
+    saved = opt.state_dict()
+    later = opt.run(30).tolist()
+    resumed = gdla.get_optimizer("adam")(problem, twin, lr=0.01, backend="fused", max_steps=100)
+    resumed.run(40)
+    resumed.load_state_dict(saved)
+    assert resumed.run(30).tolist() == later and len(first) == 40
+    assert torch.equal(params["M"], twin["M"])
+    assert opt.torch_optimizer.param_groups[0]["lr"] == resumed.torch_optimizer.param_groups[0]["lr"]
+
+
+@needs_kernel
+def test_adam_with_weight_decay_or_amsgrad_keeps_torch_adam() -> None:
+    problem = InverseProblem.well_conditioned(4)
+    for options in ({"weight_decay": 1e-4}, {"amsgrad": True}):
+        opt = gdla.get_optimizer("adam")(problem, problem.init_params(torch.Generator()), backend="fused", **options)
+        assert opt.run(5) is None  # the kernel serves plain Adam only: the loop goes step by step
