@@ -1,8 +1,13 @@
 // Argument checks of the masked-Hadamard and small-inverse ops, shared by CPU and CUDA.
 #pragma once
 
+#include <algorithm>
+#include <tuple>
+#include <vector>
+
 #include "checks.h"
 #include "small_inverse_math.h"
+#include "small_masked_math.h"
 
 #include <optional>
 #include <string>
@@ -134,6 +139,92 @@ inline int check_adam_run_args(const at::Tensor& A, const at::Tensor& X, const a
   TORCH_CHECK_VALUE(step0 >= 0, op, ": step0 must be an integer >= 0; received ", step0);
   TORCH_CHECK_VALUE(blow_up > 0.0, op, ": blow_up must be > 0; received ", blow_up);
   return static_cast<int>(n);
+}
+
+// svd_sgd_run: M (m x n, m, n <= 16), U (m x k), s (k), V (n x k) with 1 <= k <= min(m, n), the
+// buffers like their parameters, all contiguous and alike; lrs as for inverse_adam_run.
+inline void check_svd_run_args(const at::Tensor& M, const at::Tensor& U, const at::Tensor& s, const at::Tensor& V,
+                               const at::Tensor& buf_u, const at::Tensor& buf_s, const at::Tensor& buf_v,
+                               const at::Tensor& lrs, double weight_u, double weight_v, double momentum,
+                               double dampening, double blow_up) {
+  const char* op = "svd_sgd_run";
+  TORCH_CHECK_VALUE(M.dim() == 2 && M.size(0) >= 1 && M.size(1) >= 1 && M.size(0) <= small::kMaxN &&
+                        M.size(1) <= small::kMaxN,
+                    op, ": M must be one m x n matrix with m, n <= ", small::kMaxN, "; received shape ",
+                    shape_str(M.sizes()));
+  check_matrix(M, op, "M");
+  const int64_t k = U.dim() == 2 ? U.size(1) : 0;
+  TORCH_CHECK_VALUE(k >= 1 && k <= std::min(M.size(0), M.size(1)), op,
+                    ": U must have shape (m, k) with 1 <= k <= min(m, n); received ", shape_str(U.sizes()));
+  const std::vector<int64_t> shape_u = {M.size(0), k}, shape_s = {k}, shape_v = {M.size(1), k};
+  for (const auto& [tensor, name, shape] :
+       {std::tuple<const at::Tensor&, const char*, const std::vector<int64_t>&>{U, "U", shape_u},
+        {s, "s", shape_s}, {V, "V", shape_v}, {buf_u, "buf_u", shape_u}, {buf_s, "buf_s", shape_s},
+        {buf_v, "buf_v", shape_v}}) {
+    check_like(tensor, name, M, "M", op);
+    check_shape(tensor, name, shape, "to match M and U", op);
+    TORCH_CHECK_VALUE(tensor.is_contiguous(), op, ": ", name, " must be contiguous (it is updated in place)");
+  }
+  TORCH_CHECK_VALUE(M.is_contiguous(), op, ": M must be contiguous");
+  TORCH_CHECK_VALUE(lrs.dim() == 1 && lrs.scalar_type() == at::kDouble && lrs.device().is_cpu(), op,
+                    ": lrs must be a 1-D float64 CPU tensor (one rate per step); received ", lrs.scalar_type(), " ",
+                    shape_str(lrs.sizes()), " on ", lrs.device());
+  TORCH_CHECK_VALUE(weight_u >= 0.0 && weight_v >= 0.0, op, ": weight_u and weight_v must be >= 0; received ",
+                    weight_u, ", ", weight_v);
+  TORCH_CHECK_VALUE(momentum >= 0.0 && momentum < 1.0 && dampening >= 0.0 && dampening < 1.0, op,
+                    ": momentum and dampening must be in [0, 1); received ", momentum, ", ", dampening);
+  TORCH_CHECK_VALUE(blow_up > 0.0, op, ": blow_up must be > 0; received ", blow_up);
+}
+
+// masked_sgd_run: one system, init and omega (n x n, n <= 16), X and Y (n x p, p <= 32), U and buf
+// like init, all contiguous and alike; hops in 1..4; lrs as for inverse_adam_run.
+struct MaskedRunCodes {
+  int activation;  // 0 identity, 1 relu, 2 tanh, 3 sigmoid, 4 cube
+  bool mse;
+};
+
+inline MaskedRunCodes check_masked_run_args(const at::Tensor& init, const at::Tensor& omega, const at::Tensor& X,
+                                            const at::Tensor& Y, const at::Tensor& U, const at::Tensor& buf,
+                                            const at::Tensor& lrs, int64_t hops, c10::string_view activation,
+                                            c10::string_view loss, double momentum, double dampening,
+                                            double blow_up) {
+  const char* op = "masked_sgd_run";
+  TORCH_CHECK_VALUE(U.dim() == 2 && U.size(0) == U.size(1) && U.size(0) >= 1 && U.size(0) <= small::kMaxN, op,
+                    ": U must be one square n x n matrix with n <= ", small::kMaxN, "; received shape ",
+                    shape_str(U.sizes()));
+  check_matrix(U, op, "U");
+  const int64_t n = U.size(0);
+  TORCH_CHECK_VALUE(X.dim() == 2 && X.size(0) == n && X.size(1) >= 1 && X.size(1) <= small::kMaxColumns, op,
+                    ": X must have shape (n, p) with p <= ", small::kMaxColumns, "; received ", shape_str(X.sizes()));
+  const std::vector<int64_t> square = {n, n}, data = {n, X.size(1)};
+  for (const auto& [tensor, name, shape] : {std::tuple<const at::Tensor&, const char*, const std::vector<int64_t>&>{
+                                                init, "init", square},
+                                            {omega, "omega", square}, {X, "X", data}, {Y, "Y", data},
+                                            {buf, "buf", square}}) {
+    check_like(tensor, name, U, "U", op);
+    check_shape(tensor, name, shape, "to match U and X", op);
+    TORCH_CHECK_VALUE(tensor.is_contiguous(), op, ": ", name, " must be contiguous");
+  }
+  TORCH_CHECK_VALUE(U.is_contiguous(), op, ": U must be contiguous (it is updated in place)");
+  TORCH_CHECK_VALUE(lrs.dim() == 1 && lrs.scalar_type() == at::kDouble && lrs.device().is_cpu(), op,
+                    ": lrs must be a 1-D float64 CPU tensor (one rate per step); received ", lrs.scalar_type(), " ",
+                    shape_str(lrs.sizes()), " on ", lrs.device());
+  TORCH_CHECK_VALUE(hops >= 1 && hops <= small::kMaxHops, op, ": hops must be in 1..", small::kMaxHops,
+                    "; received ", hops);
+  TORCH_CHECK_VALUE(momentum >= 0.0 && momentum < 1.0 && dampening >= 0.0 && dampening < 1.0, op,
+                    ": momentum and dampening must be in [0, 1); received ", momentum, ", ", dampening);
+  TORCH_CHECK_VALUE(blow_up > 0.0, op, ": blow_up must be > 0; received ", blow_up);
+  MaskedRunCodes codes{-1, false};
+  const char* names[] = {"identity", "relu", "tanh", "sigmoid", "cube"};
+  for (int i = 0; i < 5; ++i)
+    if (activation == names[i]) codes.activation = i;
+  TORCH_CHECK_VALUE(codes.activation >= 0, op,
+                    ": activation must be 'identity', 'relu', 'tanh', 'sigmoid' or 'cube'; received '",
+                    std::string(activation), "'");
+  TORCH_CHECK_VALUE(loss == "frobenius" || loss == "mse", op, ": loss must be 'frobenius' or 'mse'; received '",
+                    std::string(loss), "'");
+  codes.mse = loss == "mse";
+  return codes;
 }
 
 // 0 right, 1 left, 2 both.

@@ -59,6 +59,18 @@ TORCH_LIBRARY(gdla, m) {
       "inverse_adam_run(Tensor A, Tensor(a!) X, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, str side, Tensor lrs, "
       "float beta1, float beta2, float eps, int step0, float first_loss, float blow_up) -> Tensor",
       tags);
+  // torch.optim.SGD on the penalised SVD loss of one small matrix, one rate per step, the sign fix after each.
+  m.def(
+      "svd_sgd_run(Tensor M, Tensor(a!) U, Tensor(b!) s, Tensor(c!) V, Tensor(d!) buf_u, Tensor(e!) buf_s, "
+      "Tensor(f!) buf_v, Tensor lrs, float weight_u, float weight_v, float momentum, float dampening, bool nesterov, "
+      "bool started, bool sign_fix, float first_loss, float blow_up) -> Tensor",
+      tags);
+  // torch.optim.SGD on the masked operator S = Init + Omega * U of one small system, one rate per step.
+  m.def(
+      "masked_sgd_run(Tensor init, Tensor omega, Tensor X, Tensor Y, Tensor(a!) U, Tensor(b!) buf, Tensor lrs, "
+      "int hops, str activation, str loss, float momentum, float dampening, bool nesterov, bool started, "
+      "float first_loss, float blow_up) -> Tensor",
+      tags);
   m.def("openmp_max_threads() -> int", &openmp_max_threads);
 }
 
@@ -71,7 +83,7 @@ TORCH_LIBRARY(gdla, m) {
 TORCH_LIBRARY_IMPL(gdla, Autograd, m) {
   for (const char* op : {"inverse_mse_and_grad", "inverse_mse_backward", "masked_update_", "svd_loss_and_grad",
                          "small_inverse_newton_schulz", "small_inverse_momentum", "inverse_momentum_run",
-                         "inverse_adam_run"}) {
+                         "inverse_adam_run", "svd_sgd_run", "masked_sgd_run"}) {
     m.impl(op, torch::autograd::autogradNotImplementedFallback());
   }
 }

@@ -34,7 +34,9 @@ namespace small {
 
 #ifndef __CUDACC__
 using std::pow;
-using std::sqrt;  // the float overload for float problems
+using std::exp;
+using std::sqrt;  // the float overloads for float problems
+using std::tanh;
 #endif
 
 // Largest n the kernels accept, and the largest with a fully unrolled specialisation.

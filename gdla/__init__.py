@@ -29,6 +29,7 @@ _EXPORTS: dict[str, str] = {
     "InputError": "gdla.errors",
     "InverseMSE": "gdla.capabilities",
     "LinearLeastSquares": "gdla.capabilities",
+    "MaskedOperatorLoss": "gdla.capabilities",
     "MatrixFileError": "gdla.errors",
     "MatrixInverse": "gdla.capabilities",
     "Optimizer": "gdla.optimizer",
@@ -43,6 +44,7 @@ _EXPORTS: dict[str, str] = {
     "SingularMatrixError": "gdla.errors",
     "Suitability": "gdla.optimizer",
     "SumOfSquares": "gdla.capabilities",
+    "SvdPenaltyLoss": "gdla.capabilities",
     "UnknownNameError": "gdla.errors",
     "extension_status": "gdla.backend",
     "get_optimizer": "gdla.registry",
@@ -66,6 +68,7 @@ __all__ = [
     "InputError",
     "InverseMSE",
     "LinearLeastSquares",
+    "MaskedOperatorLoss",
     "MatrixFileError",
     "MatrixInverse",
     "Optimizer",
@@ -80,6 +83,7 @@ __all__ = [
     "SingularValueDecomposition",
     "Suitability",
     "SumOfSquares",
+    "SvdPenaltyLoss",
     "UnknownNameError",
     "__version__",
     "extension_status",
@@ -123,9 +127,11 @@ if TYPE_CHECKING:  # the names for type checkers and IDEs
     from gdla.capabilities import (
         InverseMSE,
         LinearLeastSquares,
+        MaskedOperatorLoss,
         MatrixInverse,
         SingularValueDecomposition,
         SumOfSquares,
+        SvdPenaltyLoss,
     )
     from gdla.demo import DemoPanel, DemoRun
     from gdla.errors import (

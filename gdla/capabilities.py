@@ -11,7 +11,9 @@ the capability they need and never read a problem's private attributes or its na
 ``sum_of_squares()``         :class:`SumOfSquares`           Gauss-Newton / Levenberg-Marquardt methods
 ``matrix_inverse()``         :class:`MatrixInverse`          ``newton-schulz``
 ``fused_reason()``           ``None`` or why not             ``backend="fused"`` for gradient methods
-``fused_loss()``             :class:`InverseMSE`             whole-run kernels (``momentum``: many steps a call)
+``fused_loss()``             :class:`InverseMSE`,            whole-run kernels (``momentum``, ``adam``,
+                             :class:`SvdPenaltyLoss`,        ``sgd``: many steps a call)
+                             :class:`MaskedOperatorLoss`
 ``update_masks()``           0/1 masks                       the fused masked momentum step
 ``quadratic``                ``True``/``False``/``None``     Hessian-based step estimates
 ===========================  ==============================  =============================================
@@ -35,9 +37,11 @@ import torch
 __all__ = [
     "InverseMSE",
     "LinearLeastSquares",
+    "MaskedOperatorLoss",
     "MatrixInverse",
     "SingularValueDecomposition",
     "SumOfSquares",
+    "SvdPenaltyLoss",
     "squared_norm",
 ]
 
@@ -201,6 +205,43 @@ class InverseMSE:
     A: torch.Tensor
     side: str = "right"
     key: str = "M"
+
+
+@dataclass(frozen=True)
+class SvdPenaltyLoss:
+    r"""The loss is exactly ``gdla.ops.svd_loss(M, U, s, V, weight_u, weight_v)`` and the projection is the sign fix.
+
+    That is ``mean((U diag(s²) Vᵀ − M)²) + weight_u mean((UᵀU − I)²) + weight_v mean((VᵀV − I)²)``
+    over ``params[keys[0]]``, ``params[keys[1]]``, ``params[keys[2]]`` (``U``, ``s``, ``V``), and
+    :meth:`~gdla.Problem.project` flips ``V[:, i]`` where ``u_iᵀ(M − Σ_{j≠i} s_j² u_j v_jᵀ) v_i < 0``
+    and does nothing else. Declaring it lets ``sgd`` run many steps, projection included, in one
+    call of ``gdla.ops.svd_sgd_run`` under ``backend="fused"``.
+    """
+
+    M: torch.Tensor
+    weight_u: float
+    weight_v: float
+    keys: tuple[str, str, str] = ("U", "s", "V")
+
+
+@dataclass(frozen=True)
+class MaskedOperatorLoss:
+    r"""The loss is the seed notebook's masked operator fit, over ``params[key]`` = ``U`` (``n × n``).
+
+    ``S = init + omega ⊙ U``; ``Ŷ`` applies ``S`` then ``activation`` (``None``: linear) ``hops``
+    times to ``X``; the loss is ``‖Y − Ŷ‖_F`` (``loss="frobenius"``) or ``mean((Y − Ŷ)²)``
+    (``"mse"``). Declaring it lets ``sgd`` run many steps in one call of
+    ``gdla.ops.masked_sgd_run`` under ``backend="fused"``.
+    """
+
+    init: torch.Tensor
+    omega: torch.Tensor
+    X: torch.Tensor
+    Y: torch.Tensor
+    hops: int = 1
+    activation: str | None = None
+    loss: str = "frobenius"
+    key: str = "U"
 
 
 @dataclass(frozen=True)

@@ -285,7 +285,7 @@ def _runs_in_bulk(run: Run) -> bool:
         and not run.progress
         and run.sharding is None
         and not run.rules.checks_residual
-        and not run.work.needs_projection()
+        and (not run.work.needs_projection() or run.optimizer.projects_in_run)
     )
 
 

@@ -19,16 +19,22 @@ from gdla._op_checks import CUDA_KERNELS, SIDES, _mask, _matrix, _shape, _side, 
 from gdla._op_checks import OPS as _ops
 from gdla.errors import InputError, ShapeError
 from gdla.ops_small import (
+    RUN_MAX_COLUMNS,
+    RUN_MAX_HOPS,
     RUN_MAX_N,
     SMALL_MAX_N,
     inverse_adam_run,
     inverse_momentum_run,
+    masked_sgd_run,
     small_inverse_momentum,
     small_inverse_newton_schulz,
+    svd_sgd_run,
 )
 from gdla.validation import check_nonnegative, check_probability
 
 __all__ = [
+    "RUN_MAX_COLUMNS",
+    "RUN_MAX_HOPS",
     "RUN_MAX_N",
     "SIDES",
     "SMALL_MAX_N",
@@ -38,11 +44,13 @@ __all__ = [
     "inverse_mse",
     "inverse_mse_and_grad",
     "masked_hadamard",
+    "masked_sgd_run",
     "masked_update_",
     "small_inverse_momentum",
     "small_inverse_newton_schulz",
     "svd_loss",
     "svd_loss_and_grad",
+    "svd_sgd_run",
 ]
 
 

@@ -14,16 +14,22 @@ from gdla.errors import ShapeError
 from gdla.validation import check_int, check_nonnegative, check_positive, check_probability
 
 __all__ = [
+    "RUN_MAX_COLUMNS",
+    "RUN_MAX_HOPS",
     "RUN_MAX_N",
     "SMALL_MAX_N",
     "inverse_adam_run",
     "inverse_momentum_run",
+    "masked_sgd_run",
     "small_inverse_momentum",
     "small_inverse_newton_schulz",
+    "svd_sgd_run",
 ]
 
 SMALL_MAX_N = 16  # the largest n the batched tiny-problem kernels keep in registers
-RUN_MAX_N = 8  # the largest n the whole-run kernels keep in registers
+RUN_MAX_N = 8  # the largest n the whole-run momentum kernel keeps in registers
+RUN_MAX_COLUMNS = 32  # masked_sgd_run: the most columns of X
+RUN_MAX_HOPS = 4  # masked_sgd_run: the most hops
 
 
 # -- batches of tiny inverses ---------------------------------------------------------------------
@@ -197,9 +203,7 @@ def inverse_adam_run(
         raise ShapeError(f"{op}: A must hold square n x n matrices with n <= {SMALL_MAX_N}, received {tuple(A.shape)}")
     for name, value in (("X", X), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
         _shape(op, _tensor(op, value, name, A, "A"), name, tuple(A.shape), "to match A")
-    if not isinstance(lrs, torch.Tensor) or lrs.dim() != 1 or lrs.dtype != torch.float64 or lrs.device.type != "cpu":
-        got = f"{lrs.dtype} of shape {tuple(lrs.shape)} on {lrs.device}" if isinstance(lrs, torch.Tensor) else repr(lrs)
-        raise ShapeError(f"{op}: lrs must be a 1-D float64 CPU tensor (one rate per step), received {got}")
+    _check_rates(op, lrs)
     beta1 = check_probability(betas[0], f"{op}: betas[0]")
     beta2 = check_probability(betas[1], f"{op}: betas[1]")
     return _ops.inverse_adam_run(
@@ -210,6 +214,125 @@ def inverse_adam_run(
 
 @torch.library.register_fake("gdla::inverse_adam_run")
 def _adam_run_fake(A, X, exp_avg, exp_avg_sq, side, lrs, beta1, beta2, eps, step0, first_loss, blow_up):
+    return _run_losses_fake(A, lrs)
+
+
+def svd_sgd_run(
+    M: torch.Tensor,
+    U: torch.Tensor,
+    s: torch.Tensor,
+    V: torch.Tensor,
+    buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    lrs: torch.Tensor,
+    *,
+    weight_u: float,
+    weight_v: float,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    nesterov: bool = False,
+    started: bool = False,
+    sign_fix: bool = True,
+    first_loss: float = float("nan"),
+    blow_up: float = 1e12,
+) -> torch.Tensor:
+    r"""``torch.optim.SGD`` on the seed notebook's penalised SVD loss of one small matrix, a step per entry of ``lrs``.
+
+    The loss is :func:`gdla.ops.svd_loss`'s: ``mean((U diag(s²) Vᵀ − M)²) + weight_u mean((UᵀU − I)²)
+    + weight_v mean((VᵀV − I)²)``, taken at the iterate before each step. The update is SGD's
+    (no weight decay): ``buf ← g`` on a run's first step (``started=False``), else
+    ``buf ← momentum·buf + (1 − dampening)·g``; the direction is ``buf`` (``g + momentum·buf`` with
+    ``nesterov``; ``g`` without momentum); ``x ← x − lr·direction`` for ``U``, ``s`` and ``V``. With
+    ``sign_fix`` every step ends with the ``svd`` problem's projection: ``V[:, i] ← −V[:, i]`` where
+    ``u_iᵀ(M − Σ_{j≠i} s_j² u_j v_jᵀ) v_i < 0``. Stops early after a step whose loss is not finite
+    or exceeds ``blow_up · max(first_loss, 1e-30)``. Not differentiable.
+
+    Args:
+        M: the matrix, ``m, n <= 16``.  # shape: (m, n)
+        U, s, V: the factors, updated in place.  # shape: (m, k), (k,), (n, k)
+        buffers: SGD's momentum buffers of ``U``, ``s`` and ``V``, shaped like them, updated in place.
+        lrs: the learning rate of every step (float64, on the CPU).  # shape: (steps,)
+
+    Returns:
+        The loss of every step taken (float64, length ``<= len(lrs)``).
+    """
+    op = "svd_sgd_run"
+    M = _matrix(op, M, "M")
+    if M.dim() != 2 or max(M.shape) > SMALL_MAX_N:
+        raise ShapeError(f"{op}: M must be one m x n matrix with m, n <= {SMALL_MAX_N}, received {tuple(M.shape)}")
+    _check_rates(op, lrs)
+    return _ops.svd_sgd_run(
+        M, U, s, V, *buffers, lrs, check_nonnegative(weight_u, f"{op}: weight_u"),
+        check_nonnegative(weight_v, f"{op}: weight_v"), check_probability(momentum, f"{op}: momentum"),
+        check_probability(dampening, f"{op}: dampening"), bool(nesterov), bool(started), bool(sign_fix),
+        float(first_loss), check_positive(blow_up, f"{op}: blow_up"),
+    )
+
+
+def _check_rates(op: str, lrs: object) -> None:
+    if not isinstance(lrs, torch.Tensor) or lrs.dim() != 1 or lrs.dtype != torch.float64 or lrs.device.type != "cpu":
+        got = f"{lrs.dtype} of shape {tuple(lrs.shape)} on {lrs.device}" if isinstance(lrs, torch.Tensor) else repr(lrs)
+        raise ShapeError(f"{op}: lrs must be a 1-D float64 CPU tensor (one rate per step), received {got}")
+
+
+def _run_losses_fake(reference: torch.Tensor, lrs: torch.Tensor) -> torch.Tensor:
     steps = lrs.shape[0]  # a SymInt under dynamic shapes: then no static upper bound
     count = torch.library.get_ctx().new_dynamic_size(min=0, max=steps if isinstance(steps, int) else None)
-    return A.new_empty((count,), dtype=torch.float64)
+    return reference.new_empty((count,), dtype=torch.float64)
+
+
+@torch.library.register_fake("gdla::svd_sgd_run")
+def _svd_run_fake(M, U, s, V, buf_u, buf_s, buf_v, lrs, *args):
+    return _run_losses_fake(M, lrs)
+
+
+def masked_sgd_run(
+    init: torch.Tensor,
+    omega: torch.Tensor,
+    X: torch.Tensor,
+    Y: torch.Tensor,
+    U: torch.Tensor,
+    buf: torch.Tensor,
+    lrs: torch.Tensor,
+    *,
+    hops: int = 1,
+    activation: str | None = None,
+    loss: str = "frobenius",
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    nesterov: bool = False,
+    started: bool = False,
+    first_loss: float = float("nan"),
+    blow_up: float = 1e12,
+) -> torch.Tensor:
+    r"""``torch.optim.SGD`` on the seed notebook's masked operator of one small system, a step per entry of ``lrs``.
+
+    ``S = init + omega ⊙ U``; the prediction applies ``S`` then ``activation`` ``hops`` times to ``X``;
+    the loss is ``‖Y − Ŷ‖_F`` (``"frobenius"``, the seed's) or ``mean((Y − Ŷ)²)`` (``"mse"``), at the
+    iterate before each step; ``∂loss/∂U = omega ⊙ ∂loss/∂S``. The update is SGD's, as in
+    :func:`svd_sgd_run`; ``U`` and ``buf`` are updated in place. Not differentiable.
+
+    Args:
+        init, omega: ``n × n``, ``n <= 16``.  # shape: (n, n)
+        X, Y: inputs and targets, ``p <= 32`` columns.  # shape: (n, p)
+        U, buf: the unknown and SGD's momentum buffer.  # shape: (n, n)
+        lrs: the learning rate of every step (float64, on the CPU).  # shape: (steps,)
+        hops: ``1..4``; activation: ``None``/``"identity"``, ``"relu"``, ``"tanh"``, ``"sigmoid"``, ``"cube"``.
+
+    Returns:
+        The loss of every step taken (float64, length ``<= len(lrs)``).
+    """
+    op = "masked_sgd_run"
+    U = _matrix(op, U, "U")
+    if U.dim() != 2 or U.shape[0] != U.shape[1] or U.shape[0] > SMALL_MAX_N:
+        raise ShapeError(f"{op}: U must be one square n x n matrix with n <= {SMALL_MAX_N}, received {tuple(U.shape)}")
+    _check_rates(op, lrs)
+    return _ops.masked_sgd_run(
+        init, omega, X, Y, U, buf, lrs, check_int(hops, f"{op}: hops", minimum=1), activation or "identity", loss,
+        check_probability(momentum, f"{op}: momentum"), check_probability(dampening, f"{op}: dampening"),
+        bool(nesterov), bool(started), float(first_loss), check_positive(blow_up, f"{op}: blow_up"),
+    )
+
+
+@torch.library.register_fake("gdla::masked_sgd_run")
+def _masked_run_fake(init, omega, X, Y, U, buf, lrs, *args):
+    return _run_losses_fake(U, lrs)

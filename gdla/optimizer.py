@@ -187,6 +187,13 @@ class Optimizer(abc.ABC):
         """
         return None
 
+    @property
+    def projects_in_run(self) -> bool:
+        """Whether :meth:`run` applies the problem's :meth:`~gdla.Problem.project` after each of its steps
+        (as a whole-run kernel for a problem whose declared fused loss includes its projection may); the loop
+        then runs steps in bulk on a problem that needs projection. Default ``False``."""
+        return False
+
     def run(self, steps: int) -> torch.Tensor | None:
         """Advance up to ``steps`` iterations in one call and return each one's loss, or ``None`` if it cannot.
 

@@ -17,9 +17,11 @@ if TYPE_CHECKING:
     from gdla.capabilities import (
         InverseMSE,
         LinearLeastSquares,
+        MaskedOperatorLoss,
         MatrixInverse,
         SingularValueDecomposition,
         SumOfSquares,
+        SvdPenaltyLoss,
     )
     from gdla.demo import DemoPanel
     from gdla.scaling import Normalization
@@ -220,7 +222,7 @@ class Problem(abc.ABC):
         """The sub-problem of batch members ``start:stop`` (only for problems whose :meth:`batch_size` is set)."""
         raise NotImplementedError(f"problem {self.name!r} is not batched: it does not implement batch_slice()")
 
-    def fused_loss(self) -> InverseMSE | None:
+    def fused_loss(self) -> InverseMSE | SvdPenaltyLoss | MaskedOperatorLoss | None:
         """The fused-kernel family that computes the loss exactly (e.g. :class:`~gdla.InverseMSE`), or ``None``.
 
         Optimizers with whole-run kernels for that family may then run many steps per call.

@@ -57,6 +57,21 @@ template <typename T>
 cudaError_t launch_adam_step(const T* A, T* X, T* M, T* V, int n, int side, double beta1, double beta2, double eps,
                              double lr, int64_t t, double* losses, int64_t batch, cudaStream_t stream);
 
+// small::svd_sgd_run on one thread (one small matrix); lrs and losses (steps doubles) on the device,
+// *done = the steps taken.
+template <typename T>
+cudaError_t launch_svd_sgd_run(const T* M, int m, int n, int k, double weight_u, double weight_v, double momentum,
+                               double dampening, bool nesterov, T* U, T* s, T* V, T* bu, T* bs, T* bv,
+                               const double* lrs, int64_t steps, bool started, bool sign_fix, double first,
+                               double blow_up, double* losses, int64_t* done, cudaStream_t stream);
+
+// small::masked_sgd_run on one thread (one small system), as launch_svd_sgd_run.
+template <typename T>
+cudaError_t launch_masked_sgd_run(const T* init, const T* omega, const T* X, const T* Y, int n, int p, int hops,
+                                  int activation, bool mse, double momentum, double dampening, bool nesterov, T* U,
+                                  T* buf, const double* lrs, int64_t steps, bool started, double first,
+                                  double blow_up, double* losses, int64_t* done, cudaStream_t stream);
+
 // One thread per n x n problem (n <= 16); X0 null: the scaled transpose of A.
 template <typename T>
 cudaError_t launch_newton_schulz(const T* A, const T* X0, T* X, int64_t* steps, int64_t batch, int n, int max_steps,

@@ -192,9 +192,54 @@ at::Tensor inverse_adam_run_cuda(const at::Tensor& A, at::Tensor& X, at::Tensor&
   });
 }
 
+at::Tensor svd_sgd_run_cuda(const at::Tensor& M, at::Tensor& U, at::Tensor& s, at::Tensor& V, at::Tensor& buf_u,
+                            at::Tensor& buf_s, at::Tensor& buf_v, const at::Tensor& lrs, double weight_u,
+                            double weight_v, double momentum, double dampening, bool nesterov, bool started,
+                            bool sign_fix, double first_loss, double blow_up) {
+  check_svd_run_args(M, U, s, V, buf_u, buf_s, buf_v, lrs, weight_u, weight_v, momentum, dampening, blow_up);
+  const c10::OptionalDeviceGuard guard(at::device_of(M));
+  const int64_t steps = lrs.numel();
+  const at::Tensor rates = lrs.to(M.device()).contiguous();
+  at::Tensor losses = at::empty({steps}, M.options().dtype(at::kDouble));
+  at::Tensor done = at::zeros({1}, M.options().dtype(at::kLong));
+  AT_DISPATCH_FLOATING_TYPES(M.scalar_type(), "gdla_svd_sgd_run_cuda", [&] {
+    C10_CUDA_CHECK(cuda::launch_svd_sgd_run<scalar_t>(
+        M.data_ptr<scalar_t>(), static_cast<int>(M.size(0)), static_cast<int>(M.size(1)),
+        static_cast<int>(U.size(1)), weight_u, weight_v, momentum, dampening, nesterov, U.data_ptr<scalar_t>(),
+        s.data_ptr<scalar_t>(), V.data_ptr<scalar_t>(), buf_u.data_ptr<scalar_t>(), buf_s.data_ptr<scalar_t>(),
+        buf_v.data_ptr<scalar_t>(), rates.data_ptr<double>(), steps, started, sign_fix, first_loss, blow_up,
+        losses.data_ptr<double>(), done.data_ptr<int64_t>(), current_stream()));
+  });
+  return losses.narrow(0, 0, done.item<int64_t>());
+}
+
+at::Tensor masked_sgd_run_cuda(const at::Tensor& init, const at::Tensor& omega, const at::Tensor& X,
+                               const at::Tensor& Y, at::Tensor& U, at::Tensor& buf, const at::Tensor& lrs,
+                               int64_t hops, c10::string_view activation, c10::string_view loss, double momentum,
+                               double dampening, bool nesterov, bool started, double first_loss, double blow_up) {
+  const MaskedRunCodes codes =
+      check_masked_run_args(init, omega, X, Y, U, buf, lrs, hops, activation, loss, momentum, dampening, blow_up);
+  const c10::OptionalDeviceGuard guard(at::device_of(U));
+  const int64_t steps = lrs.numel();
+  const at::Tensor rates = lrs.to(U.device()).contiguous();
+  at::Tensor losses = at::empty({steps}, U.options().dtype(at::kDouble));
+  at::Tensor done = at::zeros({1}, U.options().dtype(at::kLong));
+  AT_DISPATCH_FLOATING_TYPES(U.scalar_type(), "gdla_masked_sgd_run_cuda", [&] {
+    C10_CUDA_CHECK(cuda::launch_masked_sgd_run<scalar_t>(
+        init.data_ptr<scalar_t>(), omega.data_ptr<scalar_t>(), X.data_ptr<scalar_t>(), Y.data_ptr<scalar_t>(),
+        static_cast<int>(U.size(0)), static_cast<int>(X.size(1)), static_cast<int>(hops), codes.activation,
+        codes.mse, momentum, dampening, nesterov, U.data_ptr<scalar_t>(), buf.data_ptr<scalar_t>(),
+        rates.data_ptr<double>(), steps, started, first_loss, blow_up, losses.data_ptr<double>(),
+        done.data_ptr<int64_t>(), current_stream()));
+  });
+  return losses.narrow(0, 0, done.item<int64_t>());
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(gdla, CUDA, m) {
+  m.impl("masked_sgd_run", &masked_sgd_run_cuda);
+  m.impl("svd_sgd_run", &svd_sgd_run_cuda);
   m.impl("inverse_adam_run", &inverse_adam_run_cuda);
   m.impl("inverse_momentum_run", &inverse_momentum_run_cuda);
   m.impl("inverse_mse", &inverse_mse_impl<CudaPrims>);

@@ -23,7 +23,6 @@ with ``L / λ_min < 190`` the rate per step is ``sqrt(momentum)`` either way.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -113,7 +112,6 @@ class Momentum(TorchOptimizer):
 
     def __init__(self, problem: Problem, params: Params, **options: Any) -> None:
         super().__init__(problem, params, **options)
-        self._first_loss = math.nan
         self._whole_run = self._whole_run_form()
 
     def build(self, tensors: list[torch.Tensor], lr: float | None, **options: Any) -> torch.optim.Optimizer:
@@ -149,13 +147,7 @@ class Momentum(TorchOptimizer):
             form.A, X, velocity, form.side, group["lr"], group["momentum"], steps,
             started=started, first_loss=self._first_loss, blow_up=BLOW_UP,
         )
-        if math.isnan(self._first_loss) and len(losses):
-            self._first_loss = float(losses[0])
-        return losses
-
-    def step(self) -> torch.Tensor:
-        losses = self.run(1)
-        return super().step() if losses is None else losses[0]
+        return self.note_first_loss(losses)
 
 
 @gdla.hookimpl

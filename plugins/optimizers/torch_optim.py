@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import torch
 
 import gdla
-from gdla.capabilities import InverseMSE
+from gdla.capabilities import InverseMSE, MaskedOperatorLoss, SvdPenaltyLoss
 from gdla.errors import InputError
 from gdla.optimizer import GradientOptimizer, Suitability
 from gdla.options import Option
@@ -225,6 +225,7 @@ class TorchOptimizer(GradientOptimizer):
     def __init__(self, problem: Problem, params: Params, **options: Any) -> None:
         if self.default_schedule is not None and "schedule" not in options:
             options["schedule"] = self.default_schedule
+        self._first_loss = math.nan  # see note_first_loss
         super().__init__(problem, params, **options)
 
     @classmethod
@@ -256,6 +257,18 @@ class TorchOptimizer(GradientOptimizer):
 
     def resolve(self, settings: dict[str, Any]) -> None:
         """Check options against each other and fill defaults derived from others (default: nothing)."""
+
+    def step(self) -> torch.Tensor:
+        """One step: through :meth:`run` where a whole-run kernel takes this run (so a step-by-step run and a
+        bulk run give the same bits), else ``torch.optim``'s."""
+        losses = self.run(1)
+        return super().step() if losses is None else losses[0]
+
+    def note_first_loss(self, losses: torch.Tensor) -> torch.Tensor:
+        """Keep the run's first loss, the whole-run kernels' divergence reference; returns ``losses``."""
+        if math.isnan(self._first_loss) and len(losses):
+            self._first_loss = float(losses[0])
+        return losses
 
     def inverse_run_form(self, max_n: int) -> InverseMSE | None:
         """The problem's fused inverse MSE where a whole-run kernel can take this run, else ``None``.
@@ -305,6 +318,78 @@ class SGD(TorchOptimizer):
     }
     lr_rule = ("inverse_lipschitz", 1.0)
     lr_units = "curvature"
+    state_attributes = ("_first_loss",)
+
+    def __init__(self, problem: Problem, params: Params, **options: Any) -> None:
+        super().__init__(problem, params, **options)
+        self._whole_run = self._run_form()
+
+    def _run_form(self) -> SvdPenaltyLoss | MaskedOperatorLoss | None:
+        """The problem's fused loss where a whole-run kernel (``gdla.ops.svd_sgd_run``, ``masked_sgd_run``)
+        can take the run: ``backend="fused"``, no weight decay, small contiguous tensors. Else ``None``."""
+        form = self.problem.fused_loss()
+        if self.backend != "fused" or self.settings["weight_decay"] != 0:
+            return None
+        from gdla import ops  # the compiled extension loads only when asked for
+
+        if isinstance(form, SvdPenaltyLoss):
+            data, keys = [form.M], form.keys
+            fits = form.M.dim() == 2 and max(form.M.shape) <= ops.SMALL_MAX_N
+        elif isinstance(form, MaskedOperatorLoss):
+            data, keys = [form.init, form.omega, form.X, form.Y], (form.key,)
+            fits = form.X.dim() == 2 and form.X.shape[0] <= ops.SMALL_MAX_N and form.X.shape[1] <= ops.RUN_MAX_COLUMNS
+            fits = fits and form.hops <= ops.RUN_MAX_HOPS and all(t.layout == torch.strided for t in data)
+        else:
+            return None
+        tensors = [self.params.get(key) for key in keys]
+        if not fits or set(self.params) != set(keys) or any(t is None or not t.is_contiguous() for t in tensors):
+            return None
+        return form if all(t.is_contiguous() for t in data) else None
+
+    @property
+    def projects_in_run(self) -> bool:
+        """The SVD run applies the problem's projection (the sign fix) after each of its steps."""
+        return isinstance(self._whole_run, SvdPenaltyLoss)
+
+    def run(self, steps: int) -> torch.Tensor | None:
+        """``steps`` SGD steps in one call of the problem's whole-run kernel (the SVD's sign fix included).
+
+        Keeps torch's state (``momentum_buffer``) and moves the schedule as ``steps`` calls of
+        :meth:`step` would.
+        """
+        form = self._whole_run
+        if form is None:
+            return None
+        from gdla import ops
+        from gdla.schedules import advance, upcoming_rates
+
+        keys = form.keys if isinstance(form, SvdPenaltyLoss) else (form.key,)
+        tensors = [self.params[key] for key in keys]
+        group = self.torch_optimizer.param_groups[0]
+        momentum = group["momentum"]
+        states = [self.torch_optimizer.state[t] for t in tensors]
+        started = all(state.get("momentum_buffer") is not None for state in states)
+        if momentum:
+            for state, tensor in zip(states, tensors, strict=True):
+                if state.get("momentum_buffer") is None:
+                    state["momentum_buffer"] = torch.zeros_like(tensor)
+            buffers = tuple(state["momentum_buffer"] for state in states)
+        else:  # plain SGD keeps no buffer: scratch space the kernel leaves unused
+            buffers = tuple(torch.zeros_like(t) for t in tensors)
+        rates = upcoming_rates(self.scheduler, group["lr"], steps)
+        rule = {
+            "momentum": momentum, "dampening": group["dampening"], "nesterov": group["nesterov"], "started": started,
+            "first_loss": self._first_loss, "blow_up": BLOW_UP,
+        }
+        lrs = torch.from_numpy(rates[:steps])
+        if isinstance(form, SvdPenaltyLoss):
+            losses = ops.svd_sgd_run(form.M, *tensors, buffers, lrs, weight_u=form.weight_u, weight_v=form.weight_v,
+                                     sign_fix=True, **rule)
+        else:
+            losses = ops.masked_sgd_run(form.init, form.omega, form.X, form.Y, tensors[0], buffers[0], lrs,
+                                        hops=form.hops, activation=form.activation, loss=form.loss, **rule)
+        advance(self.scheduler, rates, len(losses))
+        return self.note_first_loss(losses)
 
     def resolve(self, settings: dict[str, Any]) -> None:
         if settings["nesterov"] and (settings["momentum"] == 0 or settings["dampening"] != 0):
@@ -344,7 +429,6 @@ class Adam(TorchOptimizer):
 
     def __init__(self, problem: Problem, params: Params, **options: Any) -> None:
         super().__init__(problem, params, **options)
-        self._first_loss = math.nan
         self._whole_run = None
         if self.backend == "fused" and not self.settings["amsgrad"] and self.settings["weight_decay"] == 0:
             from gdla import ops  # the compiled extension loads only when asked for
@@ -384,13 +468,7 @@ class Adam(TorchOptimizer):
         taken = len(losses)
         state["step"] += taken
         advance(self.scheduler, rates, taken)
-        if math.isnan(self._first_loss) and taken:
-            self._first_loss = float(losses[0])
-        return losses
-
-    def step(self) -> torch.Tensor:
-        losses = self.run(1)
-        return super().step() if losses is None else losses[0]
+        return self.note_first_loss(losses)
 
 
 class Adagrad(TorchOptimizer):

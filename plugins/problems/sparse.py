@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 import gdla
-from gdla.capabilities import LinearLeastSquares
+from gdla.capabilities import LinearLeastSquares, MaskedOperatorLoss
 from gdla.errors import InputError, ResourceError, ShapeError
 from gdla.memory import HEADROOM, available_bytes, format_bytes
 from gdla.options import Option
@@ -418,6 +418,13 @@ class SparseProblem(Problem):
         if self.pattern is not None:
             return "problem 'sparse' stores U only on omega's pattern: there is no mask product to fuse"
         return None
+
+    def fused_loss(self) -> MaskedOperatorLoss | None:
+        """In dense storage: the masked operator fit as it stands (data, hops, activation and loss)."""
+        if self.pattern is not None:
+            return None
+        activation = None if self.activation in (None, "identity") else self.activation
+        return MaskedOperatorLoss(self.init, self.omega, self.X, self.Y, self.hops, activation, self.loss_kind)
 
     def update_masks(self) -> Params:
         """``U`` moves only where ``Ω`` is 1: the fused momentum step uses the mask directly

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 import gdla
-from gdla.capabilities import SingularValueDecomposition
+from gdla.capabilities import SingularValueDecomposition, SvdPenaltyLoss
 from gdla.errors import InputError
 from gdla.options import Option
 from gdla.problem import Params, Problem
@@ -163,7 +163,8 @@ class SVDProblem(Problem):
         level = self._norm / math.sqrt(k) if self._norm > 0 else 1.0
         s = torch.sqrt(diagonal.abs().clamp(min=1e-3 * level))
         target = {"dtype": self.dtype, "device": self.device}
-        return {"U": U.to(**target), "s": s.to(**target), "V": V.to(**target)}
+        # row-major: QR hands back column-major factors, and whole-run kernels update them in place
+        return {"U": U.to(**target).contiguous(), "s": s.to(**target), "V": V.to(**target).contiguous()}
 
     def _fit_factors(self, params: Params) -> tuple[torch.Tensor, torch.Tensor]:
         """``(U, V)`` as the fit sees them: retracted (differentiably) in the retraction modes."""
@@ -248,6 +249,12 @@ class SVDProblem(Problem):
         own = ((U.mT @ self.M) * V.mT).sum(dim=1)  # diag(Uᵀ M V)
         fitted = (gram_u * S * gram_v.mT).sum(dim=1)  # diag(Uᵀ U S Vᵀ V)
         return own - fitted + S * torch.diagonal(gram_u) * torch.diagonal(gram_v) < 0
+
+    def fused_loss(self) -> SvdPenaltyLoss | None:
+        """In the penalty mode: the fused ``svd_loss`` with this problem's weights, and the sign fix as projection."""
+        if self.orthonormal != "penalty":
+            return None
+        return SvdPenaltyLoss(self.M, self.weight_u, self.weight_v)
 
     def singular_value_decomposition(self) -> SingularValueDecomposition:
         """``M`` and the rank; the factors are ``U``, ``V`` and the values ``s²`` (unlocks ``riemannian-svd``)."""

@@ -57,6 +57,14 @@ def _samples(device: str) -> list[tuple[str, tuple]]:
                               1e12)),
         ("inverse_adam_run", (small[0], small[0].clone(), torch.ones_like(small[0]), torch.ones_like(small[0]), "both",
                               torch.full((3,), 0.05, dtype=torch.float64), 0.5, 0.9, 1e-6, 4, 1.0, 1e12)),
+        ("masked_sgd_run", (S.detach(), (S.detach() > 0).double(), _rand(3, 2, device=device),
+                            _rand(3, 2, device=device), torch.zeros(3, 3, dtype=torch.float64, device=device),
+                            torch.zeros(3, 3, dtype=torch.float64, device=device),
+                            torch.full((5,), 0.01, dtype=torch.float64), 2, "tanh", "frobenius", 0.9, 0.0, False, False,
+                            float("nan"), 1e12)),
+        ("svd_sgd_run", (*(t.detach().clone() for t in svd), *(torch.zeros_like(t) for t in svd[1:]),
+                         torch.full((4,), 0.05, dtype=torch.float64), 0.01, 0.01, 0.9, 0.0, True, False, True,
+                         float("nan"), 1e12)),
     ]
 
 

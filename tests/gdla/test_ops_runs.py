@@ -209,3 +209,140 @@ def test_adam_run_bad_arguments_name_the_argument() -> None:
         ops.inverse_adam_run(A, X, m, v, "right", rates, step0=-1)
     with pytest.raises(ValueError, match="contiguous"):
         ops.inverse_adam_run(A, X.mT, m, v, "right", rates)
+
+
+# -- svd_sgd_run ----------------------------------------------------------------------------------------
+def svd_start(dtype: torch.dtype, device: str, m: int = 5, n: int = 4, k: int = 3) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(3)
+    M = torch.randn(m, n, generator=g, dtype=torch.float64)
+    U = torch.linalg.qr(torch.randn(m, k, generator=g, dtype=torch.float64))[0].contiguous()
+    V = torch.linalg.qr(torch.randn(n, k, generator=g, dtype=torch.float64))[0].contiguous()
+    s = torch.rand(k, generator=g, dtype=torch.float64) + 0.5
+    return tuple(t.to(dtype=dtype, device=device) for t in (M, U, s, V))
+
+
+def svd_reference(M, U, s, V, rates, weights, momentum, nesterov):
+    """torch.optim.SGD with autograd gradients of the svd problem's penalty loss, then its sign fix."""
+    from gdla_plugins.problems.svd import SVDProblem
+
+    problem = SVDProblem(M, rank=U.shape[1], weight_u=weights[0], weight_v=weights[1])
+    params = {key: t.clone().requires_grad_(True) for key, t in (("U", U), ("s", s), ("V", V))}
+    optimizer = torch.optim.SGD(list(params.values()), lr=rates[0], momentum=momentum, nesterov=nesterov)
+    losses = []
+    for rate in rates:
+        optimizer.param_groups[0]["lr"] = rate
+        optimizer.zero_grad()
+        loss = problem.loss(params)
+        loss.backward()
+        losses.append(float(loss.detach()))
+        optimizer.step()
+        problem.project(params)
+    return losses, [params[key].detach() for key in ("U", "s", "V")]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("momentum", "nesterov"), [(0.0, False), (0.9, False), (0.8, True)])
+def test_svd_run_matches_torch_sgd_with_the_sign_fix(device: str, dtype: torch.dtype, momentum: float,
+                                                      nesterov: bool) -> None:
+    M, U, s, V = svd_start(dtype, device)
+    V[:, 0] = -V[:, 0]  # a column the sign fix has to turn round
+    rates = [0.3 * 0.97**k for k in range(40)]
+    expected_losses, expected = svd_reference(M, U, s, V, rates, (0.01, 0.02), momentum, nesterov)
+    buffers = tuple(torch.zeros_like(t) for t in (U, s, V))
+    losses = ops.svd_sgd_run(M, U, s, V, buffers, torch.tensor(rates, dtype=torch.float64), weight_u=0.01,
+                             weight_v=0.02, momentum=momentum, nesterov=nesterov)
+    torch.testing.assert_close(losses, torch.tensor(expected_losses, dtype=torch.float64, device=device), **TOL[dtype])
+    for got, want in zip((U, s, V), expected, strict=True):
+        torch.testing.assert_close(got, want, **TOL[dtype])
+
+
+def test_svd_run_in_one_call_equals_step_by_step_bitwise() -> None:
+    M, U, s, V = svd_start(torch.float32, "cpu")
+    twins = [t.clone() for t in (U, s, V)]
+    buffers = tuple(torch.zeros_like(t) for t in (U, s, V))
+    twin_buffers = tuple(torch.zeros_like(t) for t in (U, s, V))
+    rates = torch.linspace(0.3, 0.05, 50, dtype=torch.float64)
+    settings = {"weight_u": 0.01, "weight_v": 0.01, "momentum": 0.9}
+    whole = ops.svd_sgd_run(M, U, s, V, buffers, rates, **settings)
+    first, single = math.nan, []
+    for step in range(50):
+        loss = ops.svd_sgd_run(M, *twins, twin_buffers, rates[step : step + 1], started=step > 0, first_loss=first,
+                               **settings)
+        first = float(loss[0]) if step == 0 else first
+        single.append(float(loss[0]))
+    assert whole.tolist() == single
+    assert all(torch.equal(a, b) for a, b in zip((U, s, V, *buffers), (*twins, *twin_buffers), strict=True))
+
+
+def test_svd_run_stops_after_the_step_that_diverges_and_names_bad_arguments() -> None:
+    M, U, s, V = svd_start(torch.float64, "cpu")
+    buffers = tuple(torch.zeros_like(t) for t in (U, s, V))
+    losses = ops.svd_sgd_run(M, U, s, V, buffers, torch.full((500,), 50.0, dtype=torch.float64), weight_u=0.01,
+                             weight_v=0.01, blow_up=1e3)
+    assert 1 < len(losses) < 500 and float(losses[-1]) > 1e3 * float(losses[0])
+    rates = torch.full((3,), 0.1, dtype=torch.float64)
+    with pytest.raises(ShapeError, match="m, n <= 16"):
+        big = torch.zeros(17, 3, dtype=torch.float64)
+        ops.svd_sgd_run(big, U, s, V, buffers, rates, weight_u=0.0, weight_v=0.0)
+    with pytest.raises(ValueError, match="buf_v must have shape"):
+        ops.svd_sgd_run(M, U, s, V, (buffers[0], buffers[1], buffers[2][:2]), rates, weight_u=0.0, weight_v=0.0)
+    with pytest.raises(InputError, match="weight_u"):
+        ops.svd_sgd_run(M, U, s, V, buffers, rates, weight_u=-1.0, weight_v=0.0)
+
+
+# -- masked_sgd_run -------------------------------------------------------------------------------------
+def masked_system(dtype: torch.dtype, device: str, n: int = 4, p: int = 3) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(5)
+    init = 0.3 * torch.randn(n, n, generator=g, dtype=torch.float64)
+    omega = (torch.rand(n, n, generator=g) > 0.4).double()
+    X, Y = torch.randn(n, p, generator=g, dtype=torch.float64), torch.randn(n, p, generator=g, dtype=torch.float64)
+    return tuple(t.to(dtype=dtype, device=device) for t in (init, omega, X, Y))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("hops", "activation", "loss"), [(1, None, "mse"), (2, None, "frobenius"),
+                                                          (2, "tanh", "mse"), (3, "relu", "frobenius"),
+                                                          (2, "sigmoid", "frobenius"), (2, "cube", "mse")])
+def test_masked_run_matches_the_sparse_problem_with_torch_sgd(device, dtype, hops, activation, loss) -> None:
+    from gdla_plugins.problems.sparse import SparseProblem
+
+    init, omega, X, Y = masked_system(dtype, device)
+    problem = SparseProblem(X, Y, init=init, omega=omega, hops=hops, activation=activation, loss=loss)
+    rates = [(0.002 if activation == "cube" else 0.05) * 0.98**k for k in range(30)]  # cubes grow fast
+    leaf = torch.zeros_like(init).requires_grad_(True)
+    optimizer = torch.optim.SGD([leaf], lr=rates[0], momentum=0.9)
+    expected = []
+    for rate in rates:
+        optimizer.param_groups[0]["lr"] = rate
+        optimizer.zero_grad()
+        value = problem.loss({"U": leaf})
+        value.backward()
+        expected.append(float(value.detach()))
+        optimizer.step()
+    U, buf = torch.zeros_like(init), torch.zeros_like(init)
+    losses = ops.masked_sgd_run(init, omega, X, Y, U, buf, torch.tensor(rates, dtype=torch.float64), hops=hops,
+                                activation=activation, loss=loss, momentum=0.9)
+    torch.testing.assert_close(losses, torch.tensor(expected, dtype=torch.float64, device=device), **TOL[dtype])
+    torch.testing.assert_close(U, leaf.detach(), **TOL[dtype])
+
+
+def test_masked_run_in_one_call_equals_step_by_step_bitwise_and_names_bad_arguments() -> None:
+    init, omega, X, Y = masked_system(torch.float32, "cpu")
+    U, buf, U_steps, buf_steps = (torch.zeros_like(init) for _ in range(4))
+    rates = torch.linspace(0.05, 0.01, 40, dtype=torch.float64)
+    whole = ops.masked_sgd_run(init, omega, X, Y, U, buf, rates, hops=2, momentum=0.5)
+    first, single = math.nan, []
+    for step in range(40):
+        loss = ops.masked_sgd_run(init, omega, X, Y, U_steps, buf_steps, rates[step : step + 1], hops=2, momentum=0.5,
+                                  started=step > 0, first_loss=first)
+        first = float(loss[0]) if step == 0 else first
+        single.append(float(loss[0]))
+    assert whole.tolist() == single and torch.equal(U, U_steps) and torch.equal(buf, buf_steps)
+    with pytest.raises(ValueError, match="hops must be in 1..4"):
+        ops.masked_sgd_run(init, omega, X, Y, U, buf, rates, hops=5)
+    with pytest.raises(ValueError, match="activation must be"):
+        ops.masked_sgd_run(init, omega, X, Y, U, buf, rates, activation="gelu")
+    with pytest.raises(ValueError, match="Y must have shape"):
+        ops.masked_sgd_run(init, omega, X, Y[:, :2], U, buf, rates)

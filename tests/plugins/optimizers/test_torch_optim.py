@@ -437,3 +437,47 @@ def test_adam_with_weight_decay_or_amsgrad_keeps_torch_adam() -> None:
     for options in ({"weight_decay": 1e-4}, {"amsgrad": True}):
         opt = gdla.get_optimizer("adam")(problem, problem.init_params(torch.Generator()), backend="fused", **options)
         assert opt.run(5) is None  # the kernel serves plain Adam only: the loop goes step by step
+
+
+# -- SGD's whole-run kernel on the SVD penalty loss -------------------------------------------------------
+SEED_001 = {"optimizer": "sgd", "lr": 0.9, "momentum": 0.9, "max_steps": 500, "tol": 0}
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("extra", [{}, {"nesterov": True, "lr": 0.3}, {"schedule": "cosine"}, {"lr": 5.0}])
+def test_sgd_svd_whole_run_equals_the_step_by_step_path(dtype: torch.dtype, extra: dict) -> None:
+    problem = gdla.get_problem("svd").example(dtype=dtype)
+    bulk = gdla.solve(problem, **{**SEED_001, **extra})
+    stepwise = gdla.solve(problem, callback=_one_by_one, **{**SEED_001, **extra})
+    assert bulk.backend == stepwise.backend == "fused"
+    assert (bulk.steps, bulk.stop_reason) == (stepwise.steps, stepwise.stop_reason)
+    assert bulk.stop_reason == ("diverged" if extra.get("lr") == 5.0 else "max_steps")  # lr 5 blows up
+    assert bulk.losses == stepwise.losses
+    assert all(torch.equal(a, b) for a, b in zip(bulk.solution, stepwise.solution, strict=True))
+
+
+@needs_kernel
+def test_sgd_svd_whole_run_matches_torch_sgd_with_autograd() -> None:
+    problem = gdla.get_problem("svd").example()
+    fused = gdla.solve(problem, **SEED_001)
+    reference = gdla.solve(problem, backend="autograd", **SEED_001)
+    torch.testing.assert_close(torch.tensor(fused.losses), torch.tensor(reference.losses), rtol=1e-8, atol=1e-18)
+    assert fused.metrics["error"] == pytest.approx(reference.metrics["error"], rel=1e-4)
+    for got, want in zip(fused.solution, reference.solution, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-9)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("options", [{}, {"activation": "tanh", "loss": "mse"}])
+def test_sgd_masked_whole_run_equals_the_step_by_step_path(dtype: torch.dtype, options: dict) -> None:
+    problem = gdla.get_problem("sparse").example(hops=2, dtype=dtype, **options)
+    settings = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.5, "max_steps": 300, "tol": 0}
+    bulk = gdla.solve(problem, **settings)
+    stepwise = gdla.solve(problem, callback=_one_by_one, **settings)
+    reference = gdla.solve(problem, backend="autograd", **settings)
+    assert bulk.backend == "fused" and bulk.losses == stepwise.losses and torch.equal(bulk.solution, stepwise.solution)
+    tol = {"rtol": 1e-4, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-12}
+    # the first 100 steps: the seed's Frobenius loss is not smooth at its minimum, where rounding differences grow
+    torch.testing.assert_close(torch.tensor(bulk.losses[:100]), torch.tensor(reference.losses[:100]), **tol)
