@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from array import array
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -73,12 +74,12 @@ class StopRules:
         """
         if len(losses) == 0:
             return None
-        values = losses.detach().to(device="cpu", dtype=torch.float64)
+        values = losses.detach().to(device="cpu", dtype=torch.float64).numpy()  # numpy: no dispatch per call
         if self._first_loss is None:
             self._first_loss = float(values[0])
-        bad = ~torch.isfinite(values)
+        bad = ~np.isfinite(values)
         bad[1:] |= values[1:] > BLOW_UP * max(self._first_loss, 1e-30)
-        hits = bad.nonzero()
+        hits = np.flatnonzero(bad)
         return int(hits[0]) + 1 if len(hits) else None
 
     def on_residual(self, step: int, loss: float, residual: float) -> str | None:
