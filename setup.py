@@ -42,7 +42,7 @@ def extensions() -> list:
         return []
     # py_limited_api=True makes BuildExtension define Py_LIMITED_API (Python 3.10) itself.
     # -fno-math-errno: sqrt compiles to the (vectorisable) instruction; it is correctly rounded either
-    # way, so no result changes, only that libm would set errno for a negative argument
+    # way, so no result changes, only that libm would set errno for a negative argument.
     cxx = ["-O3", "-fopenmp", "-fno-math-errno"]
     options = {
         "include_dirs": [os.path.join(HERE, "csrc")],
