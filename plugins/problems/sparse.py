@@ -19,7 +19,6 @@ small least-squares problem per row; its minimum-norm answer (where gradient des
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -27,7 +26,7 @@ import torch
 import gdla
 from gdla.capabilities import LinearLeastSquares, MaskedOperatorLoss
 from gdla.errors import InputError, ResourceError, ShapeError
-from gdla.memory import HEADROOM, available_bytes, format_bytes
+from gdla.memory import available_bytes, format_bytes
 from gdla.options import Option
 from gdla.problem import Params, Problem
 from gdla.scaling import Normalization, check_representable, power_of_two_scale, scale_by_power_of_two
@@ -39,23 +38,19 @@ from gdla_plugins.problems._common import (
     relative_norm,
     safe_scale,
 )
-from gdla_plugins.problems._sparse_pattern import Pattern, is_sparse, random_operator_on, random_pattern_example
+from gdla_plugins.problems._sparse_data import (
+    ACTIVATIONS,
+    EXAMPLE_SEED,
+    INIT_NOISE,
+    identity,
+    random_dense_example,
+    sparse_matrix_data,
+)
+from gdla_plugins.problems._sparse_pattern import Pattern, is_sparse, random_pattern_example
 
 __all__ = ["ACTIVATIONS", "LOSSES", "SparseProblem"]
 
-#: Elementwise activations applied after every hop; ``None`` (or ``"identity"``) is linear.
-#: ``"cube"`` is the seed's commented-out ``x ** 3`` experiment.
-ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "relu": torch.relu,
-    "tanh": torch.tanh,
-    "sigmoid": torch.sigmoid,
-    "cube": lambda x: x * x * x,
-}
 LOSSES = ("frobenius", "mse")
-#: Seed 002 seeded torch with 123 before drawing ``Init``; ``example(seed=s)`` uses ``123 + s``.
-EXAMPLE_SEED = 123
-#: Seed 002's scale of the random ``Init`` (a zero ``Init`` is a saddle for two or more hops).
-INIT_NOISE = 0.1
 
 
 class SparseProblem(Problem):
@@ -264,7 +259,8 @@ class SparseProblem(Problem):
             ResourceError: ``X`` and ``Y`` (``n × columns`` each) would not fit in memory.
         """
         if is_sparse(matrix):
-            return cls._from_sparse_matrix(matrix, columns, options)
+            X, Y, omega, init = sparse_matrix_data(matrix, columns, options)
+            return cls(X, Y, omega=omega, init=init, **options)
         if columns is not None:
             raise InputError(
                 "columns: only for a sparse matrix (a coordinate .mtx file or a torch sparse tensor), whose X has "
@@ -276,60 +272,6 @@ class SparseProblem(Problem):
                 f"matrix: expected a square operator (n, n) to learn, received shape {tuple(target.shape)}"
             )
         return cls(torch.eye(target.shape[0], dtype=target.dtype, device=target.device), target, **options)
-
-    @classmethod
-    def _from_sparse_matrix(cls, matrix: torch.Tensor, columns: int | None, options: dict[str, Any]) -> SparseProblem:
-        """:meth:`from_matrix` for a torch sparse ``matrix``: its pattern is Ω (see there)."""
-        if "omega" in options:
-            raise InputError(
-                "omega: a sparse matrix's stored positions are omega; leave omega out, received one as well"
-            )
-        if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]:
-            raise ShapeError(
-                f"matrix: expected a square sparse operator (n, n) to learn, received shape {tuple(matrix.shape)}"
-            )
-        if matrix.is_complex():
-            raise InputError(f"matrix: expected real values, received {matrix.dtype}")
-        coo = (matrix if matrix.layout == torch.sparse_coo else matrix.to_sparse_coo()).coalesce()
-        n, indices, values = int(matrix.shape[0]), coo.indices(), coo.values()
-        nnz = int(values.numel())
-        if nnz == 0:
-            raise InputError(
-                f"matrix: expected at least one stored entry (the positions U may use), received an empty "
-                f"sparse ({n}, {n}) matrix"
-            )
-        positions_only = values.dtype == torch.bool
-        dtype = as_working_float(values).dtype if values.is_floating_point() else torch.float64
-        widest = int(torch.bincount(indices[0], minlength=n).max())
-        p = max(8, 2 * widest) if columns is None else check_int(columns, "columns", minimum=1)
-        _check_data_fits(n, p, nnz, dtype, columns is None)
-        hops = check_int(options.get("hops", 1), "hops", minimum=1)
-        act = ACTIVATIONS.get(options.get("activation") or "", _identity)
-        generator = cpu_generator(EXAMPLE_SEED)
-
-        def sparse(entries: torch.Tensor) -> torch.Tensor:
-            return torch.sparse_coo_tensor(indices, entries, (n, n), is_coalesced=True, check_invariants=False)
-
-        if positions_only:  # the example's rule on the given pattern
-            init_values, step_values, X = random_operator_on(nnz, n, max(nnz / n, 1.0), p, generator)
-            init = options.pop("init", None)
-            if init is None:
-                init = sparse(init_values)
-            else:
-                init_values = Pattern(sparse(torch.ones(nnz)), n, torch.device("cpu")).values_of(
-                    init, "init", torch.float64
-                )
-            truth_values = init_values + step_values
-        else:
-            truth_values = values.to(torch.float64)
-            check_finite(truth_values, "matrix")
-            X = torch.randn(n, p, generator=generator, dtype=torch.float64)
-            init = options.pop("init", None)
-        truth, Y = sparse(truth_values), X
-        for _ in range(hops):
-            Y = act(torch.sparse.mm(truth, Y))
-        omega = sparse(torch.ones(nnz, dtype=dtype))
-        return cls(X.to(dtype), Y.to(dtype), omega=omega, init=init, **options)
 
     @classmethod
     def estimated_bytes(cls, size: int, dtype: torch.dtype = torch.float64, **options: Any) -> int:
@@ -379,7 +321,7 @@ class SparseProblem(Problem):
             init = INIT_NOISE * torch.rand(3, 3, generator=generator, dtype=torch.float64)
             return cls(X.to(dtype), Y.to(dtype), init=init.to(dtype), hops=hops, **options)
         n = check_int(size, "size", minimum=1)
-        act = ACTIVATIONS.get(options.get("activation") or "", _identity)
+        act = ACTIVATIONS.get(options.get("activation") or "", identity)
         if check_choice(storage, "storage", ("dense", "sparse")) == "sparse":
             per_row = check_int(per_row, "per_row", minimum=1)
             omega, init, truth, X = random_pattern_example(
@@ -396,14 +338,7 @@ class SparseProblem(Problem):
                 f"({format_bytes(available_bytes() or 0)} available): pass storage='sparse' "
                 "(-p storage=sparse) to store U only on a sparse mask, and solve it with cg (what auto picks)"
             )
-        omega = torch.rand(n, n, generator=generator, dtype=torch.float64) < 0.5
-        pick = torch.randint(n, (n,), generator=generator)
-        omega[torch.arange(n), pick] = True  # every row has at least one free entry
-        init = INIT_NOISE * torch.randn(n, n, generator=generator, dtype=torch.float64) / math.sqrt(n)
-        # Ω ⊙ U* has about n/2 entries of variance 1/n per row: spectral radius about 0.7,
-        # so S*ᵏ X neither explodes nor vanishes for a few hops.
-        truth = init + omega * torch.randn(n, n, generator=generator, dtype=torch.float64) / math.sqrt(n)
-        X = torch.randn(n, 2 * n, generator=generator, dtype=torch.float64)
+        omega, init, truth, X = random_dense_example(n, generator)
         Y = X
         for _ in range(hops):
             Y = act(truth @ Y)
@@ -472,7 +407,7 @@ class SparseProblem(Problem):
 
     def forward(self, S: torch.Tensor) -> torch.Tensor:
         """``Ŷ``: apply ``S`` (then the activation) ``hops`` times to ``X``.  # -> (n, p)"""
-        act = ACTIVATIONS.get(self.activation or "", _identity)
+        act = ACTIVATIONS.get(self.activation or "", identity)
         out = self.X
         for _ in range(self.hops):  # a handful of hops: the loop is over layers, not data
             out = act(self.pattern.matmul(S, out) if self.pattern is not None else S @ out)
@@ -675,30 +610,11 @@ def _u_of(problem: SparseProblem, params: Params) -> torch.Tensor:
     return U
 
 
-def _identity(x: torch.Tensor) -> torch.Tensor:
-    return x
-
-
 def _u(params: Params, n: int) -> torch.Tensor:
     U = params["U"]
     if tuple(U.shape) != (n, n):
         raise ShapeError(f"params['U']: expected shape (n, n) = ({n}, {n}), received {tuple(U.shape)}")
     return U
-
-
-def _check_data_fits(n: int, p: int, nnz: int, dtype: torch.dtype, default: bool) -> None:
-    """Raise :class:`ResourceError` if a sparse matrix's problem (``X``, ``Y`` and their work copies,
-    about 8 numbers per entry of ``(n, p)``, plus about 20 per stored entry) would not fit."""
-    free = available_bytes()
-    needed = (8 * n * p + 20 * nnz) * (torch.finfo(dtype).bits // 8)
-    if free is None or needed <= HEADROOM * free:
-        return
-    chosen = f"the default max(8, 2 × the widest row) = {p}" if default else f"columns={p}"
-    raise ResourceError(
-        f"columns: X and Y of shape (n, columns) = ({n}, {p}) with {chosen}, and the {nnz} stored entries, need "
-        f"about {format_bytes(needed)} ({format_bytes(free)} available); pass fewer columns (-p columns=K): rows "
-        "with more than K entries then get the minimum-norm fit"
-    )
 
 
 def _check_square_of(value: torch.Tensor, name: str, n: int) -> None:

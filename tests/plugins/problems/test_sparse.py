@@ -518,7 +518,7 @@ def test_sparse_matrix_errors() -> None:
 def test_sparse_matrix_too_big_for_its_columns(monkeypatch: pytest.MonkeyPatch) -> None:
     from gdla import memory
     from gdla.errors import ResourceError
-    from gdla_plugins.problems import sparse as module
+    from gdla_plugins.problems import _sparse_data as module
 
     monkeypatch.setattr(module, "available_bytes", lambda: 100_000)
     expected = r"^columns: X and Y of shape \(n, columns\) = \(400, \d+\) with the default .*-p columns=K"
