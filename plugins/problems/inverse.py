@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -61,6 +60,7 @@ from gdla_plugins.problems._common import (
     uniform,
     worst,
 )
+from gdla_plugins.problems._inverse_mesh import RowShardedInverse, full_mse, norms
 
 __all__ = ["InverseProblem"]
 
@@ -330,7 +330,7 @@ class InverseProblem(Problem):
             apply=inverse.product,
             adjoint=inverse.adjoint,
             rhs=self._eye().expand(*self.batch_shape, self._k, self._k),
-            loss_of=_full_mse if is_dtensor(self.A) else batched_mse,
+            loss_of=full_mse if is_dtensor(self.A) else batched_mse,
             block_dims=dims,
             block_name=block,
             distinct_blocks=math.prod(self.batch_shape),  # every column (row) of one matrix meets the same A
@@ -466,12 +466,12 @@ class InverseProblem(Problem):
         M = self._placed(params["M"])  # a gathered answer goes back on the mesh: the products run there
         root_k = math.sqrt(self._k)
         if self.side == "both":
-            return torch.maximum(_norms(A @ replicated(M) - eye), _norms(M @ replicated(A) - eye)) / root_k
+            return torch.maximum(norms(A @ replicated(M) - eye), norms(M @ replicated(A) - eye)) / root_k
         error = self._product(M) - eye
-        value = _norms(error) / root_k
+        value = norms(error) / root_k
         if not bool(self._attainable.all()):
             normal = self.matrix_inverse().adjoint(error)  # Aᵀ(AM − I) right, (MA − I)Aᵀ left
-            normal_value = _norms(normal) / (safe_scale(self._sigma_max) * root_k)
+            normal_value = norms(normal) / (safe_scale(self._sigma_max) * root_k)
             value = torch.where(self._attainable, value, normal_value)
         return value
 
@@ -531,52 +531,6 @@ class InverseProblem(Problem):
         if mesh is not None:
             info["mesh"] = mesh
         return info
-
-
-@dataclass(frozen=True)
-class RowShardedInverse(MatrixInverse):
-    """:class:`~gdla.MatrixInverse` of a DTensor ``A`` whose products say how they communicate.
-
-    ``A`` and the iterate ``X`` are row-sharded alike (or both replicated). A product takes the
-    rows of its left factor times the whole right factor (:func:`~gdla.mesh.replicated`: one
-    all-gather), so each result is row-sharded too; ``Aᵀ R`` sums every rank's ``A_rᵀ R_r`` and
-    reduce-scatters it back into rows. The values are :class:`~gdla.MatrixInverse`'s.
-    """
-
-    def product(self, X: torch.Tensor) -> torch.Tensor:
-        A = self.A
-        if self.side == "right":
-            return A @ replicated(X)
-        if self.side == "left":
-            return X @ replicated(A)
-        return (A @ replicated(X) + X @ replicated(A)) / 2
-
-    def safe_start(self) -> torch.Tensor:
-        """:meth:`~gdla.MatrixInverse.safe_start` from the gathered ``A``, handed out in rows like ``A``.
-
-        (``Aᵀ`` of a row-sharded ``A`` is column-sharded; turning it into rows would be an all-to-all,
-        which gloo lacks.)
-        """
-        whole = MatrixInverse(replicated(self.A), side=self.side, pseudo=self.pseudo, key=self.key)
-        return placed_like(whole.safe_start(), self.A)
-
-    def adjoint(self, R: torch.Tensor) -> torch.Tensor:
-        A = self.A
-        if self.side == "right":
-            return placed_like(A.mT @ R, R)
-        if self.side == "left":
-            return R @ replicated(A).mT
-        return (placed_like(A.mT @ R, R) + R @ replicated(A).mT) / 2
-
-
-def _norms(tensor: torch.Tensor) -> torch.Tensor:
-    """:func:`frobenius` of each matrix, all-reduced to a plain tensor for a DTensor (the same on every rank)."""
-    return full_tensor(frobenius(tensor))
-
-
-def _full_mse(difference: torch.Tensor) -> torch.Tensor:
-    """:func:`batched_mse` of a DTensor as a plain tensor, the same on every rank."""
-    return full_tensor(batched_mse(difference))
 
 
 def _check_side(side: str, m: int, n: int, pseudo: bool) -> None:
