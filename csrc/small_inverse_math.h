@@ -324,27 +324,29 @@ GDLA_HD double inverse_mse_small(const T* A, const T* M, int side, T scale, T* g
 template <typename T, int N>
 GDLA_HD void matmul_split(const T* __restrict a, const T* __restrict b, T* __restrict c) {
 #if !defined(__CUDACC__) && (defined(__GNUC__) || defined(__clang__))
-  if constexpr ((N * sizeof(T)) % 32 == 0) {
-    // rows that fill 32-byte vectors: written with vector types, since GCC's own vectorisation of
-    // the loop below is 5x slower at 16 x 16 floats; the same operations in the same order
-    typedef T vec __attribute__((vector_size(32)));
-    constexpr int W = static_cast<int>(N * sizeof(T) / 32), L = static_cast<int>(32 / sizeof(T));
+  constexpr int kBytes = (N * sizeof(T)) % 32 == 0 ? 32 : (N * sizeof(T)) % 16 == 0 ? 16 : 0;
+  if constexpr (kBytes != 0) {
+    // rows that fill 16- or 32-byte vectors: written with vector types, since GCC's own
+    // vectorisation of the loop below is 5x slower at 16 x 16 floats; the same operations in the
+    // same order
+    typedef T vec __attribute__((vector_size(kBytes)));
+    constexpr int W = static_cast<int>(N * sizeof(T) / kBytes), L = static_cast<int>(kBytes / sizeof(T));
     for (int i = 0; i < N; ++i) {
       vec acc[W];
       for (int w = 0; w < W; ++w) {
         vec row;
-        __builtin_memcpy(&row, b + L * w, 32);
+        __builtin_memcpy(&row, b + L * w, kBytes);
         acc[w] = a[i * N] * row;
       }
       for (int l = 1; l < N; ++l) {
         const T scale = a[i * N + l];
         for (int w = 0; w < W; ++w) {
           vec row;
-          __builtin_memcpy(&row, b + l * N + L * w, 32);
+          __builtin_memcpy(&row, b + l * N + L * w, kBytes);
           acc[w] += scale * row;
         }
       }
-      for (int w = 0; w < W; ++w) __builtin_memcpy(c + i * N + L * w, &acc[w], 32);
+      for (int w = 0; w < W; ++w) __builtin_memcpy(c + i * N + L * w, &acc[w], kBytes);
     }
     return;
   }
