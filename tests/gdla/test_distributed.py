@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -87,21 +84,12 @@ def _matrices(batch: int) -> torch.Tensor:
     return torch.eye(4, dtype=torch.float64) + 0.3 * torch.randn(batch, 4, 4, generator=g, dtype=torch.float64)
 
 
-def _torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    # a clean launch: no rank variables inherited from an enclosing torchrun
-    inherited = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-    env = {k: v for k, v in os.environ.items() if k not in inherited}
-    env.update({"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
-
-
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+def ranks(tmp_path_factory: pytest.TempPathFactory, torchrun: Any) -> list[dict[str, Any]]:
     """What each of the 2 ranks saw (one torchrun launch for the module)."""
     folder = tmp_path_factory.mktemp("distributed")
     (folder / "worker.py").write_text(WORKER)
-    done = _torchrun("worker.py", str(folder), json.dumps(RUNS), str(BATCH), cwd=folder)
+    done = torchrun("worker.py", str(folder), json.dumps(RUNS), str(BATCH), cwd=folder)
     assert done.returncode == 0, done.stderr[-4000:]
     return [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
@@ -167,8 +155,8 @@ def test_cli_distributed_reports_once_the_one_process_answer(ranks: list[dict[st
     assert got["metrics"]["residual"] == pytest.approx(single["metrics"]["residual"], rel=1e-9, abs=1e-15)
 
 
-def test_torchrun_module_command_line(tmp_path: Path) -> None:
-    done = _torchrun(
+def test_torchrun_module_command_line(tmp_path: Path, torchrun: Any) -> None:
+    done = torchrun(
         "-m",
         "gdla",
         "solve",

@@ -10,11 +10,7 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -95,14 +91,6 @@ WORKER = textwrap.dedent(
 )
 
 
-def _torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    inherited = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-    env = {k: v for k, v in os.environ.items() if k not in inherited}
-    env.update({"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
-
-
 def small_cases() -> dict[str, tuple[torch.Tensor, dict[str, Any], str]]:
     """Small matrices for the left side (X is 5 × 9: rows 3 + 2) and cg's adjoint on a rank-deficient A.
 
@@ -115,12 +103,12 @@ def small_cases() -> dict[str, tuple[torch.Tensor, dict[str, Any], str]]:
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+def ranks(tmp_path_factory: pytest.TempPathFactory, torchrun: Any) -> list[dict[str, Any]]:
     """What each of the 2 ranks saw (one torchrun launch for the module)."""
     folder = tmp_path_factory.mktemp("dtensor")
     header = "from __future__ import annotations\nfrom typing import Any\nimport torch\n\n"
     (folder / "worker.py").write_text(header + inspect.getsource(small_cases) + WORKER)
-    done = _torchrun("worker.py", str(folder), json.dumps(RUNS), str(N), str(SEED), cwd=folder)
+    done = torchrun("worker.py", str(folder), json.dumps(RUNS), str(N), str(SEED), cwd=folder)
     assert done.returncode == 0, done.stderr[-4000:]
     return [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
