@@ -391,8 +391,6 @@ def _summarise(run: Run, losses: LossHistory, stop: str, *, setup_seconds: float
 
 def _batch_status(problem: Problem, params: Params, tol: float) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Each member's residual and verdict (0 converged, 1 not converged, 2 non-finite), where declared."""
-    if problem.batch_size() is None:  # one member: the residual metric says it all
-        return None, None
     members = problem.member_residuals(params)
     if members is None or members.dim() == 0:
         return None, None

@@ -443,14 +443,18 @@ class InverseProblem(Problem):
         return full_tensor(params["M"].detach())
 
     def residual(self, params: Params) -> torch.Tensor:
-        """Worst over the batch of :meth:`member_residuals`."""
-        return worst(self.member_residuals(params))
+        """Worst over the batch of :meth:`member_residuals` (the one matrix's, unbatched)."""
+        return worst(self._residuals(params))
+
+    def member_residuals(self, params: Params) -> torch.Tensor | None:
+        """Each matrix's relative residual (see :meth:`_residuals`), shape ``batch_shape``; ``None`` for one matrix."""
+        return self._residuals(params) if self.batch_shape else None
 
     def residual_kind(self) -> str:
         """``"normal-equations"`` where ``P = I_k`` is unattainable for some member, else ``"equation"``."""
         return "equation" if bool(self._attainable.all()) else "normal-equations"
 
-    def member_residuals(self, params: Params) -> torch.Tensor:
+    def _residuals(self, params: Params) -> torch.Tensor:
         r"""The relative residual of every matrix of the batch, shape ``batch_shape``.
 
         Where ``P = I_k`` is attainable: :math:`\|P - I_k\|_F / \sqrt{k}` (for ``side="both"``
