@@ -135,3 +135,49 @@ def test_to_dict_of_float32_tensors(dtype: torch.dtype) -> None:
     data = make_result(solution=value, params={"M": value}).to_dict()
     assert data["solution"] == value.tolist()
     assert all(isinstance(x, float) for x in data["solution"][0])
+
+
+# -- Metrics: figures computed when read -------------------------------------------------------------
+def test_metrics_compute_a_callable_figure_only_when_read_and_once() -> None:
+    from gdla.result import Metrics
+
+    calls: list[str] = []
+
+    def costly() -> torch.Tensor:
+        calls.append("error")
+        return torch.tensor(0.25)
+
+    notes: list[str] = []
+    metrics = Metrics({"residual": 1e-9, "error": costly}, notes)
+    assert metrics.pending == ("error",) and calls == [] and "error" in metrics
+    assert metrics["residual"] == 1e-9 and calls == []
+    assert metrics["error"] == 0.25 and metrics["error"] == 0.25 and calls == ["error"]
+    assert metrics.pending == () and metrics == {"residual": 1e-9, "error": 0.25} and notes == []
+
+
+def test_metrics_read_whole_resolve_everything_and_note_an_undefined_figure() -> None:
+    import copy
+    import pickle
+
+    from gdla.result import Metrics
+
+    notes: list[str] = []
+    metrics = Metrics({"residual": 0.5, "error": lambda: torch.tensor(math.nan), "fit": lambda: 0.125}, notes)
+    extended = metrics | {"loss": lambda: 2.0}
+    assert isinstance(extended, Metrics) and extended.pending == ("error", "fit", "loss")
+    assert dict(metrics.items())["fit"] == 0.125 and math.isnan(metrics["error"])
+    assert len(notes) == 1 and "metric 'error' is undefined (NaN)" in notes[0]
+    assert pickle.loads(pickle.dumps(extended))["loss"] == 2.0  # pickles as a plain dict of floats
+    assert copy.deepcopy(metrics)["fit"] == 0.125
+    metrics["fit"] = 1.0  # a figure set by hand is not overwritten by a pending one
+    assert metrics["fit"] == 1.0
+
+
+def test_solve_leaves_the_reference_error_pending_until_read() -> None:
+    import gdla
+
+    problem = gdla.get_problem("inverse").well_conditioned(32)
+    result = gdla.solve(problem, optimizer="newton-schulz")
+    assert set(result.metrics.pending) == {"residual", "error"}  # nothing computed by the solve itself
+    assert result.metrics["error"] < 1e-12 and "error" not in result.metrics.pending
+    assert result.to_dict()["metrics"]["residual"] <= 1e-12

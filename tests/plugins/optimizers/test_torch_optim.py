@@ -481,3 +481,23 @@ def test_sgd_masked_whole_run_equals_the_step_by_step_path(dtype: torch.dtype, o
     tol = {"rtol": 1e-4, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-12}
     # the first 100 steps: the seed's Frobenius loss is not smooth at its minimum, where rounding differences grow
     torch.testing.assert_close(torch.tensor(bulk.losses[:100]), torch.tensor(reference.losses[:100]), **tol)
+
+
+def test_a_declared_gram_factor_gives_the_curvature_without_a_gradient(monkeypatch: pytest.MonkeyPatch) -> None:
+    problem = InverseProblem.well_conditioned(64, seed=2)
+    exact = 2 * float(torch.linalg.matrix_norm(problem.A, ord=2)) ** 2 / 64**2  # Hessian: (2/k²) AᵀA per column
+    calls = []
+    original = InverseProblem.loss_and_grad
+
+    def counted(self: InverseProblem, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(InverseProblem, "loss_and_grad", counted)
+    scales = estimate_scales(problem, distance=False)
+    assert calls == [] and scales.distance is None
+    assert exact * (1 - 1e-3) <= scales.lipschitz <= exact * (1 + 1e-12)  # 20 Lanczos steps, from below
+    with_distance = estimate_scales(problem)
+    assert calls == [1] and with_distance.lipschitz == scales.lipschitz and with_distance.distance > 0
+    # a form whose blocks' Gram only lies inside FᵀF (gram_exact=False) keeps the gradient probe
+    assert gdla.get_problem("sparse").example(8).least_squares().gram_exact is False
