@@ -111,6 +111,19 @@ inline int check_momentum_run_args(const at::Tensor& A, const at::Tensor& X, con
   return static_cast<int>(n);
 }
 
+// The whole-run kernels' rates: a 1-D float64 CPU tensor, one learning rate per step.
+inline void check_run_rates(const char* op, const at::Tensor& lrs) {
+  TORCH_CHECK_VALUE(lrs.dim() == 1 && lrs.scalar_type() == at::kDouble && lrs.device().is_cpu(), op,
+                    ": lrs must be a 1-D float64 CPU tensor (one rate per step); received ", lrs.scalar_type(), " ",
+                    shape_str(lrs.sizes()), " on ", lrs.device());
+}
+
+// SGD's momentum and dampening (small::SgdRule), each in [0, 1).
+inline void check_sgd_rule(const char* op, double momentum, double dampening) {
+  TORCH_CHECK_VALUE(momentum >= 0.0 && momentum < 1.0 && dampening >= 0.0 && dampening < 1.0, op,
+                    ": momentum and dampening must be in [0, 1); received ", momentum, ", ", dampening);
+}
+
 // inverse_adam_run: A square n x n with n <= 16; X and the two moments like A and contiguous
 // (updated in place); lrs a 1-D float64 CPU tensor of positive finite rates, one per step. Returns n.
 inline int check_adam_run_args(const at::Tensor& A, const at::Tensor& X, const at::Tensor& exp_avg,
@@ -128,9 +141,7 @@ inline int check_adam_run_args(const at::Tensor& A, const at::Tensor& X, const a
     TORCH_CHECK_VALUE(tensor.is_contiguous(), op, ": ", name, " must be contiguous (it is updated in place)");
   }
   TORCH_CHECK_VALUE(A.is_contiguous(), op, ": A must be contiguous");
-  TORCH_CHECK_VALUE(lrs.dim() == 1 && lrs.scalar_type() == at::kDouble && lrs.device().is_cpu(), op,
-                    ": lrs must be a 1-D float64 CPU tensor (one rate per step); received ", lrs.scalar_type(), " ",
-                    shape_str(lrs.sizes()), " on ", lrs.device());
+  check_run_rates(op, lrs);
   TORCH_CHECK_VALUE(std::isfinite(beta1) && beta1 >= 0.0 && beta1 < 1.0, op, ": beta1 must be in [0, 1); received ",
                     beta1);
   TORCH_CHECK_VALUE(std::isfinite(beta2) && beta2 >= 0.0 && beta2 < 1.0, op, ": beta2 must be in [0, 1); received ",
@@ -166,13 +177,10 @@ inline void check_svd_run_args(const at::Tensor& M, const at::Tensor& U, const a
     TORCH_CHECK_VALUE(tensor.is_contiguous(), op, ": ", name, " must be contiguous (it is updated in place)");
   }
   TORCH_CHECK_VALUE(M.is_contiguous(), op, ": M must be contiguous");
-  TORCH_CHECK_VALUE(lrs.dim() == 1 && lrs.scalar_type() == at::kDouble && lrs.device().is_cpu(), op,
-                    ": lrs must be a 1-D float64 CPU tensor (one rate per step); received ", lrs.scalar_type(), " ",
-                    shape_str(lrs.sizes()), " on ", lrs.device());
+  check_run_rates(op, lrs);
   TORCH_CHECK_VALUE(weight_u >= 0.0 && weight_v >= 0.0, op, ": weight_u and weight_v must be >= 0; received ",
                     weight_u, ", ", weight_v);
-  TORCH_CHECK_VALUE(momentum >= 0.0 && momentum < 1.0 && dampening >= 0.0 && dampening < 1.0, op,
-                    ": momentum and dampening must be in [0, 1); received ", momentum, ", ", dampening);
+  check_sgd_rule(op, momentum, dampening);
   TORCH_CHECK_VALUE(blow_up > 0.0, op, ": blow_up must be > 0; received ", blow_up);
 }
 
@@ -206,13 +214,10 @@ inline MaskedRunCodes check_masked_run_args(const at::Tensor& init, const at::Te
     TORCH_CHECK_VALUE(tensor.is_contiguous(), op, ": ", name, " must be contiguous");
   }
   TORCH_CHECK_VALUE(U.is_contiguous(), op, ": U must be contiguous (it is updated in place)");
-  TORCH_CHECK_VALUE(lrs.dim() == 1 && lrs.scalar_type() == at::kDouble && lrs.device().is_cpu(), op,
-                    ": lrs must be a 1-D float64 CPU tensor (one rate per step); received ", lrs.scalar_type(), " ",
-                    shape_str(lrs.sizes()), " on ", lrs.device());
+  check_run_rates(op, lrs);
   TORCH_CHECK_VALUE(hops >= 1 && hops <= small::kMaxHops, op, ": hops must be in 1..", small::kMaxHops,
                     "; received ", hops);
-  TORCH_CHECK_VALUE(momentum >= 0.0 && momentum < 1.0 && dampening >= 0.0 && dampening < 1.0, op,
-                    ": momentum and dampening must be in [0, 1); received ", momentum, ", ", dampening);
+  check_sgd_rule(op, momentum, dampening);
   TORCH_CHECK_VALUE(blow_up > 0.0, op, ": blow_up must be > 0; received ", blow_up);
   MaskedRunCodes codes{-1, false};
   const char* names[] = {"identity", "relu", "tanh", "sigmoid", "cube"};

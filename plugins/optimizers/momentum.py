@@ -142,12 +142,11 @@ class Momentum(TorchOptimizer):
         started = velocity is not None
         if velocity is None:
             velocity = state["velocity"] = torch.zeros_like(X)
-        group = self.torch_optimizer.param_groups[0]
-        losses = ops.inverse_momentum_run(
-            form.A, X, velocity, form.side, group["lr"], group["momentum"], steps,
+        group = self.torch_optimizer.param_groups[0]  # a fixed rate: the form refuses schedules
+        return self.run_scheduled(steps, lambda lrs: ops.inverse_momentum_run(
+            form.A, X, velocity, form.side, group["lr"], group["momentum"], len(lrs),
             started=started, first_loss=self._first_loss, blow_up=BLOW_UP,
-        )
-        return self.note_first_loss(losses)
+        ))
 
 
 @gdla.hookimpl

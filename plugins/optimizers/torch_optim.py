@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -225,7 +225,7 @@ class TorchOptimizer(GradientOptimizer):
     def __init__(self, problem: Problem, params: Params, **options: Any) -> None:
         if self.default_schedule is not None and "schedule" not in options:
             options["schedule"] = self.default_schedule
-        self._first_loss = math.nan  # see note_first_loss
+        self._first_loss = math.nan  # see run_scheduled
         super().__init__(problem, params, **options)
 
     @classmethod
@@ -264,8 +264,18 @@ class TorchOptimizer(GradientOptimizer):
         losses = self.run(1)
         return super().step() if losses is None else losses[0]
 
-    def note_first_loss(self, losses: torch.Tensor) -> torch.Tensor:
-        """Keep the run's first loss, the whole-run kernels' divergence reference; returns ``losses``."""
+    def run_scheduled(self, steps: int, kernel: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``kernel(lrs)``, a whole-run kernel given the rate of each of the next ``steps`` steps.
+
+        The rates are the schedule's, replayed bit for bit (:func:`gdla.schedules.upcoming_rates`);
+        afterwards the schedule is moved past the steps the kernel took, and the run's first loss
+        (the kernels' divergence reference, ``_first_loss``) is kept. Returns the kernel's losses.
+        """
+        from gdla.schedules import advance, upcoming_rates
+
+        rates = upcoming_rates(self.scheduler, self.torch_optimizer.param_groups[0]["lr"], steps)
+        losses = kernel(torch.from_numpy(rates[:steps]))
+        advance(self.scheduler, rates, len(losses))
         if math.isnan(self._first_loss) and len(losses):
             self._first_loss = float(losses[0])
         return losses
@@ -361,7 +371,6 @@ class SGD(TorchOptimizer):
         if form is None:
             return None
         from gdla import ops
-        from gdla.schedules import advance, upcoming_rates
 
         keys = form.keys if isinstance(form, SvdPenaltyLoss) else (form.key,)
         tensors = [self.params[key] for key in keys]
@@ -376,20 +385,19 @@ class SGD(TorchOptimizer):
             buffers = tuple(state["momentum_buffer"] for state in states)
         else:  # plain SGD keeps no buffer: scratch space the kernel leaves unused
             buffers = tuple(torch.zeros_like(t) for t in tensors)
-        rates = upcoming_rates(self.scheduler, group["lr"], steps)
         rule = {
             "momentum": momentum, "dampening": group["dampening"], "nesterov": group["nesterov"], "started": started,
             "first_loss": self._first_loss, "blow_up": BLOW_UP,
         }
-        lrs = torch.from_numpy(rates[:steps])
-        if isinstance(form, SvdPenaltyLoss):
-            losses = ops.svd_sgd_run(form.M, *tensors, buffers, lrs, weight_u=form.weight_u, weight_v=form.weight_v,
-                                     sign_fix=True, **rule)
-        else:
-            losses = ops.masked_sgd_run(form.init, form.omega, form.X, form.Y, tensors[0], buffers[0], lrs,
-                                        hops=form.hops, activation=form.activation, loss=form.loss, **rule)
-        advance(self.scheduler, rates, len(losses))
-        return self.note_first_loss(losses)
+
+        def kernel(lrs: torch.Tensor) -> torch.Tensor:
+            if isinstance(form, SvdPenaltyLoss):
+                return ops.svd_sgd_run(form.M, *tensors, buffers, lrs, weight_u=form.weight_u,
+                                       weight_v=form.weight_v, sign_fix=True, **rule)
+            return ops.masked_sgd_run(form.init, form.omega, form.X, form.Y, tensors[0], buffers[0], lrs,
+                                      hops=form.hops, activation=form.activation, loss=form.loss, **rule)
+
+        return self.run_scheduled(steps, kernel)
 
     def resolve(self, settings: dict[str, Any]) -> None:
         if settings["nesterov"] and (settings["momentum"] == 0 or settings["dampening"] != 0):
@@ -450,7 +458,6 @@ class Adam(TorchOptimizer):
         if form is None:
             return None
         from gdla import ops
-        from gdla.schedules import advance, upcoming_rates
 
         X = self.params[form.key]
         group = self.torch_optimizer.param_groups[0]
@@ -459,16 +466,12 @@ class Adam(TorchOptimizer):
             state["step"] = torch.tensor(0.0, dtype=torch.float32)
             state["exp_avg"] = torch.zeros_like(X, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(X, memory_format=torch.preserve_format)
-        rates = upcoming_rates(self.scheduler, group["lr"], steps)
-        losses = ops.inverse_adam_run(
-            form.A, X, state["exp_avg"], state["exp_avg_sq"], form.side, torch.from_numpy(rates[:steps]),
-            betas=group["betas"], eps=group["eps"], step0=int(state["step"]), first_loss=self._first_loss,
-            blow_up=BLOW_UP,
-        )
-        taken = len(losses)
-        state["step"] += taken
-        advance(self.scheduler, rates, taken)
-        return self.note_first_loss(losses)
+        losses = self.run_scheduled(steps, lambda lrs: ops.inverse_adam_run(
+            form.A, X, state["exp_avg"], state["exp_avg_sq"], form.side, lrs, betas=group["betas"],
+            eps=group["eps"], step0=int(state["step"]), first_loss=self._first_loss, blow_up=BLOW_UP,
+        ))
+        state["step"] += len(losses)
+        return losses
 
 
 class Adagrad(TorchOptimizer):
