@@ -6,6 +6,7 @@
 // batch order (the same bits at any thread count).
 #include "cpu_isa.h"
 #include "cpu_lanes.h"
+#include "cpu_momentum_4x4.h"
 #include "cpu_run_chunks.h"
 #include "op_args.h"
 #include "small_inverse_math.h"
@@ -16,6 +17,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 namespace gdla {
@@ -57,6 +59,13 @@ template <typename T, int N>
 GDLA_TARGET_AVX2 int64_t run_one_avx2(const T* A, T* X, T* buf, int side, double inv_count, T lr, T momentum,
                                       int64_t steps, bool started, double first, double blow_up, double* losses) {
   return run_one<T, N>(A, X, buf, side, inv_count, lr, momentum, steps, started, first, blow_up, losses);
+}
+
+// Seed 000's own size, 4x4 float32 on one side: two 8-float vectors a matrix (cpu_momentum_4x4.h).
+GDLA_TARGET_AVX2 int64_t run_4x4_avx2(const float* A, float* X, float* buf, int side, double inv_count, float lr,
+                                      float momentum, int64_t steps, bool started, double first, double blow_up,
+                                      double* losses) {
+  return momentum4::run(A, X, buf, side, inv_count, lr, momentum, steps, started, first, blow_up, losses);
 }
 #endif
 
@@ -134,6 +143,11 @@ int64_t run_batch(const T* A, T* X, T* buf, int64_t batch, int side, double lr, 
   const double first = first_loss;
   if (batch == 1) {  // the whole run in registers
 #ifdef GDLA_RUN_X86_DISPATCH
+    if constexpr (std::is_same_v<T, float> && N == 4) {
+      if (has_avx2() && side != 2) {
+        return run_4x4_avx2(A, X, buf, side, inv_count, t_lr, t_mu, steps, started, first, blow_up, losses);
+      }
+    }
     if (has_avx2()) {
       return run_one_avx2<T, N>(A, X, buf, side, inv_count, t_lr, t_mu, steps, started, first, blow_up, losses);
     }

@@ -61,18 +61,37 @@ def test_matches_the_autograd_reference(device: str, dtype: torch.dtype, side: s
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("batch", [(), (300,)])  # 300 problems: the batch runs on several threads
-def test_one_call_equals_step_by_step_bitwise(device: str, batch: tuple) -> None:
+@pytest.mark.parametrize("side", ["right", "left"])  # one 4x4 float32 problem: the two-vector kernel, both layouts
+def test_one_call_equals_step_by_step_bitwise(device: str, batch: tuple, side: str) -> None:
     A, X = problems(batch, 4, torch.float32, device)
     X_steps, buf, buf_steps = X.clone(), torch.zeros_like(X), torch.zeros_like(X)
-    whole = ops.inverse_momentum_run(A, X, buf, "right", 0.5, 0.9, 40, started=False)
+    whole = ops.inverse_momentum_run(A, X, buf, side, 0.5, 0.9, 40, started=False)
     first = math.nan
     single = []
     for step in range(40):
-        loss = ops.inverse_momentum_run(A, X_steps, buf_steps, "right", 0.5, 0.9, 1, started=step > 0, first_loss=first)
+        loss = ops.inverse_momentum_run(A, X_steps, buf_steps, side, 0.5, 0.9, 1, started=step > 0, first_loss=first)
         first = float(loss[0]) if step == 0 else first
         single.append(float(loss[0]))
     assert whole.tolist() == single
     assert torch.equal(X, X_steps) and torch.equal(buf, buf_steps)
+
+
+@pytest.mark.parametrize("side", ["right", "left", "both"])
+def test_one_problem_agrees_with_the_lane_kernel_over_a_long_run(side: str) -> None:
+    # one 4x4 float32 problem has its own kernel (two 8-float vectors a matrix); a batch of copies runs
+    # one problem a SIMD lane: the two must follow the same trajectory to rounding for thousands of steps
+    A, X = problems((), 4, torch.float32, "cpu")
+    single_X, single_buf = X.clone(), torch.zeros_like(X)
+    single = ops.inverse_momentum_run(A, single_X, single_buf, side, 0.3, 0.9, 2000, started=False)
+    lanes_X, lanes_buf = X.expand(3, 4, 4).clone(), torch.zeros(3, 4, 4)
+    lanes = ops.inverse_momentum_run(A.expand(3, 4, 4).contiguous(), lanes_X, lanes_buf, side, 0.3, 0.9, 2000,
+                                     started=False)
+    # the loss falls 1e12-fold to float32's floor, where what is left is rounding: atol at 1e-9 of the start
+    torch.testing.assert_close(lanes, 3 * single, rtol=1e-4, atol=1e-9 * float(single[0]))
+    for member in range(3):
+        torch.testing.assert_close(lanes_X[member], single_X, rtol=1e-5, atol=2e-6)
+        torch.testing.assert_close(lanes_buf[member], single_buf, rtol=1e-4, atol=1e-6)  # rounding noise at the floor
+    assert float(single[-1]) < 1e-3 * float(single[0])  # a run that went somewhere
 
 
 def test_same_bits_at_any_thread_count() -> None:
@@ -89,8 +108,9 @@ def test_same_bits_at_any_thread_count() -> None:
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
 
 
-def test_stops_after_the_step_that_diverges() -> None:
-    A, X = problems((), 4, torch.float64, "cpu")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_stops_after_the_step_that_diverges(dtype: torch.dtype) -> None:
+    A, X = problems((), 4, dtype, "cpu")
     losses = ops.inverse_momentum_run(A, X, torch.zeros_like(X), "right", 50.0, 0.9, 1000, started=False)
     assert 1 < len(losses) < 1000
     last, first = float(losses[-1]), float(losses[0])
