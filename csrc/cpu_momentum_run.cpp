@@ -105,6 +105,13 @@ __attribute__((target("arch=x86-64-v3"))) void run_task_32(const T* A, T* X, T* 
                                                             double* partial, double* scratch) {
   run_task<T, N, 32>(A, X, buf, begin, end, side, lr, momentum, started, steps, partial, scratch);
 }
+
+template <typename T, int N>
+__attribute__((target("arch=x86-64-v4"))) void run_task_64(const T* A, T* X, T* buf, int64_t begin, int64_t end,
+                                                            int side, T lr, T momentum, bool started, int64_t steps,
+                                                            double* partial, double* scratch) {
+  run_task<T, N, 64>(A, X, buf, begin, end, side, lr, momentum, started, steps, partial, scratch);
+}
 #endif
 
 // Every problem of the batch for ``steps`` steps; losses[s] = the tasks' partials summed in task order.
@@ -113,7 +120,9 @@ void run_all(const T* A, T* X, T* buf, int64_t batch, int side, T lr, T momentum
              double* losses) {
   auto task_fn = &run_task_16<T, N>;
 #ifdef GDLA_RUN_X86_DISPATCH
-  if (has_avx2()) task_fn = &run_task_32<T, N>;
+  const int bytes = simd_bytes();
+  if (bytes == 64) task_fn = &run_task_64<T, N>;
+  if (bytes == 32) task_fn = &run_task_32<T, N>;
 #endif
   const int64_t tasks = (batch + kRunTask - 1) / kRunTask;
   std::vector<double> partial(static_cast<size_t>(tasks * steps));

@@ -2,6 +2,7 @@
 // to its own stop in local storage, never returning to Python in between. Newton-Schulz for
 // n <= 8 runs one problem per SIMD lane (cpu_lanes.h); n in 9..16 and the heavy-ball solver run
 // one problem at a time (small_inverse_math.h, shared with the CUDA kernel).
+#include "cpu_isa.h"
 #include "cpu_lanes.h"
 #include "cpu_parallel.h"
 #include "op_args.h"
@@ -44,8 +45,7 @@ void newton_schulz_range_16(const T* A, const T* X0, T* X, int64_t* steps, int64
   newton_schulz_range<T, N, 16>(A, X0, X, steps, begin, end, max_steps, tol);
 }
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define GDLA_X86_DISPATCH 1
+#ifdef GDLA_RUN_X86_DISPATCH
 template <typename T, int N>
 __attribute__((target("arch=x86-64-v3"))) void newton_schulz_range_32(const T* A, const T* X0, T* X,
                                                                       int64_t* steps, int64_t begin, int64_t end,
@@ -61,33 +61,13 @@ __attribute__((target("arch=x86-64-v4"))) void newton_schulz_range_64(const T* A
 }
 #endif
 
-// Widest vector (bytes) this CPU runs; GDLA_CPU_SIMD_BYTES=16|32 caps it (to test each path).
-int simd_bytes() {
-  int widest = 16;
-#ifdef GDLA_X86_DISPATCH
-  static const int supported = [] {
-    __builtin_cpu_init();
-    const bool v3 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    const bool v4 = v3 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-                    __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
-    return v4 ? 64 : (v3 ? 32 : 16);
-  }();
-  widest = supported;
-#endif
-  if (const char* cap = std::getenv("GDLA_CPU_SIMD_BYTES")) {
-    const int limit = std::atoi(cap);
-    if (limit >= 16) widest = std::min(widest, limit >= 64 ? 64 : (limit >= 32 ? 32 : 16));
-  }
-  return widest;
-}
-
 template <typename T, int N, bool kFixed>
 void newton_schulz_batch(const T* A, const T* X0, T* X, int64_t* steps, int64_t batch, int n, int max_steps,
                          double tol) {
   const int64_t nn = static_cast<int64_t>(n) * n;
   if constexpr (kFixed) {
     auto range = &newton_schulz_range_16<T, N>;
-#ifdef GDLA_X86_DISPATCH
+#ifdef GDLA_RUN_X86_DISPATCH
     const int bytes = simd_bytes();
     if (bytes == 64) range = &newton_schulz_range_64<T, N>;
     if (bytes == 32) range = &newton_schulz_range_32<T, N>;

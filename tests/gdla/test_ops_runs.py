@@ -94,6 +94,25 @@ def test_one_problem_agrees_with_the_lane_kernel_over_a_long_run(side: str) -> N
     assert float(single[-1]) < 1e-3 * float(single[0])  # a run that went somewhere
 
 
+@pytest.mark.parametrize("simd_bytes", ["32", "64"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_batch_simd_widths_agree(monkeypatch: pytest.MonkeyPatch, simd_bytes: str, dtype: torch.dtype) -> None:
+    # a batch runs 2-16 problems a SIMD group (the widest this CPU has, capped by GDLA_CPU_SIMD_BYTES):
+    # each width must take the same steps to rounding; 53 problems fill no width's groups exactly
+    A, X = problems((53,), 4, dtype, "cpu")
+    results = []
+    for width in ("16", simd_bytes):
+        monkeypatch.setenv("GDLA_CPU_SIMD_BYTES", width)
+        Xw, buf = X.clone(), torch.zeros_like(X)
+        results.append((ops.inverse_momentum_run(A, Xw, buf, "right", 0.3, 0.9, 30, started=False), Xw, buf))
+    tol = TOL[dtype]
+    for narrow, wide in zip(results[0], results[1], strict=True):
+        torch.testing.assert_close(wide, narrow, **tol)
+    expected_losses, expected_X = reference(A, X, "right", 0.3, 0.9, 30)
+    torch.testing.assert_close(results[1][0], torch.tensor(expected_losses, dtype=torch.float64), **tol)
+    torch.testing.assert_close(results[1][1], expected_X, **tol)
+
+
 def test_same_bits_at_any_thread_count() -> None:
     A, X = problems((1000,), 3, torch.float64, "cpu")
     results = []
