@@ -29,13 +29,14 @@ struct AdamArgs {
   int64_t step0;  // Adam steps taken before this call
 };
 
-// Problem p of the batch for ``steps`` steps from global step ``offset`` (of this call); adds each
-// step's loss to losses[s] (add = true) or stores it. Returns the steps taken (a single problem
-// stops right after a step that diverged).
+// One problem's run of ``steps`` steps from step ``offset`` of this call (``lrs`` from there on),
+// through small::run_loop (which also takes stop_loss). A batch's member (member = true) runs all
+// ``steps`` untested (the batch's stop rule is run_in_chunks') and adds its loss to losses[s]
+// (add = true) or stores it. Returns the steps taken.
 template <typename T, int N>
-GDLA_ALWAYS_INLINE int64_t run_problem(const T* A, T* X, T* M, T* V, const double* lrs, const AdamArgs& args, int64_t offset,
-                    int64_t steps, double* losses, bool add, bool watch, double* first, bool* is_first,
-                    double blow_up) {
+GDLA_ALWAYS_INLINE int64_t run_single(const T* A, T* X, T* M, T* V, const double* lrs, const AdamArgs& args,
+                                      int64_t offset, int64_t steps, double first, double blow_up, double stop_loss,
+                                      double* losses, bool member = false, bool add = false) {
   constexpr int nn = N * N;
   small::MomentumProblem<T, N> problem;
   problem.init(A, args.side);
@@ -44,16 +45,19 @@ GDLA_ALWAYS_INLINE int64_t run_problem(const T* A, T* X, T* M, T* V, const doubl
   T x[nn], m[nn], v[nn], g[nn];
   for (int i = 0; i < nn; ++i) x[i] = X[i], m[i] = M[i], v[i] = V[i];
   int64_t done = 0;
-  while (done < steps) {
-    const int64_t s = offset + done;
-    const double loss = problem.gradient(x, g) * inv_count;
-    rule.apply(x, m, v, g, problem.scale, nn, lrs[s], args.step0 + s + 1);
-    losses[done] = add ? losses[done] + loss : loss;
-    ++done;
-    if (watch) {
-      if (small::diverged(loss, *first, blow_up, *is_first)) break;
-      if (*is_first) *first = loss, *is_first = false;
+  if (member) {
+    for (; done < steps; ++done) {
+      const double loss = problem.gradient(x, g) * inv_count;
+      losses[done] = add ? losses[done] + loss : loss;
+      rule.apply(x, m, v, g, problem.scale, nn, lrs[done], args.step0 + offset + done + 1);
     }
+  } else {
+    done = small::run_loop(
+        steps, stop_loss, first, blow_up, losses,
+        [&]() GDLA_LAMBDA_INLINE { return problem.gradient(x, g) * inv_count; },
+        [&](int64_t s) GDLA_LAMBDA_INLINE {
+          rule.apply(x, m, v, g, problem.scale, nn, lrs[s], args.step0 + offset + s + 1);
+        });
   }
   for (int i = 0; i < nn; ++i) X[i] = x[i], M[i] = m[i], V[i] = v[i];
   return done;
@@ -61,42 +65,42 @@ GDLA_ALWAYS_INLINE int64_t run_problem(const T* A, T* X, T* M, T* V, const doubl
 
 template <typename T, int N>
 GDLA_ALWAYS_INLINE int64_t run_batch(const T* A, T* X, T* M, T* V, int64_t batch, const double* lrs, int64_t steps,
-                                     const AdamArgs& args, double first, double blow_up, double* losses) {
+                                     const AdamArgs& args, double first, double blow_up, double stop_loss,
+                                     double* losses) {
   constexpr int64_t nn = N * N;
-  bool is_first = std::isnan(first);
-  if (batch == 1) return run_problem<T, N>(A, X, M, V, lrs, args, 0, steps, losses, false, true, &first, &is_first,
-                                           blow_up);
+  if (batch == 1) return run_single<T, N>(A, X, M, V, lrs, args, 0, steps, first, blow_up, stop_loss, losses);
   return run_in_chunks<T>({X, M, V}, batch * nn, steps, kAdamChunk, first, blow_up, losses,
                           [&](int64_t done, int64_t count, double* out) {
                             for (int64_t p = 0; p < batch; ++p) {
-                              run_problem<T, N>(A + p * nn, X + p * nn, M + p * nn, V + p * nn, lrs, args, done,
-                                                count, out, p > 0, false, nullptr, nullptr, blow_up);
+                              run_single<T, N>(A + p * nn, X + p * nn, M + p * nn, V + p * nn, lrs + done, args,
+                                               done, count, first, blow_up, -1.0, out, true, p > 0);
                             }
                           });
 }
 
 template <typename T, int N>
 int64_t run_batch_portable(const T* A, T* X, T* M, T* V, int64_t batch, const double* lrs, int64_t steps,
-                           const AdamArgs& args, double first, double blow_up, double* losses) {
-  return run_batch<T, N>(A, X, M, V, batch, lrs, steps, args, first, blow_up, losses);
+                           const AdamArgs& args, double first, double blow_up, double stop_loss, double* losses) {
+  return run_batch<T, N>(A, X, M, V, batch, lrs, steps, args, first, blow_up, stop_loss, losses);
 }
 
 #ifdef GDLA_RUN_X86_DISPATCH
 template <typename T, int N>
 GDLA_TARGET_AVX2 int64_t run_batch_avx2(const T* A, T* X, T* M, T* V, int64_t batch, const double* lrs,
                                         int64_t steps, const AdamArgs& args, double first, double blow_up,
-                                        double* losses) {
-  return run_batch<T, N>(A, X, M, V, batch, lrs, steps, args, first, blow_up, losses);
+                                        double stop_loss, double* losses) {
+  return run_batch<T, N>(A, X, M, V, batch, lrs, steps, args, first, blow_up, stop_loss, losses);
 }
 #endif
 
 at::Tensor inverse_adam_run_cpu(const at::Tensor& A, at::Tensor& X, at::Tensor& exp_avg, at::Tensor& exp_avg_sq,
                                 c10::string_view side, const at::Tensor& lrs, double beta1, double beta2, double eps,
-                                int64_t step0, double first_loss, double blow_up) {
+                                int64_t step0, double first_loss, double blow_up, double stop_loss) {
   const int n = check_adam_run_args(A, X, exp_avg, exp_avg_sq, lrs, beta1, beta2, eps, step0, blow_up);
   const AdamArgs args{momentum_run_side(side), beta1, beta2, eps, step0};
   const int64_t steps = lrs.numel(), batch = A.numel() / (static_cast<int64_t>(n) * n);
-  at::Tensor losses = at::empty({steps}, A.options().dtype(at::kDouble));
+  const int64_t extra = check_stop_loss("inverse_adam_run", stop_loss, batch);
+  at::Tensor losses = at::empty({steps + extra}, A.options().dtype(at::kDouble));
   const at::Tensor rates = lrs.contiguous();
   int64_t done = 0;
   AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "gdla_inverse_adam_run_cpu", [&] {
@@ -109,10 +113,10 @@ at::Tensor inverse_adam_run_cpu(const at::Tensor& A, at::Tensor& X, at::Tensor& 
       done = run(
           A.data_ptr<scalar_t>(), X.data_ptr<scalar_t>(), exp_avg.data_ptr<scalar_t>(),
           exp_avg_sq.data_ptr<scalar_t>(), batch, rates.data_ptr<double>(), steps, args, first_loss, blow_up,
-          losses.data_ptr<double>());
+          stop_loss, losses.data_ptr<double>());
     });
   });
-  return losses.narrow(0, 0, done);
+  return losses.narrow(0, 0, done + extra);
 }
 
 }  // namespace

@@ -14,8 +14,10 @@
 
 #if defined(__GNUC__)
 #define GDLA_ALWAYS_INLINE __attribute__((always_inline)) inline
+#define GDLA_LAMBDA_INLINE __attribute__((always_inline))  // a lambda's: taken into an AVX2 caller's build
 #else
 #define GDLA_ALWAYS_INLINE inline
+#define GDLA_LAMBDA_INLINE
 #endif
 
 namespace gdla {

@@ -21,8 +21,11 @@
 #include <cstdint>
 
 #ifdef GDLA_RUN_X86_DISPATCH
-// Every function here is compiled for AVX2 (cpu_isa.h), where 8-float vectors are registers.
-#define GDLA_AVX2_INLINE GDLA_TARGET_AVX2 GDLA_ALWAYS_INLINE
+// Everything here is always inlined into the one AVX2 build that calls it (run_4x4_avx2 in
+// cpu_momentum_run.cpp), where 8-float vectors are registers; -Wpsabi would warn that the
+// baseline ABI passes them differently, which never happens to an inlined function (GCC issues
+// that warning at the end of the file, so it stays off for the rest of the including file).
+#pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace gdla {
 namespace momentum4 {
@@ -30,17 +33,17 @@ namespace momentum4 {
 typedef float v8sf __attribute__((vector_size(32)));
 typedef double v4df __attribute__((vector_size(32)));
 
-GDLA_AVX2_INLINE v8sf load8(const float* src) {
+GDLA_ALWAYS_INLINE v8sf load8(const float* src) {
   v8sf v;
   __builtin_memcpy(&v, src, sizeof(v));
   return v;
 }
 
-GDLA_AVX2_INLINE void store8(float* dst, v8sf v) { __builtin_memcpy(dst, &v, sizeof(v)); }
+GDLA_ALWAYS_INLINE void store8(float* dst, v8sf v) { __builtin_memcpy(dst, &v, sizeof(v)); }
 
 // Row Which (0 or 1) of a pair of rows, in both halves.
 template <int Which>
-GDLA_AVX2_INLINE v8sf repeat_row(v8sf pair) {
+GDLA_ALWAYS_INLINE v8sf repeat_row(v8sf pair) {
   if constexpr (Which == 0) {
     return __builtin_shufflevector(pair, pair, 0, 1, 2, 3, 0, 1, 2, 3);
   } else {
@@ -52,7 +55,7 @@ GDLA_AVX2_INLINE v8sf repeat_row(v8sf pair) {
 struct Coefficients {
   v8sf c[2][4];
 
-  GDLA_AVX2_INLINE void set(const float* k) {
+  GDLA_ALWAYS_INLINE void set(const float* k) {
     for (int p = 0; p < 2; ++p) {
       for (int l = 0; l < 4; ++l) {
         const float top = k[(2 * p) * 4 + l], bottom = k[(2 * p + 1) * 4 + l];
@@ -62,7 +65,7 @@ struct Coefficients {
   }
 
   // Rows (2p, 2p+1) of K X, from the rows of X repeated in both halves (xl[l] = [x_l | x_l]).
-  GDLA_AVX2_INLINE v8sf times(int p, const v8sf (&xl)[4]) const {
+  GDLA_ALWAYS_INLINE v8sf times(int p, const v8sf (&xl)[4]) const {
     v8sf acc = c[p][0] * xl[0];
     acc += c[p][1] * xl[1];
     acc += c[p][2] * xl[2];
@@ -71,12 +74,12 @@ struct Coefficients {
   }
 };
 
-GDLA_AVX2_INLINE double ordered_sum(v4df v) { return ((v[0] + v[1]) + v[2]) + v[3]; }
+GDLA_ALWAYS_INLINE double ordered_sum(v4df v) { return ((v[0] + v[1]) + v[2]) + v[3]; }
 
 // Sum of squares of a 4x4 matrix held as two pairs of rows, in double: per row (RowSums) or per
 // column (!RowSums), each summed left to right, then the four sums in order.
 template <bool RowSums>
-GDLA_AVX2_INLINE double squares(v8sf top, v8sf bottom) {
+GDLA_ALWAYS_INLINE double squares(v8sf top, v8sf bottom) {
   v4df d[4] = {
       __builtin_convertvector(__builtin_shufflevector(top, top, 0, 1, 2, 3), v4df),
       __builtin_convertvector(__builtin_shufflevector(top, top, 4, 5, 6, 7), v4df),
@@ -100,9 +103,9 @@ GDLA_AVX2_INLINE double squares(v8sf top, v8sf bottom) {
 
 // The whole run of MomentumProblem<float, 4> on sides 0 and 1 (the caller keeps side 2 on the
 // generic path); the same arguments and result as run_one in cpu_momentum_run.cpp.
-GDLA_AVX2_INLINE int64_t run(const float* A, float* X, float* buf, int side, double inv_count, float lr,
+GDLA_ALWAYS_INLINE int64_t run(const float* A, float* X, float* buf, int side, double inv_count, float lr,
                                float momentum, int64_t steps, bool started, double first, double blow_up,
-                               double* losses) {
+                               double stop_loss, double* losses) {
   float a[16], at[16], h[16], ht[16], x[16], b[16];
   for (int i = 0; i < 16; ++i) a[i] = A[i];
   for (int i = 0; i < 4; ++i)
@@ -130,23 +133,24 @@ GDLA_AVX2_INLINE int64_t run(const float* A, float* X, float* buf, int side, dou
   const v8sf eye[2] = {v8sf{1, 0, 0, 0, 0, 1, 0, 0}, v8sf{0, 0, 1, 0, 0, 0, 0, 1}};
   const float scale = static_cast<float>(2.0 / 16.0);
   v8sf xv[2] = {load8(x), load8(x + 8)}, bv[2] = {load8(b), load8(b + 8)};
-  bool is_first = std::isnan(first);
-  int64_t done = 0;
-  while (done < steps) {
-    const v8sf xl[4] = {repeat_row<0>(xv[0]), repeat_row<1>(xv[0]), repeat_row<0>(xv[1]), repeat_row<1>(xv[1])};
-    const v8sf r0 = residual.times(0, xl) - eye[0], r1 = residual.times(1, xl) - eye[1];
-    const double loss = (flip ? squares<false>(r0, r1) : squares<true>(r0, r1)) * inv_count;
-    for (int p = 0; p < 2; ++p) {
-      const v8sf g = gram.times(p, xl) - shift[p];
-      const v8sf grad = scale * g;
-      bv[p] = started ? momentum * bv[p] + grad : grad;
-      xv[p] = xv[p] - bv[p] * lr;
-    }
-    started = true;
-    losses[done++] = loss;
-    if (small::diverged(loss, first, blow_up, is_first)) break;
-    if (is_first) first = loss, is_first = false;
-  }
+  v8sf xl[4], gradient[2];  // the last pass's rows of X (repeated) and products with the Gram matrix
+  const int64_t done = small::run_loop(
+      steps, stop_loss, first, blow_up, losses,
+      [&]() GDLA_LAMBDA_INLINE {
+        xl[0] = repeat_row<0>(xv[0]), xl[1] = repeat_row<1>(xv[0]);
+        xl[2] = repeat_row<0>(xv[1]), xl[3] = repeat_row<1>(xv[1]);
+        const v8sf r0 = residual.times(0, xl) - eye[0], r1 = residual.times(1, xl) - eye[1];
+        gradient[0] = gram.times(0, xl) - shift[0], gradient[1] = gram.times(1, xl) - shift[1];
+        return (flip ? squares<false>(r0, r1) : squares<true>(r0, r1)) * inv_count;
+      },
+      [&](int64_t) GDLA_LAMBDA_INLINE {
+        for (int p = 0; p < 2; ++p) {
+          const v8sf grad = scale * gradient[p];
+          bv[p] = started ? momentum * bv[p] + grad : grad;
+          xv[p] = xv[p] - bv[p] * lr;
+        }
+        started = true;
+      });
   store8(x, xv[0]), store8(x + 8, xv[1]), store8(b, bv[0]), store8(b + 8, bv[1]);
   for (int i = 0; i < 4; ++i) {
     for (int j = 0; j < 4; ++j) {
@@ -160,5 +164,4 @@ GDLA_AVX2_INLINE int64_t run(const float* A, float* X, float* buf, int side, dou
 }  // namespace momentum4
 }  // namespace gdla
 
-#undef GDLA_AVX2_INLINE
 #endif  // GDLA_RUN_X86_DISPATCH

@@ -26,46 +26,46 @@ namespace {
 // Problems below which a step runs on one thread.
 constexpr int64_t kRunGrain = 256;
 
-// One problem's whole run in local storage; returns the steps taken.
+// One problem's whole run in local storage (small::run_loop); returns the steps taken.
 template <typename T, int N>
 GDLA_ALWAYS_INLINE int64_t run_one(const T* A, T* X, T* buf, int side, double inv_count, T lr, T momentum,
-                                   int64_t steps, bool started, double first, double blow_up, double* losses) {
+                                   int64_t steps, bool started, double first, double blow_up, double stop_loss,
+                                   double* losses) {
   constexpr int64_t nn = N * N;
   small::MomentumProblem<T, N> problem;
   problem.init(A, side);
-  T x[nn], b[nn];
+  T x[nn], b[nn], g[nn];
   for (int64_t i = 0; i < nn; ++i) x[i] = X[i], b[i] = buf[i];
-  bool is_first = std::isnan(first);
-  int64_t done = 0;
-  while (done < steps) {
-    const double loss = problem.step(x, b, lr, momentum, started) * inv_count;
-    started = true;
-    losses[done++] = loss;
-    if (small::diverged(loss, first, blow_up, is_first)) break;
-    if (is_first) first = loss, is_first = false;
-  }
+  const int64_t done = small::run_loop(
+      steps, stop_loss, first, blow_up, losses,
+      [&]() GDLA_LAMBDA_INLINE { return problem.gradient(x, g) * inv_count; },
+      [&](int64_t) GDLA_LAMBDA_INLINE {
+        problem.update(x, b, g, lr, momentum, started);
+        started = true;
+      });
   for (int64_t i = 0; i < nn; ++i) X[i] = x[i], buf[i] = b[i];
   return done;
 }
 
 template <typename T, int N>
 int64_t run_one_portable(const T* A, T* X, T* buf, int side, double inv_count, T lr, T momentum, int64_t steps,
-                         bool started, double first, double blow_up, double* losses) {
-  return run_one<T, N>(A, X, buf, side, inv_count, lr, momentum, steps, started, first, blow_up, losses);
+                         bool started, double first, double blow_up, double stop_loss, double* losses) {
+  return run_one<T, N>(A, X, buf, side, inv_count, lr, momentum, steps, started, first, blow_up, stop_loss, losses);
 }
 
 #ifdef GDLA_RUN_X86_DISPATCH
 template <typename T, int N>
 GDLA_TARGET_AVX2 int64_t run_one_avx2(const T* A, T* X, T* buf, int side, double inv_count, T lr, T momentum,
-                                      int64_t steps, bool started, double first, double blow_up, double* losses) {
-  return run_one<T, N>(A, X, buf, side, inv_count, lr, momentum, steps, started, first, blow_up, losses);
+                                      int64_t steps, bool started, double first, double blow_up, double stop_loss,
+                                      double* losses) {
+  return run_one<T, N>(A, X, buf, side, inv_count, lr, momentum, steps, started, first, blow_up, stop_loss, losses);
 }
 
 // Seed 000's own size, 4x4 float32 on one side: two 8-float vectors a matrix (cpu_momentum_4x4.h).
 GDLA_TARGET_AVX2 int64_t run_4x4_avx2(const float* A, float* X, float* buf, int side, double inv_count, float lr,
                                       float momentum, int64_t steps, bool started, double first, double blow_up,
-                                      double* losses) {
-  return momentum4::run(A, X, buf, side, inv_count, lr, momentum, steps, started, first, blow_up, losses);
+                                      double stop_loss, double* losses) {
+  return momentum4::run(A, X, buf, side, inv_count, lr, momentum, steps, started, first, blow_up, stop_loss, losses);
 }
 #endif
 
@@ -145,7 +145,7 @@ void run_all(const T* A, T* X, T* buf, int64_t batch, int side, T lr, T momentum
 
 template <typename T, int N>
 int64_t run_batch(const T* A, T* X, T* buf, int64_t batch, int side, double lr, double momentum, int64_t steps,
-                  bool started, double first_loss, double blow_up, double* losses) {
+                  bool started, double first_loss, double blow_up, double stop_loss, double* losses) {
   constexpr int64_t nn = N * N;
   const double inv_count = 1.0 / static_cast<double>(nn);
   const T t_lr = static_cast<T>(lr), t_mu = static_cast<T>(momentum);
@@ -154,14 +154,14 @@ int64_t run_batch(const T* A, T* X, T* buf, int64_t batch, int side, double lr, 
 #ifdef GDLA_RUN_X86_DISPATCH
     if constexpr (std::is_same_v<T, float> && N == 4) {
       if (has_avx2() && side != 2) {
-        return run_4x4_avx2(A, X, buf, side, inv_count, t_lr, t_mu, steps, started, first, blow_up, losses);
+        return run_4x4_avx2(A, X, buf, side, inv_count, t_lr, t_mu, steps, started, first, blow_up, stop_loss, losses);
       }
     }
     if (has_avx2()) {
-      return run_one_avx2<T, N>(A, X, buf, side, inv_count, t_lr, t_mu, steps, started, first, blow_up, losses);
+      return run_one_avx2<T, N>(A, X, buf, side, inv_count, t_lr, t_mu, steps, started, first, blow_up, stop_loss, losses);
     }
 #endif
-    return run_one_portable<T, N>(A, X, buf, side, inv_count, t_lr, t_mu, steps, started, first, blow_up, losses);
+    return run_one_portable<T, N>(A, X, buf, side, inv_count, t_lr, t_mu, steps, started, first, blow_up, stop_loss, losses);
   }
   const int64_t entries = batch * nn;
   return run_in_chunks<T>({X, buf}, entries, steps, kRunChunk, first, blow_up, losses,
@@ -172,20 +172,22 @@ int64_t run_batch(const T* A, T* X, T* buf, int64_t batch, int side, double lr, 
 
 at::Tensor inverse_momentum_run_cpu(const at::Tensor& A, at::Tensor& X, at::Tensor& buf, c10::string_view side,
                                     double lr, double momentum, int64_t steps, bool started, double first_loss,
-                                    double blow_up) {
+                                    double blow_up, double stop_loss) {
   const int64_t n = check_momentum_run_args(A, X, buf, lr, momentum, steps, blow_up);
   const int code = momentum_run_side(side);
   const int64_t batch = A.numel() / (n * n);
-  at::Tensor losses = at::empty({steps}, A.options().dtype(at::kDouble));
+  const int64_t extra = check_stop_loss("inverse_momentum_run", stop_loss, batch);
+  at::Tensor losses = at::empty({steps + extra}, A.options().dtype(at::kDouble));
   int64_t done = 0;
   AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "gdla_inverse_momentum_run_cpu", [&] {
     small::dispatch_unrolled_size(static_cast<int>(n), [&](auto size) {
       done = run_batch<scalar_t, decltype(size)::value>(A.data_ptr<scalar_t>(), X.data_ptr<scalar_t>(),
                                                         buf.data_ptr<scalar_t>(), batch, code, lr, momentum, steps,
-                                                        started, first_loss, blow_up, losses.data_ptr<double>());
+                                                        started, first_loss, blow_up, stop_loss,
+                                                        losses.data_ptr<double>());
     });
   });
-  return losses.narrow(0, 0, done);
+  return losses.narrow(0, 0, done + extra);
 }
 
 }  // namespace

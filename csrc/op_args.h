@@ -111,6 +111,16 @@ inline int check_momentum_run_args(const at::Tensor& A, const at::Tensor& X, con
   return static_cast<int>(n);
 }
 
+// The whole-run kernels' stop_loss: negative (no test) or a number >= 0 for one problem. Returns
+// the extra slot the losses then take (the loss at the final iterate): 0 or 1.
+inline int64_t check_stop_loss(const char* op, double stop_loss, int64_t batch) {
+  TORCH_CHECK_VALUE(!std::isnan(stop_loss), op, ": stop_loss must be a number (negative: no test); received nan");
+  if (stop_loss < 0.0) return 0;
+  TORCH_CHECK_VALUE(batch == 1, op, ": stop_loss tests one problem's loss, so A must hold one matrix; received a "
+                    "batch of ", batch);
+  return 1;
+}
+
 // The whole-run kernels' rates: a 1-D float64 CPU tensor, one learning rate per step.
 inline void check_run_rates(const char* op, const at::Tensor& lrs) {
   TORCH_CHECK_VALUE(lrs.dim() == 1 && lrs.scalar_type() == at::kDouble && lrs.device().is_cpu(), op,

@@ -52,12 +52,12 @@ TORCH_LIBRARY(gdla, m) {
   // Seed 000's momentum on the inverse MSE, many steps per call: X, buf updated in place; returns each step's loss.
   m.def(
       "inverse_momentum_run(Tensor A, Tensor(a!) X, Tensor(b!) buf, str side, float lr, float momentum, int steps, "
-      "bool started, float first_loss, float blow_up) -> Tensor",
+      "bool started, float first_loss, float blow_up, float stop_loss=-1.) -> Tensor",
       tags);
   // torch.optim.Adam on the inverse MSE, one learning rate per step: X and the moments updated in place.
   m.def(
       "inverse_adam_run(Tensor A, Tensor(a!) X, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, str side, Tensor lrs, "
-      "float beta1, float beta2, float eps, int step0, float first_loss, float blow_up) -> Tensor",
+      "float beta1, float beta2, float eps, int step0, float first_loss, float blow_up, float stop_loss=-1.) -> Tensor",
       tags);
   // torch.optim.SGD on the penalised SVD loss of one small matrix, one rate per step, the sign fix after each.
   m.def(

@@ -390,12 +390,18 @@ struct MomentumProblem {
   GDLA_HD double step(T* __restrict x, T* __restrict buf, T lr, T momentum, bool started) const {
     T g[N * N];
     const double sum = gradient(x, g);
+    update(x, buf, g, lr, momentum, started);
+    return sum;
+  }
+
+  // The update half of step(), from g as gradient() left it.
+  GDLA_HD void update(T* __restrict x, T* __restrict buf, const T* __restrict g, T lr, T momentum,
+                      bool started) const {
     for (int i = 0; i < N * N; ++i) {
       const T grad = scale * g[i];
       buf[i] = started ? momentum * buf[i] + grad : grad;
       x[i] = x[i] - buf[i] * lr;
     }
-    return sum;
   }
 
   // sum((P(X) - I)^2) at x (double), and g = the gradient of mean((P - I)^2) divided by ``scale``.
@@ -468,6 +474,40 @@ GDLA_HD bool diverged(double loss, double first, double blow_up, bool is_first) 
   if (!(loss - loss == 0.0)) return true;  // NaN or +-inf
   const double floor = first > 1e-30 ? first : 1e-30;
   return !is_first && loss > blow_up * floor;
+}
+
+// The loop of one problem's whole run of ``steps`` steps. ``pass()`` evaluates the loss at the
+// current iterate (keeping what the update needs); ``update(s)`` then takes step s (0-based, of
+// this call) from that pass. losses[s] receives step s's loss (the loss where it started); the run
+// stops after a step whose loss diverged. With stop_loss >= 0 (a tolerance on the loss, which a
+// caller derives from one on the residual) the run also tests where each step leaves the problem,
+// with the pass the next step needs anyway: it stops, that step not taken, once the loss at the
+// current iterate is <= stop_loss (never before the call's first step), and losses[done] receives
+// the loss at the final iterate (NaN after a diverging step), so ``losses`` holds steps + 1 slots.
+// Returns the steps taken.
+template <typename Pass, typename Update>
+GDLA_HD int64_t run_loop(int64_t steps, double stop_loss, double first, double blow_up, double* losses, Pass&& pass,
+                         Update&& update) {
+  const bool test = stop_loss >= 0.0;
+  bool is_first = first != first;  // NaN: this call's first step sets it
+  int64_t done = 0;
+  if (steps == 0 && !test) return 0;
+  for (;;) {
+    const double loss = pass();
+    if (test && (done == steps || (done > 0 && loss <= stop_loss))) {
+      losses[done] = loss;
+      break;
+    }
+    update(done);
+    losses[done++] = loss;
+    if (diverged(loss, first, blow_up, is_first)) {
+      if (test) losses[done] = NAN;
+      break;
+    }
+    if (is_first) first = loss, is_first = false;
+    if (!test && done == steps) break;
+  }
+  return done;
 }
 
 // Calls f(std::integral_constant<int, N>) for every size n <= kMaxN (whole-run kernels with n == N).

@@ -108,6 +108,11 @@ def _momentum_fake(A, X0, lr, momentum, steps):
 
 
 # -- whole runs -----------------------------------------------------------------------------------
+def _stop_loss(op: str, value: float | None) -> float:
+    """The kernels' encoding of ``stop_loss``: ``-1`` for none, else the checked number ``>= 0``."""
+    return -1.0 if value is None else check_nonnegative(value, f"{op}: stop_loss")
+
+
 def inverse_momentum_run(
     A: torch.Tensor,
     X: torch.Tensor,
@@ -120,6 +125,7 @@ def inverse_momentum_run(
     started: bool,
     first_loss: float = float("nan"),
     blow_up: float = 1e12,
+    stop_loss: float | None = None,
 ) -> torch.Tensor:
     """Seed 000's momentum on ``Σ_b mean((P_b − I)²)``, ``steps`` steps in one call; ``X``, ``buf`` in place.
 
@@ -133,9 +139,16 @@ def inverse_momentum_run(
         A: square matrices, ``n <= 8``.  # shape: (..., n, n)
         X, buf: iterates and momentum buffers, like ``A``, contiguous.  # shape: (..., n, n)
         side: ``"right"``, ``"left"`` or ``"both"``.
+        stop_loss: a tolerance on the loss, for one matrix (``None``: no test). The run then also
+            evaluates the loss where each step leaves ``X``, with the pass the next step makes
+            anyway, and stops, that next step not taken, once it is ``<= stop_loss`` (never before
+            the call's first step). A caller whose residual is a function of the loss turns its
+            tolerance into this one, so a whole run stops where a step-by-step run testing the
+            residual after every step would.
 
     Returns:
-        The loss of every step taken (float64, length ``<= steps``).
+        The loss of every step taken (float64, length ``<= steps``), then, with ``stop_loss``, the
+        loss at the final iterate (NaN after a diverging step).
     """
     op = "inverse_momentum_run"
     A = _matrix(op, A, "A")
@@ -155,12 +168,13 @@ def inverse_momentum_run(
         bool(started),
         float(first_loss),
         check_positive(blow_up, f"{op}: blow_up"),
+        _stop_loss(op, stop_loss),
     )
 
 
 @torch.library.register_fake("gdla::inverse_momentum_run")
-def _momentum_run_fake(A, X, buf, side, lr, momentum, steps, started, first_loss, blow_up):
-    count = torch.library.get_ctx().new_dynamic_size(min=0, max=steps)
+def _momentum_run_fake(A, X, buf, side, lr, momentum, steps, started, first_loss, blow_up, stop_loss=-1.0):
+    count = torch.library.get_ctx().new_dynamic_size(min=0, max=steps + (stop_loss >= 0))
     return A.new_empty((count,), dtype=torch.float64)
 
 
@@ -177,6 +191,7 @@ def inverse_adam_run(
     step0: int = 0,
     first_loss: float = float("nan"),
     blow_up: float = 1e12,
+    stop_loss: float | None = None,
 ) -> torch.Tensor:
     r"""``torch.optim.Adam`` on ``Σ_b mean((P_b − I)²)``, one step per entry of ``lrs``; ``X`` and the moments in place.
 
@@ -192,9 +207,11 @@ def inverse_adam_run(
         X, exp_avg, exp_avg_sq: iterate and Adam's moments, like ``A``, contiguous.  # shape: (..., n, n)
         side: ``"right"``, ``"left"`` or ``"both"``.
         lrs: the learning rate of every step (float64, on the CPU).  # shape: (steps,)
+        stop_loss: a tolerance on the loss, for one matrix, as in :func:`inverse_momentum_run`.
 
     Returns:
-        The loss of every step taken (float64, length ``<= len(lrs)``).
+        The loss of every step taken (float64, length ``<= len(lrs)``), then, with ``stop_loss``,
+        the loss at the final iterate (NaN after a diverging step).
     """
     op = "inverse_adam_run"
     A = _matrix(op, A, "A")
@@ -209,12 +226,14 @@ def inverse_adam_run(
     return _ops.inverse_adam_run(
         A, X, exp_avg, exp_avg_sq, _side(op, side), lrs, beta1, beta2, check_positive(eps, f"{op}: eps"),
         check_int(step0, f"{op}: step0", minimum=0), float(first_loss), check_positive(blow_up, f"{op}: blow_up"),
+        _stop_loss(op, stop_loss),
     )
 
 
 @torch.library.register_fake("gdla::inverse_adam_run")
-def _adam_run_fake(A, X, exp_avg, exp_avg_sq, side, lrs, beta1, beta2, eps, step0, first_loss, blow_up):
-    return _run_losses_fake(A, lrs)
+def _adam_run_fake(A, X, exp_avg, exp_avg_sq, side, lrs, beta1, beta2, eps, step0, first_loss, blow_up,
+                   stop_loss=-1.0):
+    return _run_losses_fake(A, lrs, extra=int(stop_loss >= 0))
 
 
 def svd_sgd_run(
@@ -274,9 +293,9 @@ def _check_rates(op: str, lrs: object) -> None:
         raise ShapeError(f"{op}: lrs must be a 1-D float64 CPU tensor (one rate per step), received {got}")
 
 
-def _run_losses_fake(reference: torch.Tensor, lrs: torch.Tensor) -> torch.Tensor:
+def _run_losses_fake(reference: torch.Tensor, lrs: torch.Tensor, extra: int = 0) -> torch.Tensor:
     steps = lrs.shape[0]  # a SymInt under dynamic shapes: then no static upper bound
-    count = torch.library.get_ctx().new_dynamic_size(min=0, max=steps if isinstance(steps, int) else None)
+    count = torch.library.get_ctx().new_dynamic_size(min=0, max=steps + extra if isinstance(steps, int) else None)
     return reference.new_empty((count,), dtype=torch.float64)
 
 

@@ -139,21 +139,46 @@ at::Tensor heavy_ball_cuda(const at::Tensor& A, const at::Tensor& X0, double lr,
 
 // A whole run as one kernel launch a step: launch(step, member) writes every problem's loss of that
 // step to ``member``; their sum (in a fixed order, by ATen) is checked on the host for divergence,
-// as the CPU kernels do inside their loops. Returns the losses of the steps taken, on A's device.
+// as the CPU kernels do inside their loops. With stop_loss >= 0 (one problem, small::run_loop's
+// test) ``state`` is saved before each launch after the first, and put back when the launch found
+// the iterate it started from at or below stop_loss; the loss at the final iterate comes last.
+// Returns the losses (and that final loss), on A's device.
 template <typename Launch>
 at::Tensor stepped_run(const at::Tensor& A, int64_t batch, int64_t steps, double first_loss, double blow_up,
-                       Launch&& launch) {
+                       double stop_loss, const std::vector<at::Tensor>& state, Launch&& launch) {
+  const bool test = stop_loss >= 0.0;
   at::Tensor member = at::empty({batch}, A.options().dtype(at::kDouble));
   std::vector<double> losses;
-  bool is_first = std::isnan(first_loss);
+  bool is_first = std::isnan(first_loss), stopped = false;
   double first = first_loss;
-  for (int64_t step = 0; step < steps; ++step) {
+  // one launch that leaves the state as it found it: the loss at the current iterate
+  const auto look = [&](int64_t step) {
+    std::vector<at::Tensor> saved;
+    for (const at::Tensor& tensor : state) saved.push_back(tensor.clone());
+    launch(step, member.data_ptr<double>());
+    const double loss = at::sum(member).item<double>();
+    for (size_t i = 0; i < state.size(); ++i) state[i].copy_(saved[i]);
+    return loss;
+  };
+  for (int64_t step = 0; step < steps && !stopped; ++step) {
+    if (test && step > 0) {
+      const double next = look(step);
+      if (next <= stop_loss) {
+        losses.push_back(next);
+        stopped = true;
+        break;
+      }
+    }
     launch(step, member.data_ptr<double>());
     const double loss = at::sum(member).item<double>();
     losses.push_back(loss);
-    if (small::diverged(loss, first, blow_up, is_first)) break;
+    if (small::diverged(loss, first, blow_up, is_first)) {
+      if (test) losses.push_back(NAN);
+      stopped = true;
+    }
     if (is_first) first = loss, is_first = false;
   }
+  if (test && !stopped) losses.push_back(look(steps));
   at::Tensor out = at::empty({static_cast<int64_t>(losses.size())}, at::TensorOptions().dtype(at::kDouble));
   std::copy(losses.begin(), losses.end(), out.data_ptr<double>());
   return out.to(A.device());
@@ -161,12 +186,13 @@ at::Tensor stepped_run(const at::Tensor& A, int64_t batch, int64_t steps, double
 
 at::Tensor inverse_momentum_run_cuda(const at::Tensor& A, at::Tensor& X, at::Tensor& buf, c10::string_view side,
                                      double lr, double momentum, int64_t steps, bool started, double first_loss,
-                                     double blow_up) {
+                                     double blow_up, double stop_loss) {
   const int n = check_momentum_run_args(A, X, buf, lr, momentum, steps, blow_up);
   const int code = momentum_run_side(side);
   const c10::OptionalDeviceGuard guard(at::device_of(A));
   const int64_t batch = batch_count(A, 2);
-  return stepped_run(A, batch, steps, first_loss, blow_up, [&](int64_t step, double* member) {
+  check_stop_loss("inverse_momentum_run", stop_loss, batch);
+  return stepped_run(A, batch, steps, first_loss, blow_up, stop_loss, {X, buf}, [&](int64_t step, double* member) {
     AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "gdla_inverse_momentum_run_cuda", [&] {
       C10_CUDA_CHECK(cuda::launch_momentum_step<scalar_t>(A.data_ptr<scalar_t>(), X.data_ptr<scalar_t>(),
                                                           buf.data_ptr<scalar_t>(), n, code, lr, momentum,
@@ -177,17 +203,22 @@ at::Tensor inverse_momentum_run_cuda(const at::Tensor& A, at::Tensor& X, at::Ten
 
 at::Tensor inverse_adam_run_cuda(const at::Tensor& A, at::Tensor& X, at::Tensor& exp_avg, at::Tensor& exp_avg_sq,
                                  c10::string_view side, const at::Tensor& lrs, double beta1, double beta2, double eps,
-                                 int64_t step0, double first_loss, double blow_up) {
+                                 int64_t step0, double first_loss, double blow_up, double stop_loss) {
   const int n = check_adam_run_args(A, X, exp_avg, exp_avg_sq, lrs, beta1, beta2, eps, step0, blow_up);
   const int code = momentum_run_side(side);
   const c10::OptionalDeviceGuard guard(at::device_of(A));
   const at::Tensor rates = lrs.contiguous();
-  return stepped_run(A, batch_count(A, 2), lrs.numel(), first_loss, blow_up, [&](int64_t step, double* member) {
+  const int64_t steps = lrs.numel(), batch = batch_count(A, 2);
+  check_stop_loss("inverse_adam_run", stop_loss, batch);
+  return stepped_run(A, batch, steps, first_loss, blow_up, stop_loss, {X, exp_avg, exp_avg_sq},
+                     [&](int64_t step, double* member) {
+    // the final look (step == steps) is undone: any rate serves it
+    const double lr = step < steps ? rates.data_ptr<double>()[step] : 0.0;
     AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "gdla_inverse_adam_run_cuda", [&] {
       C10_CUDA_CHECK(cuda::launch_adam_step<scalar_t>(
           A.data_ptr<scalar_t>(), X.data_ptr<scalar_t>(), exp_avg.data_ptr<scalar_t>(),
-          exp_avg_sq.data_ptr<scalar_t>(), n, code, beta1, beta2, eps, rates.data_ptr<double>()[step],
-          step0 + step + 1, member, batch_count(A, 2), current_stream()));
+          exp_avg_sq.data_ptr<scalar_t>(), n, code, beta1, beta2, eps, lr, step0 + step + 1, member, batch,
+          current_stream()));
     });
   });
 }

@@ -279,6 +279,88 @@ def svd_reference(M, U, s, V, rates, weights, momentum, nesterov):
     return losses, [params[key].detach() for key in ("U", "s", "V")]
 
 
+# -- stop_loss: the residual test inside a whole run ----------------------------------------------
+def _momentum(A, state, steps, started, first, stop_loss):
+    X, buf = state
+    n = A.shape[-1]  # the gradient carries 2/n²: a rate that scales with n² takes steps of one size
+    return ops.inverse_momentum_run(A, X, buf, "right" if n != 3 else "both", 0.02 * n * n, 0.8, steps,
+                                    started=started, first_loss=first, stop_loss=stop_loss)
+
+
+def _adam(A, state, steps, started, first, stop_loss, *, step0=0):
+    X, m, v = state
+    rates = torch.full((steps,), 0.05, dtype=torch.float64)
+    return ops.inverse_adam_run(A, X, m, v, "left", rates, step0=step0, first_loss=first, stop_loss=stop_loss)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("method", "n"), [("momentum", 4), ("momentum", 3), ("momentum", 7), ("adam", 4),
+                                           ("adam", 11)])
+def test_stop_loss_run_stops_where_a_step_by_step_run_testing_each_step_does(device, dtype, method, n) -> None:
+    A, X = problems((), n, dtype, device)
+    count = 2 if method == "momentum" else 3
+    whole_state = [X.clone()] + [torch.zeros_like(X) for _ in range(count - 1)]
+    step_state = [X.clone()] + [torch.zeros_like(X) for _ in range(count - 1)]
+    side = {"momentum": "both" if n == 3 else "right", "adam": "left"}[method]
+    P = {"right": A @ X, "left": X @ A, "both": (A @ X + X @ A) / 2}[side]
+    stop_loss = 1e-6 * float((P - torch.eye(n, dtype=dtype, device=device)).square().mean())
+    budget = 3000
+    if method == "momentum":
+        whole = _momentum(A, whole_state, budget, False, math.nan, stop_loss)
+    else:
+        whole = _adam(A, whole_state, budget, False, math.nan, stop_loss)
+    losses, final = whole[:-1].tolist(), float(whole[-1])
+    assert 0 < len(losses) < budget and final <= stop_loss  # stopped by the test, before the budget
+    assert all(value > stop_loss for value in losses[1:])  # no earlier iterate passed it
+    # step by step: one step a call, each call reporting the loss where its step left X
+    first, single = math.nan, []
+    for step in range(budget):
+        if method == "momentum":
+            out = _momentum(A, step_state, 1, step > 0, first, stop_loss)
+        else:
+            out = _adam(A, step_state, 1, step > 0, first, stop_loss, step0=step)
+        assert len(out) == 2
+        first = float(out[0]) if step == 0 else first
+        single.append(float(out[0]))
+        if float(out[1]) <= stop_loss:
+            break
+    assert single == losses and float(out[1]) == final
+    for a, b in zip(whole_state, step_state, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_stop_loss_reports_the_loss_at_the_final_iterate() -> None:
+    A, X = problems((), 4, torch.float64, "cpu")
+    buf = torch.zeros_like(X)
+    out = ops.inverse_momentum_run(A, X, buf, "right", 0.3, 0.8, 25, started=False, stop_loss=0.0)
+    assert len(out) == 26  # the budget ran out: 25 steps, then the loss where they left X
+    expected = float(((A @ X - torch.eye(4, dtype=A.dtype)) ** 2).mean())
+    assert float(out[-1]) == pytest.approx(expected, rel=1e-12)
+    assert float(out[-1]) < float(out[-2])  # the run went downhill
+    nothing = ops.inverse_momentum_run(A, X.clone(), buf.clone(), "right", 0.3, 0.8, 0, started=True, stop_loss=0.0)
+    assert nothing.tolist() == pytest.approx([expected], rel=1e-12)  # no step: only the look at X
+    m, v = torch.zeros_like(X), torch.zeros_like(X)
+    blown = ops.inverse_adam_run(A, X, m, v, "right", torch.full((500,), 1e6, dtype=torch.float64), blow_up=1e3,
+                                 stop_loss=1e-30)
+    assert 1 < len(blown) < 501 and math.isnan(float(blown[-1]))  # after a diverging step: NaN, no look
+
+
+def test_stop_loss_bad_arguments_name_the_argument() -> None:
+    A, X = problems((), 4, torch.float32, "cpu")
+    buf = torch.zeros_like(X)
+    for bad in (-1.0, math.nan, "1e-6"):
+        with pytest.raises(InputError, match="stop_loss"):
+            ops.inverse_momentum_run(A, X, buf, "right", 0.3, 0.8, 5, started=False, stop_loss=bad)
+    batch_A, batch_X = problems((3,), 4, torch.float32, "cpu")
+    with pytest.raises(ValueError, match="stop_loss tests one problem.*batch of 3"):
+        ops.inverse_momentum_run(batch_A, batch_X, torch.zeros_like(batch_X), "right", 0.3, 0.8, 5, started=False,
+                                 stop_loss=1e-6)
+    with pytest.raises(ValueError, match="stop_loss tests one problem.*batch of 3"):
+        ops.inverse_adam_run(batch_A, batch_X, torch.zeros_like(batch_X), torch.zeros_like(batch_X), "right",
+                             torch.full((5,), 0.1, dtype=torch.float64), stop_loss=1e-6)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize(("momentum", "nesterov"), [(0.0, False), (0.9, False), (0.8, True)])
