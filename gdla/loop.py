@@ -24,7 +24,7 @@ from gdla.optimizer import Optimizer
 from gdla.problem import Params, Problem
 from gdla.registry import get_optimizer, get_problem, optimizers
 from gdla.result import STOP_REASONS, Metrics, Result
-from gdla.stopping import BLOW_UP, LossHistory, StopRules, default_patience, default_tol
+from gdla.stopping import BLOW_UP, LossHistory, StopRules, default_patience, default_tol, loss_array
 from gdla.validation import as_device, as_dtype, check_callable, check_int, check_nonnegative, check_positive
 
 __all__ = ["BLOW_UP", "default_tol", "solve"]
@@ -246,14 +246,28 @@ def _iterate(run: Run) -> tuple[LossHistory, str]:
     losses = LossHistory()
     if _runs_in_bulk(run):
         with torch.no_grad():
-            bulk = opt.run(run.budget)
-        if bulk is not None:
-            return _replay(bulk, run, losses)
+            if rules.checks_residual:
+                tested = _tested_in_bulk(run, losses)
+                if tested is not None:
+                    return losses, tested
+            else:
+                bulk = opt.run(run.budget)
+                if bulk is not None:
+                    return _replay(bulk, run, losses)
     bar = _progress_bar(run.budget, enabled=run.progress)
     stop = "max_steps"
+    # the optimizer's own residual test, where it has one (the same bits one step a call as in bulk)
+    tests_itself = rules.checks_residual and sharding is None
     with torch.no_grad():
         for step in range(1, run.budget + 1):
-            loss = _first_step(opt, work) if step == 1 else float(opt.step())
+            residual = None
+            if tests_itself:
+                tested = opt.run_tested(1, rules.tol)
+                tests_itself = tested is not None
+                if tested is not None:
+                    loss, residual = float(tested.losses[0]), float(tested.residuals[0])
+            if residual is None:
+                loss = _first_step(opt, work) if step == 1 else float(opt.step())
             work.project(params)
             if sharding is not None:
                 loss = sharding.reduce_loss(loss)
@@ -266,7 +280,8 @@ def _iterate(run: Run) -> tuple[LossHistory, str]:
             if stop_now is None and callback is not None and callback(step, loss, params) is True:
                 stop_now = "callback"
             if stop_now is None and rules.checks_residual:
-                residual = float(work.residual(params))
+                if residual is None:
+                    residual = float(work.residual(params))
                 if sharding is not None:
                     residual = sharding.reduce_residual(residual)
                 stop_now = rules.on_residual(step, loss, residual)
@@ -279,20 +294,59 @@ def _iterate(run: Run) -> tuple[LossHistory, str]:
 
 
 def _runs_in_bulk(run: Run) -> bool:
-    """Whether nothing needs to see the steps one by one, so the optimizer may run them all in one call."""
+    """Whether nothing needs to see the steps one by one, so the optimizer may run them all in one call
+    (a residual test too, where the optimizer makes it: :func:`_tested_in_bulk`)."""
     return (
         run.callback is None
         and not run.progress
         and run.sharding is None
-        and not run.rules.checks_residual
         and (not run.work.needs_projection() or run.optimizer.projects_in_run)
     )
 
 
+def _tested_in_bulk(run: Run, losses: LossHistory) -> str | None:
+    """A run with a tolerance through :meth:`~gdla.Optimizer.run_tested`, many steps a call; the stop reason,
+    or ``None`` (nothing run) where the optimizer does not test the residual itself.
+
+    Each call stops at a converged or diverged step itself and runs no further than the stall test
+    allows (:meth:`~gdla.stopping.StopRules.steps_before_stall`); the loop's rules, replayed over
+    the returned losses and residuals, then find the stop exactly where the loop would.
+    """
+    opt, rules = run.optimizer, run.rules
+    taken = 0
+    while taken < run.budget:
+        tested = opt.run_tested(min(run.budget - taken, rules.steps_before_stall(taken)), rules.tol)
+        if tested is None:
+            if taken == 0:
+                return None
+            raise PluginError(f"optimizer {opt.name!r}: run_tested() returned None after it had run steps")
+        values, residuals = loss_array(tested.losses), loss_array(tested.residuals).tolist()
+        if len(values) == 0 or len(residuals) != len(values):
+            raise PluginError(
+                f"optimizer {opt.name!r}: run_tested() must return at least one step with a residual for each, "
+                f"returned {len(values)} losses and {len(residuals)} residuals"
+            )
+        for index, (loss, residual) in enumerate(zip(values.tolist(), residuals, strict=True)):
+            step = taken + index + 1
+            stop = rules.on_loss(step, loss) or rules.on_residual(step, loss, residual)
+            if stop is not None:
+                if index + 1 < len(values):  # the parameters are those after the last step: no way back
+                    raise PluginError(
+                        f"optimizer {opt.name!r}: run_tested() ran {len(values)} steps, past step {step}, where "
+                        f"the loop stops ({stop}); it must stop there itself"
+                    )
+                losses.extend(values)
+                return stop
+        losses.extend(values)
+        taken += len(values)
+    return "max_steps"
+
+
 def _replay(bulk: torch.Tensor, run: Run, losses: LossHistory) -> tuple[LossHistory, str]:
     """The stop rules over the losses of a bulk run (which, like the loop, stopped after a diverging step)."""
-    diverged = run.rules.on_bulk(bulk)
-    losses.extend(bulk if diverged is None else bulk[:diverged])
+    values = loss_array(bulk)  # converted once, for the stop rules and the history
+    diverged = run.rules.on_bulk(values)
+    losses.extend(values if diverged is None else values[:diverged])
     return losses, "max_steps" if diverged is None else "diverged"
 
 
@@ -350,7 +404,7 @@ def _summarise(run: Run, losses: LossHistory, stop: str, *, setup_seconds: float
         work_params = run.sharding.gather_params(work_params)
     work_params = {key: full_tensor(value) for key, value in work_params.items()}  # a DTensor: whole, every rank
     params_out = run.restore(work_params)
-    finite = all(bool(torch.isfinite(v).all()) for v in work_params.values())
+    members, status, finite = _batch_status(run.full, work_params, run.rules.tol)
     notes = list(run.notes)
     # relative metrics are free of units: computed in the normalised ones, where nothing over- or underflows
     if finite:
@@ -358,7 +412,6 @@ def _summarise(run: Run, losses: LossHistory, stop: str, *, setup_seconds: float
     else:
         notes.append("the parameters are not finite: every metric is NaN")
         metrics = Metrics({"residual": math.nan, "error": math.nan})
-    members, status = _batch_status(run.full, work_params, run.rules.tol)
     condition = run.problem.condition_estimate()
     lr = opt.lr  # reported in the data's units: the inverse conversion is exact
     if run.units is not None:
@@ -389,20 +442,42 @@ def _summarise(run: Run, losses: LossHistory, stop: str, *, setup_seconds: float
     )
 
 
-def _batch_status(problem: Problem, params: Params, tol: float) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Each member's residual and verdict (0 converged, 1 not converged, 2 non-finite), where declared."""
+def _batch_status(
+    problem: Problem, params: Params, tol: float
+) -> tuple[torch.Tensor | None, torch.Tensor | None, bool]:
+    """Each member's residual and verdict (0 converged, 1 not converged, 2 non-finite), where declared, and
+    whether every parameter is finite."""
     members = problem.member_residuals(params)
     if members is None or members.dim() == 0:
-        return None, None
+        return None, None, all(_all_finite(value) for value in params.values())
     members = members.detach()
-    status = torch.ones(members.shape, dtype=torch.int8, device=members.device)
-    status[members <= tol] = 0
-    finite = torch.ones(members.shape, dtype=torch.bool, device=members.device)
+    finite, finite_members = True, torch.ones(members.shape, dtype=torch.bool, device=members.device)
     for value in params.values():
         if value.shape[: members.dim()] == members.shape:
-            finite &= torch.isfinite(value).flatten(members.dim()).all(-1)
-    status[~(finite & torch.isfinite(members))] = 2
-    return members, status
+            rows = _finite_rows(value.flatten(members.dim()))
+            finite_members &= rows
+            finite = finite and bool(rows.all())
+        else:
+            finite = finite and _all_finite(value)
+    status = (members > tol).to(torch.int8)  # 0 where members <= tol; NaN members are marked 2 below
+    status.masked_fill_(~(finite_members & torch.isfinite(members)), 2)
+    return members, status, finite
+
+
+def _all_finite(value: torch.Tensor) -> bool:
+    """Whether every entry of ``value`` is finite (of a real floating tensor: its extremes, which carry NaN, ±inf)."""
+    if not value.is_floating_point() or value.numel() == 0:
+        return bool(torch.isfinite(value).all())
+    low, high = torch.aminmax(value)
+    return math.isfinite(float(low)) and math.isfinite(float(high))
+
+
+def _finite_rows(rows: torch.Tensor) -> torch.Tensor:
+    """Whether each row (the last dimension) of ``rows`` is finite throughout, as a boolean tensor."""
+    if not rows.is_floating_point() or rows.shape[-1] == 0:
+        return torch.isfinite(rows).all(-1)
+    low, high = torch.aminmax(rows, dim=-1)
+    return torch.isfinite(low) & torch.isfinite(high)
 
 
 def _message(run: Run, stop: str, status: torch.Tensor | None) -> str:

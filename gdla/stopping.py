@@ -22,6 +22,7 @@ __all__ = [
     "StopRules",
     "default_patience",
     "default_tol",
+    "loss_array",
 ]
 
 #: Loss growth over the starting loss that counts as divergence.
@@ -43,6 +44,13 @@ def default_patience(max_steps: int) -> int:
     return min(MAX_PATIENCE, max(100, max_steps // 10))
 
 
+def loss_array(losses: torch.Tensor | np.ndarray) -> np.ndarray:
+    """A 1-D tensor of losses as float64 numpy values on the CPU (a view where it already is one); an array as is."""
+    if isinstance(losses, np.ndarray):
+        return losses
+    return losses.detach().to(device="cpu", dtype=torch.float64).numpy()
+
+
 class StopRules:
     """The stop tests of one run, fed one step at a time."""
 
@@ -59,6 +67,14 @@ class StopRules:
         """Whether the residual is needed at all (``tol = 0`` runs every step)."""
         return self.tol > 0
 
+    def steps_before_stall(self, step: int) -> int:
+        """How many steps after ``step`` may run without looking: the stall test cannot fire before the last of them.
+
+        ``stalled`` needs ``patience`` steps since the last checkpoint, and a step can only move the
+        checkpoint later, so a run of this many steps can stall at its last step at the earliest.
+        """
+        return max(1, self._mark_step + self.patience - step)
+
     def on_loss(self, step: int, loss: float) -> str | None:
         """``"diverged"`` if ``loss`` is not finite or grew ``BLOW_UP``-fold over the first one."""
         if self._first_loss is None:
@@ -67,14 +83,15 @@ class StopRules:
             return "diverged"
         return None
 
-    def on_bulk(self, losses: torch.Tensor) -> int | None:
+    def on_bulk(self, losses: torch.Tensor | np.ndarray) -> int | None:
         """:meth:`on_loss` over the losses of steps ``1..len(losses)`` of a run at once, vectorised.
 
+        ``losses`` is a 1-D tensor or what :func:`loss_array` made of one.
         Returns the step at which the run diverged, or ``None``.
         """
         if len(losses) == 0:
             return None
-        values = losses.detach().to(device="cpu", dtype=torch.float64).numpy()  # numpy: no dispatch per call
+        values = loss_array(losses)  # numpy: no dispatch per call
         if self._first_loss is None:
             self._first_loss = float(values[0])
         bad = ~np.isfinite(values)
@@ -108,9 +125,9 @@ class LossHistory:
     def append(self, loss: float) -> None:
         self._values.append(loss)
 
-    def extend(self, losses: torch.Tensor) -> None:
-        """Append a 1-D tensor of losses in one copy."""
-        self._values.frombytes(losses.detach().to(device="cpu", dtype=torch.float64).contiguous().numpy().tobytes())
+    def extend(self, losses: torch.Tensor | np.ndarray) -> None:
+        """Append a 1-D tensor of losses (or what :func:`loss_array` made of one) in one copy."""
+        self._values.frombytes(np.ascontiguousarray(loss_array(losses)).view(np.uint8))
 
     def __len__(self) -> int:
         return len(self._values)

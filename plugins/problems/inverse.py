@@ -136,7 +136,15 @@ class InverseProblem(Problem):
         self._k = n if side == "left" else m
         self._reference: torch.Tensor | None = None
         self._identity: torch.Tensor | None = None  # cached for a DTensor A (placing it costs a full eye)
+        #: ``(A, A._version, normalized())``: the last answer, kept while ``A`` stays the same
+        self._normalization: tuple[torch.Tensor, int, Normalization | None] | None = None
         self._analyse(dense)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The instance's attributes without the kept :meth:`normalized` (its ``restore`` is a closure: no pickle)."""
+        state = dict(vars(self))
+        state["_normalization"] = None
+        return state
 
     # -- construction -------------------------------------------------------------------------
     def _analyse(self, A: torch.Tensor) -> None:
@@ -301,8 +309,17 @@ class InverseProblem(Problem):
         return kind(self.A, side=self.side, pseudo=self.pseudo, key="M")
 
     def fused_loss(self) -> InverseMSE | None:
-        """The loss is the fused ``inverse_mse`` op's (``None`` for a DTensor ``A``: the op takes plain tensors)."""
-        return None if is_dtensor(self.A) else InverseMSE(self.A, side=self.side, key="M")
+        """The loss is the fused ``inverse_mse`` op's (``None`` for a DTensor ``A``: the op takes plain tensors).
+
+        For one matrix whose equation ``P = I_k`` is attainable on the right or the left (no
+        projection), :meth:`residual` is ``‖P − I‖_F / √k = √(k · loss)``: declared as
+        ``residual_factor = k``.
+        """
+        if is_dtensor(self.A):
+            return None
+        plain = not self.batch_shape and self.side != "both" and self._projector is None
+        tested = plain and bool(self._attainable.all())
+        return InverseMSE(self.A, side=self.side, key="M", residual_factor=float(self._k) if tested else None)
 
     def fused_reason(self) -> str | None:
         """``None`` (the fused ops compute this loss), except for a DTensor ``A``."""
@@ -407,6 +424,7 @@ class InverseProblem(Problem):
         work.A = scale_by_power_of_two(self.A, exponent)
         work._sigma_max = scale_by_power_of_two(self._sigma_max, exponent)
         work._reference = None
+        work._normalization = None
         return work
 
     def normalized(self) -> Normalization | None:
@@ -414,7 +432,19 @@ class InverseProblem(Problem):
 
         :math:`(2^{-e} A)^{-1} = 2^{e} A^{-1}` (also for the pseudo-inverse and one-sided inverses).
         Raises :class:`~gdla.errors.InputError` when :math:`A^{-1}` over- or underflows the dtype.
+        The answer depends on ``A`` alone: it is kept for the next solve of this problem while ``A``
+        is the same, unmodified tensor (not for a DTensor ``A``, whose scale is a collective).
         """
+        cached = self._normalization
+        if cached is not None and cached[0] is self.A and cached[1] == self.A._version:
+            return cached[2]
+        normalization = self._normalize()
+        if not is_dtensor(self.A) and not self.A.is_inference():
+            self._normalization = (self.A, self.A._version, normalization)
+        return normalization
+
+    def _normalize(self) -> Normalization | None:
+        """:meth:`normalized`, computed."""
         exponent = power_of_two_scale(full_tensor(self.A.abs().amax()) if is_dtensor(self.A) else self.A)
         work = self if exponent == 0 else self._scaled(-exponent)
         if not bool((work._sigma_max > 0).any()):  # A = 0: its pseudo-inverse is 0, nothing to scale

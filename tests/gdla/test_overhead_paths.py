@@ -1,0 +1,92 @@
+"""The shortcuts that keep a small solve's Python overhead low give what the long way gives.
+
+Covered: the inverse problem's kept normalisation (reused only while ``A`` is unchanged), the
+summary's finiteness checks by extremes, the loss history fed a converted array, and step-by-step
+residuals that follow the in-place kernel steps.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import gdla
+from gdla.loop import _all_finite, _batch_status, _finite_rows
+from gdla.stopping import LossHistory, StopRules, loss_array
+from gdla_plugins.problems.inverse import InverseProblem
+
+
+def batch(count: int = 6, seed: int = 0) -> InverseProblem:
+    return InverseProblem.well_conditioned(3, batch=(count,), seed=seed, dtype=torch.float64)
+
+
+# -- the inverse problem's kept answers -------------------------------------------------------------
+def test_normalized_is_kept_while_A_is_unchanged_and_redone_after_an_in_place_change() -> None:
+    problem = InverseProblem(torch.rand(4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 24)
+    first = problem.normalized()
+    assert first is not None and first.exponent == 5
+    assert problem.normalized() is first  # kept
+    problem.A.mul_(4)  # in place: a new version of A, so the answer is computed again
+    again = problem.normalized()
+    assert again is not first and again.exponent == 7
+    assert torch.equal(again.problem.A, torch.ldexp(problem.A, torch.tensor(-7)))
+
+
+def test_a_kept_normalization_gives_the_same_solve_twice_and_still_pickles() -> None:
+    problem = InverseProblem.example(side="left", dtype=torch.float32)
+    problem = InverseProblem(problem.A * 3, side="left")  # a scale to remove: exponent 2
+    runs = [gdla.solve(problem, optimizer="momentum", lr=0.5, max_steps=200, tol=0) for _ in range(2)]
+    assert runs[0].losses == runs[1].losses and torch.equal(runs[0].solution, runs[1].solution)
+    copy = pickle.loads(pickle.dumps(problem))  # the kept normalisation (its restore is a closure) is left out
+    assert copy._normalization is None
+    assert copy.normalized().exponent == problem.normalized().exponent == 2
+
+
+# -- the summary's finiteness ---------------------------------------------------------------------
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, None])
+def test_finiteness_by_extremes_agrees_with_isfinite(bad: float | None) -> None:
+    values = torch.randn(7, 3, 3, dtype=torch.float32, generator=torch.Generator().manual_seed(2))
+    if bad is not None:
+        values[4, 1, 2] = bad
+    assert _all_finite(values) is bool(torch.isfinite(values).all())
+    assert torch.equal(_finite_rows(values.flatten(1)), torch.isfinite(values).flatten(1).all(-1))
+    assert _all_finite(torch.empty(0)) is True
+    assert _all_finite(torch.tensor([1, 2])) is True  # not floating: isfinite itself
+
+
+def test_batch_status_marks_each_member_and_says_whether_all_is_finite() -> None:
+    problem = batch()
+    M = problem.reference_params()["M"].clone()
+    M[1] += 1.0  # far off
+    M[3, 0, 0] = math.nan  # not finite
+    with torch.no_grad():
+        members, status, finite = _batch_status(problem, {"M": M}, tol=1e-6)
+    assert status.dtype == torch.int8 and status.tolist() == [0, 1, 0, 2, 0, 0]
+    assert finite is False and members.shape == (6,)
+    with torch.no_grad():
+        assert _batch_status(problem, {"M": problem.reference_params()["M"]}, tol=1e-6)[2] is True
+    one = InverseProblem.example()
+    assert _batch_status(one, {"M": torch.full((4, 4), math.inf)}, tol=1e-6) == (None, None, False)
+
+
+# -- the loss history -------------------------------------------------------------------------------
+def test_losses_converted_once_give_the_same_history_and_stop() -> None:
+    losses = torch.tensor([2.0, 1.0, 0.5, math.inf, 3.0], dtype=torch.float64)
+    values = loss_array(losses)
+    assert isinstance(values, np.ndarray) and values.dtype == np.float64 and loss_array(values) is values
+    assert StopRules(0, 10).on_bulk(values) == StopRules(0, 10).on_bulk(losses) == 4
+    from_tensor, from_array = LossHistory(), LossHistory()
+    from_tensor.extend(losses.float())
+    from_array.extend(loss_array(losses.float())[:3])
+    assert from_tensor.to_list()[:3] == from_array.to_list() == [2.0, 1.0, 0.5]
+
+
+def test_step_by_step_residuals_follow_the_kernel_steps() -> None:
+    """The seed notebook's diagonal matrix converges under a tolerance (each step's residual is fresh)."""
+    problem = InverseProblem.example(kind="diagonal", side="left")
+    result = gdla.solve(problem, optimizer="momentum", lr=0.9, momentum=0.9, max_steps=1000)
+    assert result.stop_reason == "converged" and result.metrics["residual"] <= 1e-10
