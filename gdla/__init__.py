@@ -45,6 +45,7 @@ _EXPORTS: dict[str, str] = {
     "Suitability": "gdla.optimizer",
     "SumOfSquares": "gdla.capabilities",
     "SvdPenaltyLoss": "gdla.capabilities",
+    "TestedRun": "gdla.optimizer",
     "UnknownNameError": "gdla.errors",
     "extension_status": "gdla.backend",
     "get_optimizer": "gdla.registry",
@@ -84,6 +85,7 @@ __all__ = [
     "Suitability",
     "SumOfSquares",
     "SvdPenaltyLoss",
+    "TestedRun",
     "UnknownNameError",
     "__version__",
     "extension_status",
@@ -152,7 +154,7 @@ if TYPE_CHECKING:  # the names for type checkers and IDEs
     )
     from gdla.hookspecs import hookimpl
     from gdla.loop import solve
-    from gdla.optimizer import GradientOptimizer, Optimizer, Suitability
+    from gdla.optimizer import GradientOptimizer, Optimizer, Suitability, TestedRun
     from gdla.problem import Params, Problem
     from gdla.registry import get_optimizer, get_problem, optimizers, problems
     from gdla.result import Result

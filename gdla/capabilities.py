@@ -31,8 +31,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import torch
+
+from gdla.errors import InputError
 
 __all__ = [
     "InverseMSE",
@@ -200,11 +204,47 @@ class InverseMSE:
 
     Declaring it lets an optimizer with a whole-run kernel for this loss (``momentum``: the
     extension's ``inverse_momentum_run``) run many steps in one call under ``backend="fused"``.
+
+    ``residual_factor`` ``c``, where given, declares more: the problem's
+    :meth:`~gdla.Problem.residual` is ``√(c · loss)`` at any parameters (one matrix with ``P = I``
+    attainable: ``‖P − I‖_F / √k = √(k · mean((P − I)²))``, so ``c = k``). The residual after a
+    step is then the next step's loss, which a whole-run kernel computes anyway, and a run with a
+    tolerance goes in bulk, testing it after every step as the loop would.
     """
 
     A: torch.Tensor
     side: str = "right"
     key: str = "M"
+    residual_factor: float | None = None
+
+    def residuals(self, losses: torch.Tensor) -> torch.Tensor:
+        """The residual at each iterate whose loss is given: ``√(c · loss)``, float64 on the CPU."""
+        if self.residual_factor is None:
+            raise InputError("residual_factor: InverseMSE.residuals needs a declared factor, received None")
+        return torch.from_numpy(_residual_of(self.residual_factor, losses.detach().cpu().double().numpy()))
+
+    def loss_tolerance(self, tol: float) -> float:
+        """The largest loss whose residual (:meth:`residuals`) is ``<= tol``: the same test made on the loss.
+
+        The residual is monotone in the loss, so ``loss <= loss_tolerance(tol)`` holds exactly when
+        ``√(c · loss) <= tol`` does, bit for bit (found by stepping one float at a time from ``tol² / c``).
+        """
+        c = self.residual_factor
+        if c is None:
+            raise InputError("residual_factor: InverseMSE.loss_tolerance needs a declared factor, received None")
+        if not tol > 0:
+            return 0.0 if tol == 0 else -1.0
+        loss = tol * tol / c
+        while loss > 0 and _residual_of(c, loss) > tol:
+            loss = math.nextafter(loss, 0.0)
+        while _residual_of(c, math.nextafter(loss, math.inf)) <= tol:
+            loss = math.nextafter(loss, math.inf)
+        return loss
+
+
+def _residual_of(factor: float, losses: Any) -> Any:
+    """``√(factor · loss)`` in float64, one evaluation shared by the stop test and the tolerance it is turned into."""
+    return np.sqrt(np.float64(factor) * np.asarray(losses, dtype=np.float64))
 
 
 @dataclass(frozen=True)

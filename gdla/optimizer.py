@@ -21,7 +21,15 @@ from gdla.problem import Params, Problem
 from gdla.schedules import make_schedule
 from gdla.validation import check_positive
 
-__all__ = ["GradientOptimizer", "Optimizer", "Suitability"]
+__all__ = ["GradientOptimizer", "Optimizer", "Suitability", "TestedRun"]
+
+
+@dataclass(frozen=True)
+class TestedRun:
+    """What :meth:`Optimizer.run_tested` returns: each step's loss and the residual where the step left them."""
+
+    losses: torch.Tensor
+    residuals: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -202,7 +210,20 @@ class Optimizer(abc.ABC):
         give (the same bits), and stop early after a step whose loss is not finite or exceeds
         ``gdla.stopping.BLOW_UP`` times the run's first loss, as the loop would. The loop calls it
         only when nothing needs to see the steps one by one (no callback, progress bar, residual
-        test or projection). Default: ``None`` (step by step).
+        test (see :meth:`run_tested`) or projection). Default: ``None`` (step by step).
+        """
+        return None
+
+    def run_tested(self, steps: int, tol: float) -> TestedRun | None:
+        """:meth:`run`, testing the problem's residual after every step itself; ``None`` if it cannot.
+
+        Optional: for a method whose whole-run kernel finds the residual in what its steps compute
+        anyway (a problem whose :class:`~gdla.capabilities.InverseMSE` declares a
+        ``residual_factor``), so that runs with a tolerance need not return to Python between steps.
+        It stops after the first step that leaves the residual ``<= tol``, or after a diverging step
+        as :meth:`run` does, and returns each step's loss with the residual after it, which the loop
+        then tests in place of :meth:`~gdla.Problem.residual`. Called one step at a time (as the loop
+        does when a callback or a progress bar watches) it must give the same bits. Default: ``None``.
         """
         return None
 

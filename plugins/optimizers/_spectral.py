@@ -27,6 +27,7 @@ __all__ = [
     "fixed_step_rate",
     "flatten",
     "gram_extremes",
+    "declared_hessian_extremes",
     "hessian_extremes",
     "hessian_operator",
     "is_quadratic",
@@ -214,13 +215,37 @@ def hessian_operator(problem: Problem, params: Params) -> Matvec:
     return matvec
 
 
+def declared_hessian_extremes(
+    problem: Problem, steps: int = HESSIAN_STEPS, seed: int = 0, dtype: torch.dtype = torch.float64
+) -> Spectrum | None:
+    """The loss's Hessian extremes from its declared least-squares form, or ``None`` where it declares too little.
+
+    A :class:`~gdla.capabilities.LinearLeastSquares` with an exact Gram factor ``F``
+    (``gram_exact``) and a ``hessian_scale()`` ``c`` has the Hessian ``c·FᵀF`` on every block:
+    Lanczos on ``F`` (two small products a step, :func:`gram_extremes`) instead of on the Hessian
+    (two backward passes a step); one global operator, so the blocks' largest and smallest count.
+    """
+    form = problem.least_squares()
+    scale = None if form is None or form.gram_factor is None or not form.gram_exact else form.hessian_scale()
+    if scale is None:
+        return None
+    F = form.gram_factor
+    spectrum = gram_extremes(F, steps=steps, seed=seed, dtype=dtype)
+    largest, smallest = spectrum.largest.max().double(), spectrum.smallest.min().double()
+    return Spectrum(largest * scale, smallest * scale, spectrum.matvecs)
+
+
 def hessian_extremes(problem: Problem, params: Params, steps: int = HESSIAN_STEPS, seed: int = 0) -> Spectrum:
     """Extreme eigenvalues of the loss's Hessian at ``params`` (one global operator).
 
     For a quadratic loss the Hessian is the same everywhere, so this is its spectrum. Directions
     along which the loss does not change (a masked entry, a null space) are skipped. ``steps`` is
     lowered for huge problems so the Lanczos basis stays within ``LANCZOS_MEMORY`` entries.
+    Where the problem declares its Gram factor (:func:`declared_hessian_extremes`), from that.
     """
+    declared = declared_hessian_extremes(problem, steps, seed)
+    if declared is not None:
+        return declared
     matvec = hessian_operator(problem, params)
     template = flatten(params)
     steps = max(2, min(steps, LANCZOS_MEMORY // max(template.numel(), 1)))

@@ -27,7 +27,7 @@ import torch
 
 import gdla
 from gdla.errors import GdlaError, InputError, PluginError
-from gdla.optimizer import Optimizer, Suitability
+from gdla.optimizer import Optimizer, Suitability, TestedRun
 from gdla.problem import Params, Problem
 
 __all__ = ["Auto", "choose", "ranking"]
@@ -149,6 +149,9 @@ class Auto(Optimizer):
 
     def run(self, steps: int) -> torch.Tensor | None:
         return self.delegate.run(steps)
+
+    def run_tested(self, steps: int, tol: float) -> TestedRun | None:
+        return self.delegate.run_tested(steps, tol)
 
     def describe(self) -> dict[str, Any]:
         inner = {key: value for key, value in self.delegate.describe().items() if key not in ("name", "lr")}

@@ -108,6 +108,7 @@ class Momentum(TorchOptimizer):
     accepted = {"momentum": Option(unit_interval, SEED_MOMENTUM)}
     lr_rule = ("inverse_lipschitz", 0.5)
     lr_units = "curvature"
+    runs_tested = True
     state_attributes = ("_first_loss",)
 
     def __init__(self, problem: Problem, params: Params, **options: Any) -> None:
@@ -129,8 +130,12 @@ class Momentum(TorchOptimizer):
 
         return self.inverse_run_form(ops.RUN_MAX_N)
 
-    def run(self, steps: int) -> torch.Tensor | None:
-        """Seed 000's update, ``steps`` times in one call of ``gdla.ops.inverse_momentum_run``."""
+    def run(self, steps: int, *, stop_loss: float | None = None) -> torch.Tensor | None:
+        """Seed 000's update, ``steps`` times in one call of ``gdla.ops.inverse_momentum_run``.
+
+        ``stop_loss``: the kernel's residual test (:meth:`run_tested`); the losses then end with the
+        loss at the final iterate.
+        """
         form = self._whole_run
         if form is None:
             return None
@@ -145,8 +150,8 @@ class Momentum(TorchOptimizer):
         group = self.torch_optimizer.param_groups[0]  # a fixed rate: the form refuses schedules
         return self.run_scheduled(steps, lambda lrs: ops.inverse_momentum_run(
             form.A, X, velocity, form.side, group["lr"], group["momentum"], len(lrs),
-            started=started, first_loss=self._first_loss, blow_up=BLOW_UP,
-        ))
+            started=started, first_loss=self._first_loss, blow_up=BLOW_UP, stop_loss=stop_loss,
+        ), extra=int(stop_loss is not None))
 
 
 @gdla.hookimpl

@@ -32,7 +32,7 @@ import torch
 import gdla
 from gdla.capabilities import InverseMSE, MaskedOperatorLoss, SvdPenaltyLoss
 from gdla.errors import InputError
-from gdla.optimizer import GradientOptimizer, Suitability
+from gdla.optimizer import GradientOptimizer, Suitability, TestedRun
 from gdla.options import Option
 from gdla.problem import Params, Problem
 from gdla.stopping import BLOW_UP
@@ -162,15 +162,12 @@ def estimate_scales(
 
 def _declared_curvature(problem: Problem, iterations: int, seed: int) -> float | None:
     """``c·λ_max(FᵀF)`` from the problem's declared least-squares form, or ``None`` where it declares too little."""
-    form = problem.least_squares()
-    scale = None if form is None or form.gram_factor is None or not form.gram_exact else form.hessian_scale()
-    if scale is None:
-        return None
-    from gdla_plugins.optimizers._spectral import gram_extremes
+    from gdla_plugins.optimizers._spectral import declared_hessian_extremes
 
-    F = form.gram_factor
-    largest = float(gram_extremes(F, steps=iterations, seed=seed, dtype=F.dtype).largest.max())
-    value = scale * largest
+    form = problem.least_squares()
+    dtype = form.gram_factor.dtype if form is not None and form.gram_factor is not None else torch.float64
+    spectrum = declared_hessian_extremes(problem, iterations, seed, dtype=dtype)  # λ_max only: the data's dtype
+    value = math.nan if spectrum is None else float(spectrum.largest)
     return value if math.isfinite(value) and value > 0 else None
 
 
@@ -210,6 +207,10 @@ class TorchOptimizer(GradientOptimizer):
     default_schedule: ClassVar[str | None] = None
     #: A fixed step (and fixed momentum): its iteration count is predictable on quadratics.
     fixed_step: ClassVar[bool] = False
+    #: Whether :meth:`run` takes ``stop_loss`` (the inverse whole-run kernels' residual test), for :meth:`run_tested`.
+    runs_tested: ClassVar[bool] = False
+    #: The declared loss a whole-run kernel serves in this run (set by subclasses that have one), else ``None``.
+    _whole_run: Any = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -264,21 +265,38 @@ class TorchOptimizer(GradientOptimizer):
         losses = self.run(1)
         return super().step() if losses is None else losses[0]
 
-    def run_scheduled(self, steps: int, kernel: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    def run_scheduled(
+        self, steps: int, kernel: Callable[[torch.Tensor], torch.Tensor], *, extra: int = 0
+    ) -> torch.Tensor:
         """``kernel(lrs)``, a whole-run kernel given the rate of each of the next ``steps`` steps.
 
         The rates are the schedule's, replayed bit for bit (:func:`gdla.schedules.upcoming_rates`);
-        afterwards the schedule is moved past the steps the kernel took, and the run's first loss
-        (the kernels' divergence reference, ``_first_loss``) is kept. Returns the kernel's losses.
+        afterwards the schedule is moved past the steps the kernel took (its losses but the last
+        ``extra`` entries, which are no steps), and the run's first loss (the kernels' divergence
+        reference, ``_first_loss``) is kept. Returns the kernel's losses.
         """
         from gdla.schedules import advance, upcoming_rates
 
         rates = upcoming_rates(self.scheduler, self.torch_optimizer.param_groups[0]["lr"], steps)
         losses = kernel(torch.from_numpy(rates[:steps]))
-        advance(self.scheduler, rates, len(losses))
-        if math.isnan(self._first_loss) and len(losses):
+        taken = len(losses) - extra
+        advance(self.scheduler, rates, taken)
+        if math.isnan(self._first_loss) and taken:
             self._first_loss = float(losses[0])
         return losses
+
+    def run_tested(self, steps: int, tol: float) -> TestedRun | None:
+        """:meth:`run` with the kernel's ``stop_loss`` test, where the problem's
+        :class:`~gdla.capabilities.InverseMSE` declares its residual a function of the loss
+        (``residual_factor``) and this method's :meth:`run` takes ``stop_loss`` (:attr:`runs_tested`).
+        The residual after each step is the next step's loss, and after the last, the loss the
+        kernel returns last; ``tol`` becomes the equivalent bound on the loss
+        (:meth:`~gdla.capabilities.InverseMSE.loss_tolerance`), so the test is the loop's, bit for bit."""
+        form = self._whole_run
+        if not self.runs_tested or not isinstance(form, InverseMSE) or form.residual_factor is None:
+            return None
+        out = self.run(steps, stop_loss=form.loss_tolerance(tol))
+        return None if out is None else TestedRun(out[:-1], form.residuals(out[1:]))
 
     def inverse_run_form(self, max_n: int) -> InverseMSE | None:
         """The problem's fused inverse MSE where a whole-run kernel can take this run, else ``None``.
@@ -431,6 +449,7 @@ class Adam(TorchOptimizer):
     }
     lr_rule = ("distance", 1.0)
     lr_units = "distance"
+    runs_tested = True
     default_schedule = "exponential"
 
     state_attributes = ("_first_loss",)
@@ -447,12 +466,13 @@ class Adam(TorchOptimizer):
     def suitability(cls, problem: Problem) -> Suitability | None:
         return Suitability(90, "nonlinear loss: adam, the first-order fallback")
 
-    def run(self, steps: int) -> torch.Tensor | None:
+    def run(self, steps: int, *, stop_loss: float | None = None) -> torch.Tensor | None:
         """``steps`` Adam steps (with the schedule's rate at each) in one ``gdla.ops.inverse_adam_run`` call.
 
         Serves the fused backend on a problem that declares the inverse MSE (``n <= 16``) without
         weight decay or amsgrad; it keeps torch's state (``step``, ``exp_avg``, ``exp_avg_sq``) and
-        moves the schedule as ``steps`` calls of :meth:`step` would.
+        moves the schedule as ``steps`` calls of :meth:`step` would. ``stop_loss``: the kernel's
+        residual test (:meth:`run_tested`); the losses then end with the loss at the final iterate.
         """
         form = self._whole_run
         if form is None:
@@ -466,11 +486,13 @@ class Adam(TorchOptimizer):
             state["step"] = torch.tensor(0.0, dtype=torch.float32)
             state["exp_avg"] = torch.zeros_like(X, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(X, memory_format=torch.preserve_format)
+        extra = int(stop_loss is not None)
         losses = self.run_scheduled(steps, lambda lrs: ops.inverse_adam_run(
             form.A, X, state["exp_avg"], state["exp_avg_sq"], form.side, lrs, betas=group["betas"],
             eps=group["eps"], step0=int(state["step"]), first_loss=self._first_loss, blow_up=BLOW_UP,
-        ))
-        state["step"] += len(losses)
+            stop_loss=stop_loss,
+        ), extra=extra)
+        state["step"] += len(losses) - extra
         return losses
 
 
