@@ -64,3 +64,28 @@ def test_whole_run(benchmark: Any, scenario: str, how: str) -> None:
     result = benchmark(gdla.solve, problem, **options)
     benchmark.extra_info.update({"steps": result.steps, "final_loss": result.losses[-1]})
     assert result.steps == settings["max_steps"]
+
+
+TESTED = {
+    "seed 003's problem, solve defaults (adam, tol 1e-5)": (
+        gdla.get_problem("inverse").well_conditioned(16, dtype=torch.float32), {"optimizer": "adam"},
+    ),
+    "seed 000's problem, momentum to tol 1e-5": (
+        gdla.get_problem("inverse").example(side="left", dtype=torch.float32),
+        {"optimizer": "momentum", "lr": 0.9, "momentum": 0.9, "max_steps": 10_000},
+    ),
+}
+
+
+@pytest.mark.parametrize("how", ["bulk", "step", "autograd"])
+@pytest.mark.parametrize("scenario", list(TESTED))
+def test_run_with_a_tolerance(benchmark: Any, scenario: str, how: str) -> None:
+    """The default tolerance: ``bulk`` is the kernel testing the residual itself (``Optimizer.run_tested``)."""
+    problem, settings = TESTED[scenario]
+    options = {**settings, "backend": "autograd" if how == "autograd" else "fused"}
+    if how == "step":
+        options["callback"] = _watch
+    benchmark.group = scenario
+    result = benchmark(gdla.solve, problem, **options)
+    benchmark.extra_info.update({"steps": result.steps, "stop": result.stop_reason})
+    assert result.stop_reason == "converged"
