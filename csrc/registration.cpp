@@ -77,8 +77,8 @@ TORCH_LIBRARY(gdla, m) {
 // The ops that return gradients themselves (or are not differentiable) get torch's
 // "not implemented" autograd kernel: backpropagating through them raises instead of silently
 // giving no gradient, and masked_update_ refuses to change a leaf that requires grad in grad
-// mode. (Its version-counter bump is done by the Python wrapper: this fallback bumps only
-// mutable *returns*.) inverse_mse, masked_hadamard and svd_loss get real formulas from
+// mode. (The version-counter bumps of the ops that write are done by their Python wrappers in
+// gdla/ops.py and gdla/ops_small.py: this fallback bumps only mutable *returns*.) inverse_mse, masked_hadamard and svd_loss get real formulas from
 // gdla/ops.py instead.
 TORCH_LIBRARY_IMPL(gdla, Autograd, m) {
   for (const char* op : {"inverse_mse_and_grad", "inverse_mse_backward", "masked_update_", "svd_loss_and_grad",

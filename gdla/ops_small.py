@@ -7,6 +7,7 @@ op). These ops are not differentiable: they return iterates, not graphs.
 from __future__ import annotations
 
 import torch
+from torch.autograd.graph import increment_version
 
 from gdla._op_checks import OPS as _ops
 from gdla._op_checks import _matrix, _shape, _side, _tensor
@@ -108,6 +109,16 @@ def _momentum_fake(A, X0, lr, momentum, steps):
 
 
 # -- whole runs -----------------------------------------------------------------------------------
+def _written(tensors: tuple[torch.Tensor, ...], losses: torch.Tensor) -> torch.Tensor:
+    """``losses``, after bumping the version counter of each tensor the run wrote (as torch's in-place ops do).
+
+    So autograd refuses a tensor saved for a backward and changed since, instead of silently using
+    its new values (the ops' autograd fallback bumps only mutated tensors they return).
+    """
+    increment_version(tensors)
+    return losses
+
+
 def _stop_loss(op: str, value: float | None) -> float:
     """The kernels' encoding of ``stop_loss``: ``-1`` for none, else the checked number ``>= 0``."""
     return -1.0 if value is None else check_nonnegative(value, f"{op}: stop_loss")
@@ -157,7 +168,7 @@ def inverse_momentum_run(
         raise ShapeError(f"{op}: A must hold square n x n matrices with n <= {RUN_MAX_N}, received {tuple(A.shape)}")
     for name, value in (("X", X), ("buf", buf)):
         _shape(op, _tensor(op, value, name, A, "A"), name, tuple(A.shape), "to match A")
-    return _ops.inverse_momentum_run(
+    return _written((X, buf), _ops.inverse_momentum_run(
         A,
         X,
         buf,
@@ -169,7 +180,7 @@ def inverse_momentum_run(
         float(first_loss),
         check_positive(blow_up, f"{op}: blow_up"),
         _stop_loss(op, stop_loss),
-    )
+    ))
 
 
 @torch.library.register_fake("gdla::inverse_momentum_run")
@@ -223,11 +234,11 @@ def inverse_adam_run(
     _check_rates(op, lrs)
     beta1 = check_probability(betas[0], f"{op}: betas[0]")
     beta2 = check_probability(betas[1], f"{op}: betas[1]")
-    return _ops.inverse_adam_run(
+    return _written((X, exp_avg, exp_avg_sq), _ops.inverse_adam_run(
         A, X, exp_avg, exp_avg_sq, _side(op, side), lrs, beta1, beta2, check_positive(eps, f"{op}: eps"),
         check_int(step0, f"{op}: step0", minimum=0), float(first_loss), check_positive(blow_up, f"{op}: blow_up"),
         _stop_loss(op, stop_loss),
-    )
+    ))
 
 
 @torch.library.register_fake("gdla::inverse_adam_run")
@@ -279,12 +290,12 @@ def svd_sgd_run(
     if M.dim() != 2 or max(M.shape) > SMALL_MAX_N:
         raise ShapeError(f"{op}: M must be one m x n matrix with m, n <= {SMALL_MAX_N}, received {tuple(M.shape)}")
     _check_rates(op, lrs)
-    return _ops.svd_sgd_run(
+    return _written((U, s, V, *buffers), _ops.svd_sgd_run(
         M, U, s, V, *buffers, lrs, check_nonnegative(weight_u, f"{op}: weight_u"),
         check_nonnegative(weight_v, f"{op}: weight_v"), check_probability(momentum, f"{op}: momentum"),
         check_probability(dampening, f"{op}: dampening"), bool(nesterov), bool(started), bool(sign_fix),
         float(first_loss), check_positive(blow_up, f"{op}: blow_up"),
-    )
+    ))
 
 
 def _check_rates(op: str, lrs: object) -> None:
@@ -345,11 +356,11 @@ def masked_sgd_run(
     if U.dim() != 2 or U.shape[0] != U.shape[1] or U.shape[0] > SMALL_MAX_N:
         raise ShapeError(f"{op}: U must be one square n x n matrix with n <= {SMALL_MAX_N}, received {tuple(U.shape)}")
     _check_rates(op, lrs)
-    return _ops.masked_sgd_run(
+    return _written((U, buf), _ops.masked_sgd_run(
         init, omega, X, Y, U, buf, lrs, check_int(hops, f"{op}: hops", minimum=1), activation or "identity", loss,
         check_probability(momentum, f"{op}: momentum"), check_probability(dampening, f"{op}: dampening"),
         bool(nesterov), bool(started), float(first_loss), check_positive(blow_up, f"{op}: blow_up"),
-    )
+    ))
 
 
 @torch.library.register_fake("gdla::masked_sgd_run")

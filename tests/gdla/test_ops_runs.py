@@ -467,3 +467,31 @@ def test_masked_run_in_one_call_equals_step_by_step_bitwise_and_names_bad_argume
         ops.masked_sgd_run(init, omega, X, Y, U, buf, rates, activation="gelu")
     with pytest.raises(ValueError, match="Y must have shape"):
         ops.masked_sgd_run(init, omega, X, Y[:, :2], U, buf, rates)
+
+
+def test_runs_bump_the_version_of_what_they_write_so_autograd_notices() -> None:
+    A, X = problems((), 4, torch.float64, "cpu")
+    buf, m, v = (torch.zeros_like(X) for _ in range(3))
+    rates = torch.full((3,), 0.01, dtype=torch.float64)
+    svd = [t.clone() for t in (X, X[0], X)]
+    masked = (torch.zeros(4, 4, dtype=torch.float64), torch.ones(4, 4, dtype=torch.float64))
+    runs = {
+        "inverse_momentum_run": ((X, buf), lambda: ops.inverse_momentum_run(A, X, buf, "right", 0.1, 0.9, 3,
+                                                                             started=False)),
+        "inverse_adam_run": ((X, m, v), lambda: ops.inverse_adam_run(A, X, m, v, "right", rates)),
+        "svd_sgd_run": (tuple(svd), lambda: ops.svd_sgd_run(A, *svd, tuple(torch.zeros_like(t) for t in svd), rates,
+                                                            weight_u=0.01, weight_v=0.01)),
+        "masked_sgd_run": (masked, lambda: ops.masked_sgd_run(A, (A > 1).double(), A[:, :2].contiguous(),
+                                                              A[:, :2].contiguous(), *masked, rates, hops=1)),
+    }
+    for name, (written, run) in runs.items():
+        before = [t._version for t in written]
+        run()
+        assert all(t._version > b for t, b in zip(written, before, strict=True)), name
+    # a tensor saved for a backward, then changed by a run: autograd refuses it
+    weight = torch.randn(4, 4, dtype=torch.float64, requires_grad=True)
+    saved = X.clone()
+    total = (weight * saved).sum()
+    ops.inverse_momentum_run(A, saved, torch.zeros_like(saved), "right", 0.1, 0.9, 2, started=False)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        total.backward()
