@@ -320,24 +320,26 @@ def _tested_in_bulk(run: Run, losses: LossHistory) -> str | None:
             if taken == 0:
                 return None
             raise PluginError(f"optimizer {opt.name!r}: run_tested() returned None after it had run steps")
-        values, residuals = loss_array(tested.losses), loss_array(tested.residuals).tolist()
+        values, residuals = loss_array(tested.losses), loss_array(tested.residuals)
         if len(values) == 0 or len(residuals) != len(values):
             raise PluginError(
                 f"optimizer {opt.name!r}: run_tested() must return at least one step with a residual for each, "
                 f"returned {len(values)} losses and {len(residuals)} residuals"
             )
-        for index, (loss, residual) in enumerate(zip(values.tolist(), residuals, strict=True)):
-            step = taken + index + 1
-            stop = rules.on_loss(step, loss) or rules.on_residual(step, loss, residual)
-            if stop is not None:
-                if index + 1 < len(values):  # the parameters are those after the last step: no way back
-                    raise PluginError(
-                        f"optimizer {opt.name!r}: run_tested() ran {len(values)} steps, past step {step}, where "
-                        f"the loop stops ({stop}); it must stop there itself"
-                    )
-                losses.extend(values)
-                return stop
+        # the loop's order per step: the loss rule, then the residual's; a diverged step ends the replay
+        diverged = rules.on_bulk(values, first_step=taken + 1)
+        upto = len(values) if diverged is None else diverged - 1
+        hit = rules.on_residuals(taken + 1, values[:upto].tolist(), residuals[:upto].tolist())
+        if hit is None and diverged is not None:
+            hit = (diverged - 1, "diverged")
         losses.extend(values)
+        if hit is not None:
+            if hit[0] + 1 < len(values):  # the parameters are those after the last step: no way back
+                raise PluginError(
+                    f"optimizer {opt.name!r}: run_tested() ran {len(values)} steps, past step {taken + hit[0] + 1}, "
+                    f"where the loop stops ({hit[1]}); it must stop there itself"
+                )
+            return hit[1]
         taken += len(values)
     return "max_steps"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from array import array
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -83,11 +84,11 @@ class StopRules:
             return "diverged"
         return None
 
-    def on_bulk(self, losses: torch.Tensor | np.ndarray) -> int | None:
-        """:meth:`on_loss` over the losses of steps ``1..len(losses)`` of a run at once, vectorised.
+    def on_bulk(self, losses: torch.Tensor | np.ndarray, first_step: int = 1) -> int | None:
+        """:meth:`on_loss` over the losses of steps ``first_step, first_step + 1, ...`` at once, vectorised.
 
         ``losses`` is a 1-D tensor or what :func:`loss_array` made of one.
-        Returns the step at which the run diverged, or ``None``.
+        Returns the position (1-based, in ``losses``) of the step that diverged, or ``None``.
         """
         if len(losses) == 0:
             return None
@@ -95,25 +96,49 @@ class StopRules:
         if self._first_loss is None:
             self._first_loss = float(values[0])
         bad = ~np.isfinite(values)
-        bad[1:] |= values[1:] > BLOW_UP * max(self._first_loss, 1e-30)
+        grown = values > BLOW_UP * max(self._first_loss, 1e-30)
+        if first_step == 1:
+            grown[0] = False  # the first step's loss is the reference
+        bad |= grown
         hits = np.flatnonzero(bad)
         return int(hits[0]) + 1 if len(hits) else None
 
     def on_residual(self, step: int, loss: float, residual: float) -> str | None:
         """``"converged"`` at ``residual <= tol``; ``"stalled"`` after ``patience`` steps without progress."""
-        if residual <= self.tol:
-            return "converged"
-        # progress is measured against a checkpoint, so slow steady progress counts; either the loss or
-        # the residual may make it (a least-squares loss levels off at its nonzero minimum while the
-        # residual still falls)
-        self._best_loss = min(self._best_loss, loss)
-        self._best_residual = min(self._best_residual, residual)
-        keep = 1 - STALL_IMPROVEMENT
-        if self._best_loss < self._mark_loss * keep or self._best_residual < self._mark_residual * keep:
-            self._mark_loss, self._mark_residual, self._mark_step = self._best_loss, self._best_residual, step
-        elif step - self._mark_step >= self.patience:
-            return "stalled"
-        return None
+        hit = self.on_residuals(step, (loss,), (residual,))
+        return None if hit is None else hit[1]
+
+    def on_residuals(
+        self, first_step: int, losses: Sequence[float], residuals: Sequence[float]
+    ) -> tuple[int, str] | None:
+        """:meth:`on_residual` over steps ``first_step, first_step + 1, ...``: where the first stop falls, and why.
+
+        Returns ``(position in the sequences, reason)``, or ``None``; the state is left as after
+        that step (or the last). One loop over plain floats, so a bulk run's replay costs little.
+        """
+        tol, patience, keep = self.tol, self.patience, 1 - STALL_IMPROVEMENT
+        best_loss, best_residual = self._best_loss, self._best_residual
+        mark_loss, mark_residual, mark_step = self._mark_loss, self._mark_residual, self._mark_step
+        found = None
+        for index, (loss, residual) in enumerate(zip(losses, residuals, strict=True)):
+            if residual <= tol:
+                found = (index, "converged")
+                break
+            # progress is measured against a checkpoint, so slow steady progress counts; either the loss
+            # or the residual may make it (a least-squares loss levels off at its nonzero minimum while
+            # the residual still falls). ``<`` keeps the best where a value is NaN, as min() would.
+            if loss < best_loss:
+                best_loss = loss
+            if residual < best_residual:
+                best_residual = residual
+            if best_loss < mark_loss * keep or best_residual < mark_residual * keep:
+                mark_loss, mark_residual, mark_step = best_loss, best_residual, first_step + index
+            elif first_step + index - mark_step >= patience:
+                found = (index, "stalled")
+                break
+        self._best_loss, self._best_residual = best_loss, best_residual
+        self._mark_loss, self._mark_residual, self._mark_step = mark_loss, mark_residual, mark_step
+        return found
 
 
 class LossHistory:

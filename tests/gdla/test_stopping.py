@@ -50,3 +50,38 @@ def test_history_is_packed_doubles() -> None:
         history.append(value)
     assert len(history) == 3 and history.to_list() == [3.0, 2.0, 1.0]
     assert history._values.itemsize == 8
+
+
+def test_on_residuals_replays_on_residual_step_by_step() -> None:
+    """The bulk replay (one loop over floats) stops where the per-step rule stops, with the same state after."""
+    g = torch.Generator().manual_seed(5)
+    reasons = []
+    for trial in range(40):
+        n = 60
+        # slow progress, plateaus, a NaN or two, and now and then a step under tol
+        pace = 0.0005 + 0.001 * (trial % 4)  # mean improvement a step: below and above the 0.1% of a checkpoint
+        losses = (1 - torch.rand(n, generator=g, dtype=torch.float64) * 2 * pace).cumprod(0).tolist()
+        residuals = [value * 1e-3 for value in losses]
+        if trial % 3 == 0:
+            losses[17] = math.nan
+        if trial % 5 == 0:
+            residuals[30 + trial % 7] = 1e-9
+        stepwise, bulk = StopRules(1e-8, 4 + trial % 6), StopRules(1e-8, 4 + trial % 6)
+        expected = None
+        for index, (loss, residual) in enumerate(zip(losses, residuals, strict=True)):
+            reason = stepwise.on_residual(10 + index, loss, residual)
+            if reason is not None:
+                expected = (index, reason)
+                break
+        assert bulk.on_residuals(10, losses, residuals) == expected
+        assert vars(bulk) == vars(stepwise)
+        reasons.append(None if expected is None else expected[1])
+    assert {"stalled", "converged", None} <= set(reasons)  # every outcome was replayed
+
+
+def test_on_bulk_counts_blow_up_from_the_first_step_of_the_run_only() -> None:
+    rules = StopRules(0, 10)
+    assert rules.on_bulk(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)) is None
+    # a later chunk: its first entry is not the run's first step, so it is tested against the first loss
+    assert rules.on_bulk(torch.tensor([2e12, 1.0], dtype=torch.float64), first_step=4) == 1
+    assert rules.on_bulk(torch.tensor([1.0, math.inf], dtype=torch.float64), first_step=6) == 2
