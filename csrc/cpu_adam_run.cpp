@@ -97,7 +97,7 @@ at::Tensor inverse_adam_run_cpu(const at::Tensor& A, at::Tensor& X, at::Tensor& 
                                 c10::string_view side, const at::Tensor& lrs, double beta1, double beta2, double eps,
                                 int64_t step0, double first_loss, double blow_up, double stop_loss) {
   const int n = check_adam_run_args(A, X, exp_avg, exp_avg_sq, lrs, beta1, beta2, eps, step0, blow_up);
-  const AdamArgs args{momentum_run_side(side), beta1, beta2, eps, step0};
+  const AdamArgs args{momentum_run_side(side, "inverse_adam_run"), beta1, beta2, eps, step0};
   const int64_t steps = lrs.numel(), batch = A.numel() / (static_cast<int64_t>(n) * n);
   const int64_t extra = check_stop_loss("inverse_adam_run", stop_loss, batch);
   at::Tensor losses = at::empty({steps + extra}, A.options().dtype(at::kDouble));

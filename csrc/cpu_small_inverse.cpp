@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 
 namespace gdla {
@@ -87,6 +88,59 @@ void newton_schulz_batch(const T* A, const T* X0, T* X, int64_t* steps, int64_t 
   }
 }
 
+// ||P(X) - I||_F of problems [begin, end), one after another: each row of P - I accumulated as a
+// vector of N doubles (the loops over j vectorise), then its squares summed in order.
+template <typename T, int N, bool kFixed>
+GDLA_ALWAYS_INLINE void residuals_range(const T* A, const T* X, T* out, int64_t begin, int64_t end, int n_runtime,
+                                        int side) {
+  const int n = kFixed ? N : n_runtime;
+  const int64_t nn = static_cast<int64_t>(n) * n;
+  for (int64_t b = begin; b < end; ++b) {
+    const T* left = (side == 1 ? X : A) + b * nn;
+    const T* right = (side == 1 ? A : X) + b * nn;
+    double total = 0.0;
+    for (int i = 0; i < n; ++i) {
+      double row[N];
+      for (int j = 0; j < N; ++j) row[j] = i == j ? -1.0 : 0.0;
+      for (int l = 0; l < n; ++l) {
+        const double scale = static_cast<double>(left[i * n + l]);
+        for (int j = 0; j < N; ++j) {
+          if (kFixed || j < n) row[j] += scale * static_cast<double>(right[l * n + j]);
+        }
+      }
+      for (int j = 0; j < n; ++j) total += row[j] * row[j];
+    }
+    out[b] = static_cast<T>(std::sqrt(total));
+  }
+}
+
+template <typename T, int N, bool kFixed>
+void residuals_range_portable(const T* A, const T* X, T* out, int64_t begin, int64_t end, int n, int side) {
+  residuals_range<T, N, kFixed>(A, X, out, begin, end, n, side);
+}
+
+#ifdef GDLA_RUN_X86_DISPATCH
+template <typename T, int N, bool kFixed>
+GDLA_TARGET_AVX2 void residuals_range_avx2(const T* A, const T* X, T* out, int64_t begin, int64_t end, int n,
+                                           int side) {
+  residuals_range<T, N, kFixed>(A, X, out, begin, end, n, side);
+}
+#endif
+
+template <typename T, int N, bool kFixed>
+void residuals_batch(const T* A, const T* X, T* out, int64_t batch, int n, int side) {
+  auto range = &residuals_range_portable<T, N, kFixed>;
+#ifdef GDLA_RUN_X86_DISPATCH
+  if (has_avx2()) range = &residuals_range_avx2<T, N, kFixed>;
+#endif
+  const int64_t tasks = (batch + kProblemsPerTask - 1) / kProblemsPerTask;
+#pragma omp parallel for schedule(static) if (batch >= 4 * kProblemsPerTask)
+  for (int64_t task = 0; task < tasks; ++task) {
+    const int64_t begin = task * kProblemsPerTask;
+    range(A, X, out, begin, std::min(batch, begin + kProblemsPerTask), n, side);
+  }
+}
+
 template <typename T, int N, bool kFixed>
 void heavy_ball_batch(const T* A, const T* X0, T* X, int64_t batch, int n, T lr, T momentum, int steps) {
   const int64_t nn = static_cast<int64_t>(n) * n;
@@ -130,9 +184,24 @@ at::Tensor heavy_ball_cpu(const at::Tensor& A, const at::Tensor& X0, double lr, 
   return X;
 }
 
+at::Tensor residuals_cpu(const at::Tensor& A, const at::Tensor& X, c10::string_view side) {
+  const int n = check_small_residuals_args(A, X);
+  const int code = momentum_run_side(side, "small_inverse_residuals", /*both=*/false);
+  const at::Tensor ac = A.contiguous(), xc = X.contiguous();
+  at::Tensor out = at::empty(batch_dims(A, 2), A.options());
+  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "gdla_small_inverse_residuals_cpu", [&] {
+    small::dispatch_size(n, [&](auto size, auto fixed) {
+      residuals_batch<scalar_t, decltype(size)::value, decltype(fixed)::value>(
+          ac.data_ptr<scalar_t>(), xc.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), batch_count(A, 2), n, code);
+    });
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(gdla, CPU, m) {
+  m.impl("small_inverse_residuals", &residuals_cpu);
   m.impl("small_inverse_newton_schulz", &newton_schulz_cpu);
   m.impl("small_inverse_momentum", &heavy_ball_cpu);
 }

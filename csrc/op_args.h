@@ -73,6 +73,14 @@ inline int check_newton_schulz_args(const at::Tensor& A, const std::optional<at:
   return n;
 }
 
+inline int check_small_residuals_args(const at::Tensor& A, const at::Tensor& X) {
+  const char* op = "small_inverse_residuals";
+  const int n = check_small_batch(A, op);
+  check_like(X, "X", A, "A", op);
+  check_shape(X, "X", A.sizes(), "to match A", op);
+  return n;
+}
+
 inline int check_heavy_ball_args(const at::Tensor& A, const at::Tensor& X0, double lr, double momentum,
                                  int64_t steps) {
   const char* op = "small_inverse_momentum";
@@ -243,12 +251,12 @@ inline MaskedRunCodes check_masked_run_args(const at::Tensor& init, const at::Te
 }
 
 // 0 right, 1 left, 2 both.
-inline int momentum_run_side(c10::string_view side) {
+inline int momentum_run_side(c10::string_view side, const char* op = "inverse_momentum_run", bool both = true) {
   if (side == "right") return 0;
   if (side == "left") return 1;
-  if (side == "both") return 2;
-  TORCH_CHECK_VALUE(false, "inverse_momentum_run: side must be 'right', 'left' or 'both'; received '",
-                    std::string(side), "'");
+  if (both && side == "both") return 2;
+  TORCH_CHECK_VALUE(false, op, ": side must be 'right', 'left'", both ? " or 'both'" : " (for 'both', the larger of the two)",
+                    "; received '", std::string(side), "'");
   return 0;
 }
 

@@ -46,6 +46,8 @@ TORCH_LIBRARY(gdla, m) {
       "svd_loss_and_grad(Tensor M, Tensor U, Tensor s, Tensor V, float weight_u, float weight_v) "
       "-> (Tensor, Tensor, Tensor, Tensor)",
       tags);
+  // ||P(X) - I||_F of each tiny square problem (P = A X 'right', X A 'left'), accumulated in double.
+  m.def("small_inverse_residuals(Tensor A, Tensor X, str side) -> Tensor", tags);
   // Batches of tiny inverses, each problem iterated in registers until its own stop.
   m.def("small_inverse_newton_schulz(Tensor A, Tensor? X0, int max_steps, float tol) -> (Tensor, Tensor)", tags);
   m.def("small_inverse_momentum(Tensor A, Tensor X0, float lr, float momentum, int steps) -> Tensor", tags);
@@ -82,8 +84,8 @@ TORCH_LIBRARY(gdla, m) {
 // gdla/ops.py instead.
 TORCH_LIBRARY_IMPL(gdla, Autograd, m) {
   for (const char* op : {"inverse_mse_and_grad", "inverse_mse_backward", "masked_update_", "svd_loss_and_grad",
-                         "small_inverse_newton_schulz", "small_inverse_momentum", "inverse_momentum_run",
-                         "inverse_adam_run", "svd_sgd_run", "masked_sgd_run"}) {
+                         "small_inverse_newton_schulz", "small_inverse_momentum", "small_inverse_residuals",
+                         "inverse_momentum_run", "inverse_adam_run", "svd_sgd_run", "masked_sgd_run"}) {
     m.impl(op, torch::autograd::autogradNotImplementedFallback());
   }
 }

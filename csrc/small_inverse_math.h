@@ -125,14 +125,17 @@ GDLA_HD void scaled_transpose(const T* a, T* x, int n) {
   }
 }
 
-// ||A X - I||_F^2 evaluated in double, whatever T is (a and x convert exactly).
+// ||A X - I||_F^2 (side 0; side 1: ||X A - I||_F^2) evaluated in double, whatever T is (a and x
+// convert exactly).
 template <typename T, int N, bool kFixed>
-GDLA_HD double residual_squared_double(const T* a, const T* x, int n) {
+GDLA_HD double residual_squared_double(const T* a, const T* x, int n, int side = 0) {
+  const T* left = side == 1 ? x : a;
+  const T* right = side == 1 ? a : x;
   double r2 = 0.0;
   for (int i = 0; i < n; ++i) {
     for (int j = 0; j < n; ++j) {
       double acc = i == j ? -1.0 : 0.0;
-      for (int l = 0; l < n; ++l) acc += static_cast<double>(a[i * N + l]) * static_cast<double>(x[l * N + j]);
+      for (int l = 0; l < n; ++l) acc += static_cast<double>(left[i * N + l]) * static_cast<double>(right[l * N + j]);
       r2 += acc * acc;
     }
   }

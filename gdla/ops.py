@@ -28,6 +28,7 @@ from gdla.ops_small import (
     masked_sgd_run,
     small_inverse_momentum,
     small_inverse_newton_schulz,
+    small_inverse_residuals,
     svd_sgd_run,
 )
 from gdla.validation import check_nonnegative, check_probability
@@ -48,6 +49,7 @@ __all__ = [
     "masked_update_",
     "small_inverse_momentum",
     "small_inverse_newton_schulz",
+    "small_inverse_residuals",
     "svd_loss",
     "svd_loss_and_grad",
     "svd_sgd_run",

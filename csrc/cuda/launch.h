@@ -83,6 +83,10 @@ template <typename T>
 cudaError_t launch_inverse_mse_small(const T* A, const T* M, int side, int n, double store_scale, const T* grad_scale,
                                      T* gM, T* gA, double* sums, int64_t batch, cudaStream_t stream);
 
+// ||P(X) - I||_F of each square n x n problem (n <= 16), one thread each, in double; side 0 right, 1 left.
+template <typename T>
+cudaError_t launch_residuals(const T* A, const T* X, T* out, int64_t batch, int n, int side, cudaStream_t stream);
+
 template <typename T>
 cudaError_t launch_heavy_ball(const T* A, const T* X0, T* X, int64_t batch, int n, double lr, double momentum,
                               int steps, cudaStream_t stream);

@@ -124,6 +124,20 @@ std::tuple<at::Tensor, at::Tensor> newton_schulz_cuda(const at::Tensor& A, const
   return {X, steps};
 }
 
+at::Tensor residuals_cuda(const at::Tensor& A, const at::Tensor& X, c10::string_view side) {
+  const int n = check_small_residuals_args(A, X);
+  const int code = momentum_run_side(side, "small_inverse_residuals", /*both=*/false);
+  const c10::OptionalDeviceGuard guard(at::device_of(A));
+  const at::Tensor ac = A.contiguous(), xc = X.contiguous();
+  at::Tensor out = at::empty(batch_dims(A, 2), A.options());
+  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "gdla_small_inverse_residuals_cuda", [&] {
+    C10_CUDA_CHECK(cuda::launch_residuals<scalar_t>(ac.data_ptr<scalar_t>(), xc.data_ptr<scalar_t>(),
+                                                    out.data_ptr<scalar_t>(), batch_count(A, 2), n, code,
+                                                    current_stream()));
+  });
+  return out;
+}
+
 at::Tensor heavy_ball_cuda(const at::Tensor& A, const at::Tensor& X0, double lr, double momentum, int64_t steps) {
   const int n = check_heavy_ball_args(A, X0, lr, momentum, steps);
   const c10::OptionalDeviceGuard guard(at::device_of(A));
@@ -205,7 +219,7 @@ at::Tensor inverse_adam_run_cuda(const at::Tensor& A, at::Tensor& X, at::Tensor&
                                  c10::string_view side, const at::Tensor& lrs, double beta1, double beta2, double eps,
                                  int64_t step0, double first_loss, double blow_up, double stop_loss) {
   const int n = check_adam_run_args(A, X, exp_avg, exp_avg_sq, lrs, beta1, beta2, eps, step0, blow_up);
-  const int code = momentum_run_side(side);
+  const int code = momentum_run_side(side, "inverse_adam_run");
   const c10::OptionalDeviceGuard guard(at::device_of(A));
   const at::Tensor rates = lrs.contiguous();
   const int64_t steps = lrs.numel(), batch = batch_count(A, 2);
@@ -281,6 +295,7 @@ TORCH_LIBRARY_IMPL(gdla, CUDA, m) {
   m.impl("masked_hadamard", &masked_hadamard_cuda);
   m.impl("masked_update_", &masked_update_cuda);
   m.impl("small_inverse_newton_schulz", &newton_schulz_cuda);
+  m.impl("small_inverse_residuals", &residuals_cuda);
   m.impl("small_inverse_momentum", &heavy_ball_cuda);
 }
 

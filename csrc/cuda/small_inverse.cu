@@ -1,6 +1,7 @@
 // Batched tiny-problem CUDA kernels: one thread per n x n problem, in registers
 // (small_inverse_math.h, the same per-problem code as the CPU): the Newton-Schulz and heavy-ball
-// inverse solvers, each iterated until its own stop, and the small path of the inverse-MSE loss.
+// inverse solvers, each iterated until its own stop, the residual norms, and the small path of the
+// inverse-MSE loss.
 #include "../small_inverse_math.h"
 #include "launch.h"
 
@@ -26,6 +27,17 @@ __global__ void heavy_ball_kernel(const T* A, const T* X0, T* X, int64_t batch, 
   if (b >= batch) return;
   const int64_t offset = b * n * n;
   small::heavy_ball<T, N, kFixed>(A + offset, X0 + offset, X + offset, n, lr, momentum, steps);
+}
+
+template <typename T, int N, bool kFixed>
+__global__ void residuals_kernel(const T* A, const T* X, T* out, int64_t batch, int n, int side) {
+  const int64_t b = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (b >= batch) return;
+  const int64_t offset = b * n * n;
+  T a[N * N], x[N * N];
+  small::load<T, N, kFixed>(A + offset, a, n);
+  small::load<T, N, kFixed>(X + offset, x, n);
+  out[b] = static_cast<T>(sqrt(small::residual_squared_double<T, N, kFixed>(a, x, n, side)));
 }
 
 template <typename T, int N>
@@ -66,6 +78,16 @@ cudaError_t launch_newton_schulz(const T* A, const T* X0, T* X, int64_t* steps, 
   small::dispatch_size(n, [&](auto size, auto fixed) {
     newton_schulz_kernel<T, decltype(size)::value, decltype(fixed)::value>
         <<<problem_blocks(batch), kProblemThreads, 0, stream>>>(A, X0, X, steps, batch, n, max_steps, tol);
+  });
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_residuals(const T* A, const T* X, T* out, int64_t batch, int n, int side, cudaStream_t stream) {
+  if (batch == 0) return cudaSuccess;
+  small::dispatch_size(n, [&](auto size, auto fixed) {
+    residuals_kernel<T, decltype(size)::value, decltype(fixed)::value>
+        <<<problem_blocks(batch), kProblemThreads, 0, stream>>>(A, X, out, batch, n, side);
   });
   return cudaGetLastError();
 }
@@ -116,6 +138,9 @@ template cudaError_t launch_newton_schulz<float>(const float*, const float*, flo
                                                  double, cudaStream_t);
 template cudaError_t launch_newton_schulz<double>(const double*, const double*, double*, int64_t*, int64_t, int, int,
                                                   double, cudaStream_t);
+template cudaError_t launch_residuals<float>(const float*, const float*, float*, int64_t, int, int, cudaStream_t);
+template cudaError_t launch_residuals<double>(const double*, const double*, double*, int64_t, int, int,
+                                              cudaStream_t);
 template cudaError_t launch_heavy_ball<float>(const float*, const float*, float*, int64_t, int, double, double, int,
                                               cudaStream_t);
 template cudaError_t launch_heavy_ball<double>(const double*, const double*, double*, int64_t, int, double, double,

@@ -262,6 +262,34 @@ def test_newton_schulz_inverts_every_problem(device, n) -> None:
     torch.testing.assert_close(X, torch.linalg.inv(A), rtol=1e-10, atol=1e-11)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("n", [1, 3, 4, 8, 9, 16])
+def test_small_inverse_residuals_are_the_norms_of_p_minus_i(device, dtype, side, n) -> None:
+    g = torch.Generator().manual_seed(n)
+    A = torch.randn(37, n, n, generator=g, dtype=torch.float64)  # 37: not a multiple of any SIMD group
+    X = torch.randn(37, n, n, generator=g, dtype=torch.float64) * 0.3 + torch.linalg.inv(A)
+    A, X = A.to(dtype=dtype, device=device), X.to(dtype=dtype, device=device)
+    P = (A.double() @ X.double()) if side == "right" else (X.double() @ A.double())
+    expected = torch.linalg.matrix_norm(P - eye_like(P))  # from the same entries, in float64
+    got = ops.small_inverse_residuals(A, X, side)
+    assert got.shape == (37,) and got.dtype == dtype
+    torch.testing.assert_close(got.double(), expected, rtol=1e-7 if dtype == torch.float32 else 1e-12, atol=0)
+    one = ops.small_inverse_residuals(A[5], X[5], side)  # one matrix: a 0-dim result, the same value
+    assert one.shape == () and float(one) == float(got[5])
+
+
+def test_small_inverse_residuals_bad_arguments_name_the_argument() -> None:
+    A = well_conditioned(3, 4, torch.float32, "cpu")
+    with pytest.raises(InputError, match="small_inverse_residuals: side must be 'right' or 'left'"):
+        ops.small_inverse_residuals(A, A, "both")
+    with pytest.raises(ShapeError, match="X"):
+        ops.small_inverse_residuals(A, A[:2], "right")
+    with pytest.raises(ShapeError, match="n <= 16"):
+        ops.small_inverse_residuals(torch.rand(17, 17), torch.rand(17, 17), "right")
+
+
 @pytest.mark.parametrize("simd_bytes", ["32", "64"])
 def test_newton_schulz_cpu_simd_paths_agree(monkeypatch, simd_bytes) -> None:
     """The CPU kernel solves 2-16 problems per SIMD group; each width must give the same answers."""

@@ -45,6 +45,8 @@ def _samples(device: str) -> list[tuple[str, tuple]]:
         ("masked_update_", (U, omega, G, 0.1, 0.0, None)),
         ("svd_loss", (*svd, 0.3, 0.1)),
         ("svd_loss_and_grad", (*(t.detach() for t in svd), 0.3, 0.1)),
+        ("small_inverse_residuals", (small, small.mT.contiguous(), "right")),
+        ("small_inverse_residuals", (small, small.mT.contiguous(), "left")),
         ("small_inverse_newton_schulz", (small, None, 30, 1e-10)),
         ("small_inverse_newton_schulz", (small, small.mT.contiguous(), 3, 0.0)),
         ("small_inverse_momentum", (small, torch.zeros_like(small), 0.2, 0.5, 10)),

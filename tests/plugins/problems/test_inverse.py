@@ -11,6 +11,7 @@ import torch
 import gdla
 from gdla.errors import InputError, ShapeError, SingularMatrixError
 from gdla.testing import ProblemContract, assert_close_relative, relative_error
+from gdla_plugins.problems import inverse as inverse_module
 from gdla_plugins.problems.inverse import InverseProblem
 
 DTYPES = [torch.float32, torch.float64]
@@ -142,6 +143,29 @@ def test_batch_residual_and_error_are_the_worst_member() -> None:
     single = InverseProblem(problem.A[1])
     torch.testing.assert_close(problem.residual({"M": M}), single.residual({"M": M[1]}))
     torch.testing.assert_close(problem.error({"M": M}), single.error({"M": M[1]}))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("side", ["right", "left", "both"])
+@pytest.mark.parametrize("batch", [(), (5,), (2, 3)])
+def test_fused_residuals_equal_the_torch_products(monkeypatch, dtype, side, batch) -> None:
+    """Square n <= 16 problems take their residuals from ``gdla.ops.small_inverse_residuals`` (the fast path);
+    the products through torch (the extension switched off) give the same values to rounding."""
+    pytest.importorskip("gdla.ops")
+    problem = InverseProblem(InverseProblem.well_conditioned(6, batch=batch, dtype=dtype).A, side=side)
+    params = problem.init_params(torch.Generator().manual_seed(2))
+    assert problem._fused_residuals(params["M"]) is not None
+    fast, fast_members = problem.residual(params), problem.member_residuals(params)
+    monkeypatch.setattr(inverse_module, "extension_status", lambda: (False, "switched off by the test"))
+    assert problem._fused_residuals(params["M"]) is None
+    slow, slow_members = problem.residual(params), problem.member_residuals(params)
+    tol = {"rtol": 1e-5, "atol": 0} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 0}
+    torch.testing.assert_close(fast, slow, **tol)
+    assert fast.dtype == slow.dtype == dtype
+    if batch:
+        torch.testing.assert_close(fast_members, slow_members, **tol)
+    else:
+        assert fast_members is None and slow_members is None
 
 
 def test_reference_and_condition_estimate() -> None:
