@@ -14,7 +14,7 @@ torch's fused ``x + (−lr)·v`` may differ in the last bit.
 
 The notebook used ``lr=0.9, momentum=0.9`` on a 4×4 ``torch.rand`` matrix. That rate suits that
 matrix only; gdla's default is ``lr = 0.5 / L`` with ``L`` the curvature probed at the start
-(:func:`gdla_plugins.optimizers.torch_optim.estimate_scales`). On a quadratic the recursion
+(:func:`gdla_plugins.optimizers._scales.estimate_scales`). On a quadratic the recursion
 diverges once ``lr · L > 2 (1 + momentum)``, so this leaves a margin of 7.6 at ``momentum=0.9``
 for losses whose curvature grows away from the start: on the ``svd`` example ``1 / L`` diverged
 within 40 steps, ``0.5 / L`` reached a relative residual of 2e-9 in 10,000. On a quadratic
