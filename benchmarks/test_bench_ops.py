@@ -193,3 +193,19 @@ def test_small_inverse(benchmark, run, device, dtype, impl) -> None:
     benchmark.extra_info["max_residual"] = float(residual.max())
     benchmark.extra_info["fraction_residual_le_1e-6"] = float((residual <= 1e-6).double().mean())
     bench(benchmark, run, f"small_inverse B={BATCH} n=4", impl, fns, lambda: torch.linalg.inv(A.double()))
+
+
+# -- ||P - I||_F of each tiny problem: the inverse problem's residuals -----------------------------
+@pytest.mark.parametrize("batched", [False, True])
+@pytest.mark.parametrize("impl", ["eager", "fused"])
+def test_small_inverse_residuals(benchmark, run, device, dtype, impl, batched) -> None:
+    A = well_conditioned(BATCH if batched else 1, 4, device, dtype)
+    A = A if batched else A[0]
+    X = torch.linalg.inv(A) + 1e-3
+    fns = {
+        "eager": lambda: torch.linalg.matrix_norm(A @ X - eye_like(A)),
+        "fused": lambda: ops.small_inverse_residuals(A, X, "right"),
+    }
+    group = f"small_inverse_residuals B={BATCH} n=4" if batched else "small_inverse_residuals n=4"
+    reference = lambda: torch.linalg.matrix_norm(A.double() @ X.double() - eye_like(A.double()))  # noqa: E731
+    bench(benchmark, run, group, impl, fns, reference)
