@@ -20,8 +20,8 @@ _EXPORTS: dict[str, str] = {
     "BackendError": "gdla.errors",
     "BackendWarning": "gdla.errors",
     "ConvergenceWarning": "gdla.errors",
-    "DemoPanel": "gdla.demo",
-    "DemoRun": "gdla.demo",
+    "DemoPanel": "gdla.panels",
+    "DemoRun": "gdla.panels",
     "DuplicateNameError": "gdla.errors",
     "GdlaError": "gdla.errors",
     "GdlaWarning": "gdla.errors",
@@ -135,7 +135,7 @@ if TYPE_CHECKING:  # the names for type checkers and IDEs
         SumOfSquares,
         SvdPenaltyLoss,
     )
-    from gdla.demo import DemoPanel, DemoRun
+    from gdla.panels import DemoPanel, DemoRun
     from gdla.errors import (
         BackendError,
         BackendWarning,

@@ -26,6 +26,7 @@ from gdla.errors import ConvergenceWarning, GdlaError
 from gdla.loop import solve
 from gdla.plotting import Curve, Panel, check_figure_path, demo_figure, save_figure
 from gdla.problem import Params, Problem
+from gdla.panels import DemoPanel, DemoRun
 from gdla.result import Result
 
 __all__ = ["DemoPanel", "DemoReport", "DemoRow", "DemoRun", "run_demo"]
@@ -39,41 +40,6 @@ def _registry() -> Any:
 
 #: The distribution whose problems count as built in.
 BUILTIN_DIST = "gdla"
-
-
-@dataclass
-class DemoRun:
-    """One solve in a demo panel.
-
-    Attributes:
-        label: the curve's legend and, with the problem's name, the table row.
-        problem: the problem to solve.
-        options: keyword arguments for :func:`gdla.solve` (``optimizer``, ``lr``, ``max_steps``...).
-        quick_steps: ``max_steps`` under ``gdla demo --quick`` (``None``: the demo's quick default).
-        row: the table's PROBLEM cell (default: the problem's name).
-        halve_lr_on_divergence: retry with half the learning rate (up to 5 times) when the run diverges,
-            and say so in the legend (for a notebook's bold learning rate).
-        plot_residual: plot the relative residual per step instead of the loss.
-    """
-
-    label: str
-    problem: Problem
-    options: dict[str, Any] = field(default_factory=dict)
-    quick_steps: int | None = None
-    row: str | None = None
-    halve_lr_on_divergence: bool = False
-    plot_residual: bool = False
-
-
-@dataclass
-class DemoPanel:
-    """A figure panel: its title, its runs, and whether it is a large headline panel."""
-
-    title: str
-    runs: list[DemoRun]
-    headline: bool = False
-    ylabel: str = "loss"
-    note: str = ""
 
 
 @dataclass

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
         SumOfSquares,
         SvdPenaltyLoss,
     )
-    from gdla.demo import DemoPanel
+    from gdla.panels import DemoPanel
     from gdla.scaling import Normalization
 
 __all__ = ["Params", "Problem"]
@@ -71,7 +71,7 @@ class Problem(abc.ABC):
         Override to add headline panels (a notebook's comparison, methods side by side); ``quick``
         asks for a smoke-test-sized version.
         """
-        from gdla.demo import DemoPanel, DemoRun
+        from gdla.panels import DemoPanel, DemoRun
 
         return [DemoPanel(cls.name, [DemoRun("", cls.example())])]
 
