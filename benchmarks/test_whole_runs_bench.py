@@ -80,7 +80,7 @@ TESTED = {
 @pytest.mark.parametrize("how", ["bulk", "step", "autograd"])
 @pytest.mark.parametrize("scenario", list(TESTED))
 def test_run_with_a_tolerance(benchmark: Any, scenario: str, how: str) -> None:
-    """The default tolerance: ``bulk`` is the kernel testing the residual itself (``Optimizer.run_tested``)."""
+    """The default tolerance: ``bulk`` is the kernel testing the residual itself (``Optimizer.advance``)."""
     problem, settings = TESTED[scenario]
     options = {**settings, "backend": "autograd" if how == "autograd" else "fused"}
     if how == "step":

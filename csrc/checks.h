@@ -56,6 +56,12 @@ inline int64_t batch_count(const at::Tensor& t, int64_t trailing) {
   return count;
 }
 
+// The data of ``t``, or null where ``t`` is undefined (an optional argument).
+template <typename T>
+T* data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
 inline void check_defined(const at::Tensor& t, const char* op, const char* name) {
   TORCH_CHECK_VALUE(t.defined(), op, ": ", name, " must be a tensor; received an undefined tensor");
 }
@@ -92,15 +98,19 @@ inline void check_shape(const at::Tensor& t, const char* name, c10::IntArrayRef 
                     "; received ", shape_str(t.sizes()));
 }
 
-// Which product the inverse-MSE loss compares with the identity.
-enum class Side { Right, Left, Both };
+// Which product the inverse losses compare with the identity; the values are the side codes the
+// per-problem kernels take (small::side_product).
+enum class Side { Right = 0, Left = 1, Both = 2 };
 
-inline Side parse_side(c10::string_view side, const char* op) {
+// The one parse of a side name. ``expected`` is how the op's message lists the choices; with
+// ``both`` false, 'both' is refused too.
+inline Side parse_side(c10::string_view side, const char* op,
+                       const char* expected = "one of 'right' (A@M), 'left' (M@A) or 'both'", bool both = true) {
   if (side == "right") return Side::Right;
   if (side == "left") return Side::Left;
-  if (side == "both") return Side::Both;
-  TORCH_CHECK_VALUE(false, op, ": side must be one of 'right' (A@M), 'left' (M@A) or 'both'; received '",
-                    std::string(side.data(), side.size()), "'");
+  if (both && side == "both") return Side::Both;
+  TORCH_CHECK_VALUE(false, op, ": side must be ", expected, "; received '", std::string(side.data(), side.size()),
+                    "'");
   return Side::Right;  // unreachable
 }
 

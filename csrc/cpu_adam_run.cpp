@@ -7,7 +7,10 @@
 #include "cpu_lanes.h"
 #include "cpu_run_chunks.h"
 #include "op_args.h"
-#include "small_inverse_math.h"
+#include "small_dispatch.h"
+#include "small_momentum_math.h"
+#include "small_rules.h"
+#include "small_run_loop.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>

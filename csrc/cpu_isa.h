@@ -29,6 +29,23 @@ inline bool has_avx2() {
 
 namespace gdla {
 
+#ifdef GDLA_RUN_X86_DISPATCH
+template <typename F>
+GDLA_TARGET_AVX2 auto call_avx2(const F& f) {
+  return f();
+}
+#endif
+
+// f() from the AVX2 build where the CPU has it, else from the portable one. f must be an
+// always_inline lambda (GDLA_LAMBDA_INLINE), so its body is compiled into each build.
+template <typename F>
+auto call_best(const F& f) {
+#ifdef GDLA_RUN_X86_DISPATCH
+  if (has_avx2()) return call_avx2(f);
+#endif
+  return f();
+}
+
 // Widest SIMD vector (bytes) the lane kernels may use on this CPU: 64 (AVX-512), 32 (AVX2) or 16
 // (the x86-64 baseline, or any other CPU). GDLA_CPU_SIMD_BYTES=16|32 caps it (to test each path).
 inline int simd_bytes() {

@@ -12,12 +12,12 @@
 
 #include <cstdint>
 
+#include "small_safe_start.h"  // GDLA_LAMBDA_INLINE, small::safe_start_norms
+
 #if defined(__GNUC__)
 #define GDLA_ALWAYS_INLINE __attribute__((always_inline)) inline
-#define GDLA_LAMBDA_INLINE __attribute__((always_inline))  // a lambda's: taken into an AVX2 caller's build
 #else
 #define GDLA_ALWAYS_INLINE inline
-#define GDLA_LAMBDA_INLINE
 #endif
 
 namespace gdla {
@@ -100,21 +100,23 @@ GDLA_ALWAYS_INLINE void newton_schulz_group(const T* A, const T* X0, T* X, int64
     }
   }
   const V zero = V{};
-  if (X0 == nullptr) {
-    // X0 = A^T / (||A||_1 ||A||_inf): ||I - A X0||_2 < 1 for any invertible A.
-    V norm1 = zero, norm_inf = zero;
-    for (int i = 0; i < N; ++i) {
-      V row = zero, col = zero;
-      for (int j = 0; j < N; ++j) {
-        row += a[i][j] < zero ? -a[i][j] : a[i][j];
-        col += a[j][i] < zero ? -a[j][i] : a[j][i];
+  if (X0 == nullptr) {  // the safe start (small_safe_start.h)
+    V norm1, norm_inf, mantissa, first, second;
+    small::safe_start_norms<V, N, true>([&a](int i, int j) GDLA_LAMBDA_INLINE -> const V& { return a[i][j]; }, N, norm1,
+                                        norm_inf);
+    const V product = norm1 * norm_inf;
+    M fits;
+    small::product_fits<T>(product, fits);
+    if (!any_lane<L>(~fits)) {  // every lane's factor as it stands
+      mantissa = T(1) / product, first = zero + T(1), second = first;
+    } else {  // lane by lane
+      for (int w = 0; w < L; ++w) {
+        const small::SafeStartScale<T> s = small::safe_start_scale(norm1[w], norm_inf[w]);
+        mantissa[w] = s.mantissa, first[w] = s.first, second[w] = s.second;
       }
-      norm_inf = row > norm_inf ? row : norm_inf;
-      norm1 = col > norm1 ? col : norm1;
     }
-    const V scale = T(1) / (norm1 * norm_inf);
     for (int i = 0; i < N; ++i) {
-      for (int j = 0; j < N; ++j) x[i][j] = a[j][i] * scale;
+      for (int j = 0; j < N; ++j) x[i][j] = ((a[j][i] * mantissa) * first) * second;
     }
   }
   const T threshold = static_cast<T>(tol * tol * N);

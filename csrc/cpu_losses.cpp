@@ -2,6 +2,7 @@
 // fused_losses.h and the registration of inverse_mse*, svd_loss* for the CPU dispatch key.
 #include "cpu_parallel.h"
 #include "fused_losses.h"
+#include "small_dispatch.h"
 #include "small_inverse_math.h"
 
 #include <ATen/Dispatch.h>
@@ -108,11 +109,6 @@ void inverse_mse_small_batch(const T* A, const T* M, int side, T scale, T* gM, T
     sums[b] = small::inverse_mse_small<T, N>(A + b * nn, M + b * nn, side, scale, gM ? gM + b * nn : nullptr,
                                              gA ? gA + b * nn : nullptr);
   }
-}
-
-template <typename T>
-T* data_or_null(const at::Tensor& t) {
-  return t.defined() ? t.data_ptr<T>() : nullptr;
 }
 
 struct CpuPrims {

@@ -5,6 +5,7 @@
 #include "cpu_isa.h"
 #include "op_args.h"
 #include "small_masked_math.h"
+#include "small_rules.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
@@ -12,21 +13,6 @@
 
 namespace gdla {
 namespace {
-
-template <typename T>
-int64_t run_portable(const small::MaskedHops<T>& problem, const small::SgdRule<T>& rule, T* U, T* buf,
-                     const double* lrs, int64_t steps, bool started, double first, double blow_up, double* losses) {
-  return small::masked_sgd_run(problem, rule, U, buf, lrs, steps, started, first, blow_up, losses);
-}
-
-#ifdef GDLA_RUN_X86_DISPATCH
-template <typename T>
-GDLA_TARGET_AVX2 int64_t run_avx2(const small::MaskedHops<T>& problem, const small::SgdRule<T>& rule, T* U, T* buf,
-                                  const double* lrs, int64_t steps, bool started, double first, double blow_up,
-                                  double* losses) {
-  return small::masked_sgd_run(problem, rule, U, buf, lrs, steps, started, first, blow_up, losses);
-}
-#endif
 
 at::Tensor masked_sgd_run_cpu(const at::Tensor& init, const at::Tensor& omega, const at::Tensor& X,
                               const at::Tensor& Y, at::Tensor& U, at::Tensor& buf, const at::Tensor& lrs, int64_t hops,
@@ -44,12 +30,10 @@ at::Tensor masked_sgd_run_cpu(const at::Tensor& init, const at::Tensor& omega, c
                                        static_cast<int>(U.size(0)), static_cast<int>(X.size(1)),
                                        static_cast<int>(hops), codes.activation, codes.mse};
     const small::SgdRule<T> rule{static_cast<T>(momentum), static_cast<T>(dampening), nesterov};
-    auto run = &run_portable<T>;
-#ifdef GDLA_RUN_X86_DISPATCH
-    if (has_avx2()) run = &run_avx2<T>;
-#endif
-    done = run(problem, rule, U.data_ptr<T>(), buf.data_ptr<T>(), rates.data_ptr<double>(), steps, started,
-               first_loss, blow_up, losses.data_ptr<double>());
+    done = call_best([&]() GDLA_LAMBDA_INLINE {
+      return small::masked_sgd_run(problem, rule, U.data_ptr<T>(), buf.data_ptr<T>(), rates.data_ptr<double>(),
+                                   steps, started, first_loss, blow_up, losses.data_ptr<double>());
+    });
   });
   return losses.narrow(0, 0, done);
 }

@@ -15,7 +15,8 @@
 
 #include "cpu_isa.h"
 #include "cpu_lanes.h"
-#include "small_inverse_math.h"
+#include "small_momentum_math.h"
+#include "small_run_loop.h"
 
 #include <cmath>
 #include <cstdint>

@@ -4,7 +4,7 @@
 // same bits as a step-by-step run).
 #pragma once
 
-#include "small_inverse_math.h"
+#include "small_run_loop.h"
 
 #include <algorithm>
 #include <cstdint>

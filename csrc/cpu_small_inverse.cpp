@@ -6,6 +6,7 @@
 #include "cpu_lanes.h"
 #include "cpu_parallel.h"
 #include "op_args.h"
+#include "small_dispatch.h"
 #include "small_inverse_math.h"
 
 #include <ATen/Dispatch.h>

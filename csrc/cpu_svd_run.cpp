@@ -13,24 +13,6 @@
 namespace gdla {
 namespace {
 
-template <typename T>
-int64_t run_portable(const small::SvdPenalty<T>& problem, const small::SgdRule<T>& rule, T* U, T* s, T* V, T* bu,
-                     T* bs, T* bv, const double* lrs, int64_t steps, bool started, bool sign_fix, double first,
-                     double blow_up, double* losses) {
-  return small::svd_sgd_run(problem, rule, U, s, V, bu, bs, bv, lrs, steps, started, sign_fix, first, blow_up,
-                            losses);
-}
-
-#ifdef GDLA_RUN_X86_DISPATCH
-template <typename T>
-GDLA_TARGET_AVX2 int64_t run_avx2(const small::SvdPenalty<T>& problem, const small::SgdRule<T>& rule, T* U, T* s,
-                                  T* V, T* bu, T* bs, T* bv, const double* lrs, int64_t steps, bool started,
-                                  bool sign_fix, double first, double blow_up, double* losses) {
-  return small::svd_sgd_run(problem, rule, U, s, V, bu, bs, bv, lrs, steps, started, sign_fix, first, blow_up,
-                            losses);
-}
-#endif
-
 at::Tensor svd_sgd_run_cpu(const at::Tensor& M, at::Tensor& U, at::Tensor& s, at::Tensor& V, at::Tensor& buf_u,
                            at::Tensor& buf_s, at::Tensor& buf_v, const at::Tensor& lrs, double weight_u,
                            double weight_v, double momentum, double dampening, bool nesterov, bool started,
@@ -46,13 +28,11 @@ at::Tensor svd_sgd_run_cpu(const at::Tensor& M, at::Tensor& U, at::Tensor& s, at
                                        static_cast<int>(U.size(1)), static_cast<T>(weight_u),
                                        static_cast<T>(weight_v)};
     const small::SgdRule<T> rule{static_cast<T>(momentum), static_cast<T>(dampening), nesterov};
-    auto run = &run_portable<T>;
-#ifdef GDLA_RUN_X86_DISPATCH
-    if (has_avx2()) run = &run_avx2<T>;
-#endif
-    done = run(problem, rule, U.data_ptr<T>(), s.data_ptr<T>(), V.data_ptr<T>(), buf_u.data_ptr<T>(),
-               buf_s.data_ptr<T>(), buf_v.data_ptr<T>(), rates.data_ptr<double>(), steps, started, sign_fix,
-               first_loss, blow_up, losses.data_ptr<double>());
+    done = call_best([&]() GDLA_LAMBDA_INLINE {
+      return small::svd_sgd_run(problem, rule, U.data_ptr<T>(), s.data_ptr<T>(), V.data_ptr<T>(),
+                                buf_u.data_ptr<T>(), buf_s.data_ptr<T>(), buf_v.data_ptr<T>(), rates.data_ptr<double>(),
+                                steps, started, sign_fix, first_loss, blow_up, losses.data_ptr<double>());
+    });
   });
   return losses.narrow(0, 0, done);
 }

@@ -21,6 +21,7 @@
 #pragma once
 
 #include "checks.h"
+#include "small_limits.h"
 
 #include <ATen/DeviceGuard.h>
 #include <ATen/ops/baddbmm.h>
@@ -59,22 +60,25 @@ inline InverseArgs check_inverse_args(const at::Tensor& A, const at::Tensor& M, 
   return {side, A.reshape({batch, m, n}), M.reshape({batch, n, m})};
 }
 
+// The side switch of the drivers, written once: X Y ('right'), Y X ('left'), or for 'both'
+// beta X Y + alpha Y X (the second product accumulated into the first).
+inline at::Tensor side_bmm(Side side, const at::Tensor& X, const at::Tensor& Y, double beta = 1.0,
+                           double alpha = 1.0) {
+  switch (side) {
+    case Side::Right:
+      return at::bmm(X, Y);
+    case Side::Left:
+      return at::bmm(Y, X);
+    default: {
+      at::Tensor P = at::bmm(X, Y);
+      return P.baddbmm_(Y, X, beta, alpha);
+    }
+  }
+}
+
 // The product compared with the identity, in a fresh contiguous buffer of shape (B, k, k).
 inline at::Tensor inverse_product(const InverseArgs& args) {
-  at::Tensor P;
-  switch (args.side) {
-    case Side::Right:
-      P = at::bmm(args.A3, args.M3);
-      break;
-    case Side::Left:
-      P = at::bmm(args.M3, args.A3);
-      break;
-    case Side::Both:
-      P = at::bmm(args.A3, args.M3);
-      P.baddbmm_(args.M3, args.A3, /*beta=*/0.5, /*alpha=*/0.5);
-      break;
-  }
-  return P.contiguous();
+  return side_bmm(args.side, args.A3, args.M3, /*beta=*/0.5, /*alpha=*/0.5).contiguous();
 }
 
 // d loss / d P = c (P - I) with c = 2/k^2; for 'both' the 1/2 of the product folds in: c = 1/k^2.
@@ -84,39 +88,17 @@ inline double inverse_store_scale(Side side, int64_t k) {
 
 // Gradient w.r.t. M from the scaled residual R: right A^T R, left R A^T, both A^T R + R A^T.
 inline at::Tensor inverse_grad_M(const InverseArgs& args, const at::Tensor& R) {
-  const at::Tensor At = args.A3.transpose(1, 2);
-  switch (args.side) {
-    case Side::Right:
-      return at::bmm(At, R);
-    case Side::Left:
-      return at::bmm(R, At);
-    default: {
-      at::Tensor G = at::bmm(At, R);
-      return G.baddbmm_(R, At);
-    }
-  }
+  return side_bmm(args.side, args.A3.transpose(1, 2), R);
 }
 
 // Gradient w.r.t. A from the scaled residual R: right R M^T, left M^T R, both R M^T + M^T R.
 inline at::Tensor inverse_grad_A(const InverseArgs& args, const at::Tensor& R) {
-  const at::Tensor Mt = args.M3.transpose(1, 2);
-  switch (args.side) {
-    case Side::Right:
-      return at::bmm(R, Mt);
-    case Side::Left:
-      return at::bmm(Mt, R);
-    default: {
-      at::Tensor G = at::bmm(R, Mt);
-      return G.baddbmm_(Mt, R);
-    }
-  }
+  return side_bmm(args.side, R, args.M3.transpose(1, 2));
 }
 
-// Square problems up to this size take the register-resident path.
-constexpr int64_t kSmallInverseMax = 8;
-
+// Square problems up to the unrolled size take the register-resident path.
 inline bool small_inverse_path(const InverseArgs& args) {
-  return args.A3.size(1) == args.A3.size(2) && args.A3.size(1) <= kSmallInverseMax;
+  return args.A3.size(1) == args.A3.size(2) && args.A3.size(1) <= small::kMaxUnrolledN;
 }
 
 inline at::Tensor loss_accumulator(const at::Tensor& like) {

@@ -6,8 +6,8 @@
 #include <vector>
 
 #include "checks.h"
-#include "small_inverse_math.h"
-#include "small_masked_math.h"
+#include "small_limits.h"
+#include "small_run_loop.h"  // small::diverged, for the CUDA stepped runs
 
 #include <optional>
 #include <string>
@@ -15,6 +15,11 @@
 #include <cmath>
 
 namespace gdla {
+
+// The whole-run kernels' divergence factor (small::diverged): a number > 0.
+inline void check_blow_up(const char* op, double blow_up) {
+  TORCH_CHECK_VALUE(blow_up > 0.0, op, ": blow_up must be > 0; received ", blow_up);
+}
 
 inline void check_finite_number(double value, const char* name, const char* op, bool positive) {
   TORCH_CHECK_VALUE(std::isfinite(value) && (positive ? value > 0.0 : value >= 0.0), op, ": ", name,
@@ -115,7 +120,7 @@ inline int check_momentum_run_args(const at::Tensor& A, const at::Tensor& X, con
   TORCH_CHECK_VALUE(std::isfinite(momentum) && momentum >= 0.0 && momentum < 1.0, op,
                     ": momentum must be a number in [0, 1); received ", momentum);
   TORCH_CHECK_VALUE(steps >= 0, op, ": steps must be an integer >= 0; received ", steps);
-  TORCH_CHECK_VALUE(blow_up > 0.0, op, ": blow_up must be > 0; received ", blow_up);
+  check_blow_up(op, blow_up);
   return static_cast<int>(n);
 }
 
@@ -136,7 +141,7 @@ inline void check_run_rates(const char* op, const at::Tensor& lrs) {
                     shape_str(lrs.sizes()), " on ", lrs.device());
 }
 
-// SGD's momentum and dampening (small::SgdRule), each in [0, 1).
+// SGD's momentum and dampening (small::SgdRule, small_rules.h), each in [0, 1).
 inline void check_sgd_rule(const char* op, double momentum, double dampening) {
   TORCH_CHECK_VALUE(momentum >= 0.0 && momentum < 1.0 && dampening >= 0.0 && dampening < 1.0, op,
                     ": momentum and dampening must be in [0, 1); received ", momentum, ", ", dampening);
@@ -166,7 +171,7 @@ inline int check_adam_run_args(const at::Tensor& A, const at::Tensor& X, const a
                     beta2);
   TORCH_CHECK_VALUE(std::isfinite(eps) && eps > 0.0, op, ": eps must be a finite number > 0; received ", eps);
   TORCH_CHECK_VALUE(step0 >= 0, op, ": step0 must be an integer >= 0; received ", step0);
-  TORCH_CHECK_VALUE(blow_up > 0.0, op, ": blow_up must be > 0; received ", blow_up);
+  check_blow_up(op, blow_up);
   return static_cast<int>(n);
 }
 
@@ -199,7 +204,7 @@ inline void check_svd_run_args(const at::Tensor& M, const at::Tensor& U, const a
   TORCH_CHECK_VALUE(weight_u >= 0.0 && weight_v >= 0.0, op, ": weight_u and weight_v must be >= 0; received ",
                     weight_u, ", ", weight_v);
   check_sgd_rule(op, momentum, dampening);
-  TORCH_CHECK_VALUE(blow_up > 0.0, op, ": blow_up must be > 0; received ", blow_up);
+  check_blow_up(op, blow_up);
 }
 
 // masked_sgd_run: one system, init and omega (n x n, n <= 16), X and Y (n x p, p <= 32), U and buf
@@ -236,7 +241,7 @@ inline MaskedRunCodes check_masked_run_args(const at::Tensor& init, const at::Te
   TORCH_CHECK_VALUE(hops >= 1 && hops <= small::kMaxHops, op, ": hops must be in 1..", small::kMaxHops,
                     "; received ", hops);
   check_sgd_rule(op, momentum, dampening);
-  TORCH_CHECK_VALUE(blow_up > 0.0, op, ": blow_up must be > 0; received ", blow_up);
+  check_blow_up(op, blow_up);
   MaskedRunCodes codes{-1, false};
   const char* names[] = {"identity", "relu", "tanh", "sigmoid", "cube"};
   for (int i = 0; i < 5; ++i)
@@ -250,14 +255,10 @@ inline MaskedRunCodes check_masked_run_args(const at::Tensor& init, const at::Te
   return codes;
 }
 
-// 0 right, 1 left, 2 both.
+// The side code (0 right, 1 left, 2 both) of the per-problem kernels, as parse_side reads it.
 inline int momentum_run_side(c10::string_view side, const char* op = "inverse_momentum_run", bool both = true) {
-  if (side == "right") return 0;
-  if (side == "left") return 1;
-  if (both && side == "both") return 2;
-  TORCH_CHECK_VALUE(false, op, ": side must be 'right', 'left'", both ? " or 'both'" : " (for 'both', the larger of the two)",
-                    "; received '", std::string(side), "'");
-  return 0;
+  const char* expected = both ? "'right', 'left' or 'both'" : "'right', 'left' (for 'both', the larger of the two)";
+  return static_cast<int>(parse_side(side, op, expected, both));
 }
 
 }  // namespace gdla

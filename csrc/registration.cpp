@@ -11,6 +11,12 @@
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "small_limits.h"
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -25,6 +31,18 @@ int64_t openmp_max_threads() {
 #else
   return -1;
 #endif
+}
+
+// The kernels' limits (small_limits.h): their names and values, and the dtypes they take.
+std::tuple<std::vector<std::string>, std::vector<int64_t>, std::vector<std::string>> limits() {
+  std::vector<std::string> names, dtypes;
+  std::vector<int64_t> values;
+  for (const small::Limit& limit : small::kLimits) {
+    names.emplace_back(limit.name);
+    values.push_back(limit.value);
+  }
+  for (const char* dtype : small::kDtypes) dtypes.emplace_back(dtype);
+  return {names, values, dtypes};
 }
 
 }  // namespace
@@ -74,6 +92,8 @@ TORCH_LIBRARY(gdla, m) {
       "float first_loss, float blow_up) -> Tensor",
       tags);
   m.def("openmp_max_threads() -> int", &openmp_max_threads);
+  // The size limits (names, values) and dtypes of the kernels, read by gdla/limits.py.
+  m.def("limits() -> (str[], int[], str[])", &limits);
 }
 
 // The ops that return gradients themselves (or are not differentiable) get torch's

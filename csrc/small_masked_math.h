@@ -5,13 +5,12 @@
 // plugins/problems/sparse.py states them (tests compare the two). No torch headers here.
 #pragma once
 
-#include "small_svd_math.h"  // small::SgdRule
+#include "small_limits.h"
+#include "small_matrix.h"
+#include "small_run_loop.h"
 
 namespace gdla {
 namespace small {
-
-constexpr int kMaxColumns = 32;
-constexpr int kMaxHops = 4;
 
 // 0 identity, 1 relu, 2 tanh, 3 sigmoid, 4 cube.
 template <typename T>
@@ -101,7 +100,7 @@ struct MaskedHops {
   }
 };
 
-// ``steps`` SGD steps (small::SgdRule) on one MaskedHops problem, rates lrs[0..steps); losses[s] =
+// ``steps`` SGD steps (small::SgdRule, small_rules.h) on one MaskedHops problem, rates lrs[0..steps); losses[s] =
 // the loss before step s. Stops after a step that diverged. Returns the steps taken.
 template <typename T, typename Rule>
 GDLA_HD int64_t masked_sgd_run(const MaskedHops<T>& problem, const Rule& rule, T* U, T* buf, const double* lrs,
@@ -109,16 +108,12 @@ GDLA_HD int64_t masked_sgd_run(const MaskedHops<T>& problem, const Rule& rule, T
   const int nn = problem.n * problem.n;
   T u[kMaxN * kMaxN], b[kMaxN * kMaxN], g[kMaxN * kMaxN];
   for (int a = 0; a < nn; ++a) u[a] = U[a], b[a] = buf[a];
-  bool is_first = first != first;
-  int64_t done = 0;
-  while (done < steps) {
-    const double loss = problem.gradient(u, g);
-    rule.apply(u, b, g, nn, static_cast<T>(lrs[done]), started);
-    started = true;
-    losses[done++] = loss;
-    if (diverged(loss, first, blow_up, is_first)) break;
-    if (is_first) first = loss, is_first = false;
-  }
+  const int64_t done = run_loop(
+      steps, -1.0, first, blow_up, losses, [&]() GDLA_LAMBDA_INLINE { return problem.gradient(u, g); },
+      [&](int64_t step) GDLA_LAMBDA_INLINE {
+        rule.apply(u, b, g, nn, static_cast<T>(lrs[step]), started);
+        started = true;
+      });
   for (int a = 0; a < nn; ++a) U[a] = u[a], buf[a] = b[a];
   return done;
 }

@@ -7,7 +7,10 @@
 // (plugins/problems/svd.py states both; tests compare them with it). No torch headers here.
 #pragma once
 
-#include "small_inverse_math.h"
+#include "small_limits.h"
+#include "small_matrix.h"
+#include "small_rules.h"
+#include "small_run_loop.h"
 
 namespace gdla {
 namespace small {
@@ -104,26 +107,6 @@ struct SvdPenalty {
   }
 };
 
-// torch.optim.SGD's update (no weight decay): with momentum, buf <- g on a run's first step, else
-// buf <- momentum buf + (1 - dampening) g, and the direction is buf (g + momentum buf with
-// nesterov); x <- x - lr direction.
-template <typename T>
-struct SgdRule {
-  T momentum, dampening;
-  bool nesterov;
-
-  GDLA_HD void apply(T* x, T* buf, const T* g, int count, T lr, bool started) const {
-    for (int i = 0; i < count; ++i) {
-      T direction = g[i];
-      if (momentum != T(0)) {
-        buf[i] = started ? momentum * buf[i] + (T(1) - dampening) * g[i] : g[i];
-        direction = nesterov ? g[i] + momentum * buf[i] : buf[i];
-      }
-      x[i] = x[i] - lr * direction;
-    }
-  }
-};
-
 // ``steps`` SGD steps on one SvdPenalty problem (rates lrs[0..steps)), the sign fix after each
 // when asked; losses[s] = the loss before step s. Stops after a step that diverged. Returns the
 // steps taken. U, s, V and the buffers are read and written in place.
@@ -137,20 +120,16 @@ GDLA_HD int64_t svd_sgd_run(const SvdPenalty<T>& problem, const SgdRule<T>& rule
   for (int a = 0; a < m * k; ++a) u[a] = U[a], mu[a] = bu[a];
   for (int a = 0; a < n * k; ++a) v[a] = V[a], mv[a] = bv[a];
   for (int a = 0; a < k; ++a) sv[a] = s[a], ms[a] = bs[a];
-  bool is_first = first != first;
-  int64_t done = 0;
-  while (done < steps) {
-    const double loss = problem.gradient(u, sv, v, gu, gs, gv);
-    const T lr = static_cast<T>(lrs[done]);
-    rule.apply(u, mu, gu, m * k, lr, started);
-    rule.apply(sv, ms, gs, k, lr, started);
-    rule.apply(v, mv, gv, n * k, lr, started);
-    if (sign_fix) problem.sign_fix(u, sv, v);
-    started = true;
-    losses[done++] = loss;
-    if (diverged(loss, first, blow_up, is_first)) break;
-    if (is_first) first = loss, is_first = false;
-  }
+  const int64_t done = run_loop(
+      steps, -1.0, first, blow_up, losses, [&]() GDLA_LAMBDA_INLINE { return problem.gradient(u, sv, v, gu, gs, gv); },
+      [&](int64_t step) GDLA_LAMBDA_INLINE {
+        const T lr = static_cast<T>(lrs[step]);
+        rule.apply(u, mu, gu, m * k, lr, started);
+        rule.apply(sv, ms, gs, k, lr, started);
+        rule.apply(v, mv, gv, n * k, lr, started);
+        if (sign_fix) problem.sign_fix(u, sv, v);
+        started = true;
+      });
   for (int a = 0; a < m * k; ++a) U[a] = u[a], bu[a] = mu[a];
   for (int a = 0; a < n * k; ++a) V[a] = v[a], bv[a] = mv[a];
   for (int a = 0; a < k; ++a) s[a] = sv[a], bs[a] = ms[a];

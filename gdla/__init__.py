@@ -42,11 +42,14 @@ _EXPORTS: dict[str, str] = {
     "ShapeError": "gdla.errors",
     "SingularValueDecomposition": "gdla.capabilities",
     "SingularMatrixError": "gdla.errors",
+    "Stretch": "gdla.optimizer",
     "Suitability": "gdla.optimizer",
     "SumOfSquares": "gdla.capabilities",
     "SvdPenaltyLoss": "gdla.capabilities",
     "TestedRun": "gdla.optimizer",
     "UnknownNameError": "gdla.errors",
+    "UsageError": "gdla.errors",
+    "build_problem": "gdla.building",
     "extension_status": "gdla.backend",
     "get_optimizer": "gdla.registry",
     "get_problem": "gdla.registry",
@@ -82,12 +85,15 @@ __all__ = [
     "ShapeError",
     "SingularMatrixError",
     "SingularValueDecomposition",
+    "Stretch",
     "Suitability",
     "SumOfSquares",
     "SvdPenaltyLoss",
     "TestedRun",
     "UnknownNameError",
+    "UsageError",
     "__version__",
+    "build_problem",
     "extension_status",
     "get_optimizer",
     "get_problem",
@@ -126,6 +132,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # the names for type checkers and IDEs
     from gdla import registry
     from gdla.backend import extension_status
+    from gdla.building import build_problem
     from gdla.capabilities import (
         InverseMSE,
         LinearLeastSquares,
@@ -135,7 +142,6 @@ if TYPE_CHECKING:  # the names for type checkers and IDEs
         SumOfSquares,
         SvdPenaltyLoss,
     )
-    from gdla.panels import DemoPanel, DemoRun
     from gdla.errors import (
         BackendError,
         BackendWarning,
@@ -151,10 +157,12 @@ if TYPE_CHECKING:  # the names for type checkers and IDEs
         ShapeError,
         SingularMatrixError,
         UnknownNameError,
+        UsageError,
     )
     from gdla.hookspecs import hookimpl
     from gdla.loop import solve
-    from gdla.optimizer import GradientOptimizer, Optimizer, Suitability, TestedRun
+    from gdla.optimizer import GradientOptimizer, Optimizer, Stretch, Suitability, TestedRun
+    from gdla.panels import DemoPanel, DemoRun
     from gdla.problem import Params, Problem
     from gdla.registry import get_optimizer, get_problem, optimizers, problems
     from gdla.result import Result

@@ -11,6 +11,7 @@ import importlib
 import torch
 
 from gdla.errors import InputError, ShapeError
+from gdla.limits import DTYPES
 
 try:
     importlib.import_module("gdla._C")  # its import registers the ops (schemas and kernels)
@@ -25,6 +26,9 @@ OPS = torch.ops.gdla
 CUDA_KERNELS = torch._C._dispatch_has_kernel_for_dispatch_key("gdla::inverse_mse", "CUDA")
 
 
+_DTYPE_NAMES = " or ".join(str(dtype).removeprefix("torch.") for dtype in DTYPES)  # "float32 or float64"
+
+
 def _describe(value: object) -> str:
     if isinstance(value, torch.Tensor):
         return f"a {value.dtype} tensor of shape {tuple(value.shape)} on {value.device}"
@@ -35,8 +39,8 @@ def _tensor(op: str, value: object, name: str, like: torch.Tensor | None = None,
     """``value`` as a float32/float64 tensor with the dtype and device of ``like`` (if given)."""
     if not isinstance(value, torch.Tensor):
         raise InputError(f"{op}: {name} must be a torch.Tensor, received {_describe(value)}")
-    if value.dtype not in (torch.float32, torch.float64):
-        raise InputError(f"{op}: {name} must be float32 or float64, received {value.dtype}")
+    if value.dtype not in DTYPES:
+        raise InputError(f"{op}: {name} must be {_DTYPE_NAMES}, received {value.dtype}")
     if like is not None and value.dtype != like.dtype:
         raise InputError(f"{op}: {name} must have the dtype of {ref} ({like.dtype}), received {value.dtype}")
     if like is not None and value.device != like.device:

@@ -46,6 +46,7 @@ __all__ = [
     "SingularValueDecomposition",
     "SumOfSquares",
     "SvdPenaltyLoss",
+    "by_side",
     "squared_norm",
 ]
 
@@ -147,6 +148,16 @@ class SumOfSquares:
     loss_of: TensorMap = squared_norm
 
 
+def by_side(side: str, right: Callable[[], torch.Tensor], left: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """The side switch of an inverse problem, written once: ``right()`` for ``side="right"``, ``left()`` for
+    ``"left"``, their average for ``"both"`` (a product ``P = AM``, ``MA``, ``(AM + MA)/2`` or its adjoint)."""
+    if side == "right":
+        return right()
+    if side == "left":
+        return left()
+    return (right() + left()) / 2
+
+
 @dataclass(frozen=True)
 class MatrixInverse:
     r"""The answer is the inverse (or Moore-Penrose pseudo-inverse) of ``A``, held in ``params[key]``.
@@ -163,19 +174,11 @@ class MatrixInverse:
 
     def product(self, X: torch.Tensor) -> torch.Tensor:
         """``P(X)``: ``A X``, ``X A`` or their average, the product compared with the identity."""
-        if self.side == "right":
-            return self.A @ X
-        if self.side == "left":
-            return X @ self.A
-        return (self.A @ X + X @ self.A) / 2
+        return by_side(self.side, lambda: self.A @ X, lambda: X @ self.A)
 
     def adjoint(self, R: torch.Tensor) -> torch.Tensor:
         """The adjoint of :meth:`product`'s linear map applied to ``R``."""
-        if self.side == "right":
-            return self.A.mT @ R
-        if self.side == "left":
-            return R @ self.A.mT
-        return (self.A.mT @ R + R @ self.A.mT) / 2
+        return by_side(self.side, lambda: self.A.mT @ R, lambda: R @ self.A.mT)
 
     @property
     def identity_size(self) -> int:
@@ -186,7 +189,10 @@ class MatrixInverse:
         r"""``Aᵀ / (‖A‖₁ ‖A‖_∞)``: a start from which the Newton-Schulz iteration converges.
 
         ``‖A‖₂² ≤ ‖A‖₁‖A‖_∞`` puts every eigenvalue of ``A X₀`` in ``(0, 1]``. The two norms are
-        divided one at a time so the product never overflows or underflows on its own.
+        divided one at a time so their product, never formed, cannot overflow or underflow (float32
+        matrices of size 1e19 or 1e-19 start as well as any). A zero matrix, which has no inverse,
+        gets a zero start; the iteration stays there and reports it not converged. The one Python
+        home of the rule (every Python caller uses it); its C++ twin is ``csrc/small_safe_start.h``.
         """
         A = self.A
         magnitude = A.abs()

@@ -24,9 +24,9 @@ from typing import Any, TextIO
 from gdla import registry as registry_module
 from gdla.errors import ConvergenceWarning, GdlaError
 from gdla.loop import solve
-from gdla.plotting import Curve, Panel, check_figure_path, demo_figure, save_figure
-from gdla.problem import Params, Problem
 from gdla.panels import DemoPanel, DemoRun
+from gdla.plotting import Curve, Panel, check_figure_path, demo_figure, save_figure
+from gdla.problem import Params
 from gdla.result import Result
 
 __all__ = ["DemoPanel", "DemoReport", "DemoRow", "DemoRun", "run_demo"]

@@ -20,6 +20,7 @@ __all__ = [
     "ShapeError",
     "SingularMatrixError",
     "UnknownNameError",
+    "UsageError",
 ]
 
 
@@ -29,6 +30,13 @@ class GdlaError(Exception):
 
 class InputError(GdlaError, ValueError):
     """An argument has a value gdla cannot work with."""
+
+
+class UsageError(InputError):
+    """Bad usage, not bad data: an option the problem or optimizer does not declare, or a value it refuses.
+
+    ``gdla solve ... -p side=diagonal`` or ``-o momentum=2``; the command line exits with code 2.
+    """
 
 
 class ShapeError(InputError):

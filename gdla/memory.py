@@ -3,8 +3,8 @@
 A problem class may say how many bytes its :meth:`~gdla.Problem.example` of a given size needs
 (:meth:`gdla.Problem.estimated_bytes`); the command line checks that against the memory available
 before building anything. An optimizer may say how many bytes of dense matrices (Jacobians,
-Gram matrices...) it would form on a problem (:meth:`gdla.Optimizer.estimated_bytes`); every
-optimizer is checked with :func:`check_method_fits` before its constructor does any work, so a
+Gram matrices...) it would form on a problem (:meth:`gdla.Optimizer.estimated_bytes`); the
+run plan checks the chosen method with :func:`check_method_fits` before building it, so a
 dense method asked to solve an operator that only fits sparse is refused with advice instead of
 swapping or crashing. :func:`gdla.solve` turns an allocation failure anywhere in a run into a
 :class:`~gdla.errors.ResourceError` instead of an allocator traceback.
@@ -13,6 +13,7 @@ swapping or crashing. :func:`gdla.solve` turns an allocation failure anywhere in
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from gdla.errors import GdlaError, ResourceError
@@ -65,7 +66,13 @@ def check_fits(needed: int | None, what: str) -> None:
     )
 
 
-def check_method_fits(optimizer: type[Optimizer], problem: Problem, params: Params, options: dict[str, Any]) -> None:
+def check_method_fits(
+    optimizer: type[Optimizer],
+    problem: Problem,
+    params: Params,
+    options: dict[str, Any],
+    alternatives: Callable[[], Iterable[Any]] | None = None,
+) -> None:
     """Refuse ``optimizer`` on ``problem`` before any work if the dense matrices it declares would not fit.
 
     Args:
@@ -73,13 +80,14 @@ def check_method_fits(optimizer: type[Optimizer], problem: Problem, params: Para
         problem: the problem it would solve.
         params: the starting parameters (their sizes are the unknowns).
         options: the options it is built with (a method may have a dense and a matrix-free path).
+        alternatives: the other methods to advise, best first (the run plan's ranking: items with
+            ``name``, ``cls`` and ``fit``, a :class:`~gdla.Suitability`); called only on a refusal.
 
     Raises:
         ResourceError: :meth:`~gdla.Optimizer.estimated_bytes` exceeds the memory available (with
             :data:`HEADROOM`). The message names the optimizer, the problem's size (its operator's
             shape and stored entries where :meth:`~gdla.Problem.sparse_storage` declares them), the
-            memory needed and available, and the best-ranked registered method (by declared
-            ``suitability``, as ``auto`` ranks them) whose own estimate fits.
+            memory needed and available, and the best-ranked of ``alternatives`` whose own estimate fits.
     """
     needed = optimizer.estimated_bytes(problem, params, options)
     if needed is None or optimizer.unsupported_reason(problem) is not None:
@@ -97,35 +105,24 @@ def check_method_fits(optimizer: type[Optimizer], problem: Problem, params: Para
     raise ResourceError(
         f"optimizer: {optimizer.name!r} would form dense matrices of about {format_bytes(needed)} on problem "
         f"{problem.name!r} ({size}), and {format_bytes(free)} is available; "
-        f"{_fitting_method(problem, params, optimizer)}"
+        f"{_fitting_method(problem, params, () if alternatives is None else alternatives(), free)}"
     )
 
 
-def _fitting_method(problem: Problem, params: Params, refused: type[Optimizer]) -> str:
-    """Advice: the best-ranked registered method (by declared suitability) whose memory estimate fits."""
-    from gdla.registry import get_optimizer, optimizers
-
-    free = available_bytes()
-    best: tuple[int, str, str] | None = None
-    for name in optimizers():
+def _fitting_method(problem: Problem, params: Params, alternatives: Iterable[Any], free: int) -> str:
+    """Advice: the first of ``alternatives`` (best first) whose memory estimate fits."""
+    for candidate in alternatives:
         try:
-            cls = get_optimizer(name)
-            fit = cls.suitability(problem)
-            if fit is None or cls is refused or cls.unsupported_reason(problem) is not None:
-                continue
-            needed = cls.estimated_bytes(problem, params, dict(fit.options))
+            needed = candidate.cls.estimated_bytes(problem, params, dict(candidate.fit.options))
         except GdlaError:
             continue
-        if needed is not None and free is not None and needed > HEADROOM * free:
+        if needed is not None and needed > HEADROOM * free:
             continue
-        if best is None or (fit.rank, name) < best[:2]:
-            best = (fit.rank, name, fit.reason)
-    if best is None:
-        return "no registered method that declares itself suitable fits either; solve a smaller problem"
-    return (
-        f"use optimizer={best[1]!r}, the best-ranked method that fits (what optimizer='auto' picks by the "
-        f"declared suitability: {best[2]})"
-    )
+        return (
+            f"use optimizer={candidate.name!r}, the best-ranked method that fits (what optimizer='auto' picks by the "
+            f"declared suitability: {candidate.fit.reason})"
+        )
+    return "no registered method that declares itself suitable fits either; solve a smaller problem"
 
 
 def allocation_error(exc: BaseException, what: str) -> ResourceError | None:

@@ -18,11 +18,8 @@ from torch.autograd.graph import increment_version
 from gdla._op_checks import CUDA_KERNELS, SIDES, _mask, _matrix, _shape, _side, _tensor
 from gdla._op_checks import OPS as _ops
 from gdla.errors import InputError, ShapeError
+from gdla.limits import RUN_MAX_COLUMNS, RUN_MAX_HOPS, RUN_MAX_N, SMALL_MAX_N
 from gdla.ops_small import (
-    RUN_MAX_COLUMNS,
-    RUN_MAX_HOPS,
-    RUN_MAX_N,
-    SMALL_MAX_N,
     inverse_adam_run,
     inverse_momentum_run,
     masked_sgd_run,

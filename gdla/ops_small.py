@@ -12,6 +12,7 @@ from torch.autograd.graph import increment_version
 from gdla._op_checks import OPS as _ops
 from gdla._op_checks import _matrix, _shape, _side, _tensor
 from gdla.errors import InputError, ShapeError
+from gdla.limits import RUN_MAX_COLUMNS, RUN_MAX_HOPS, RUN_MAX_N, SMALL_MAX_N
 from gdla.validation import check_int, check_nonnegative, check_positive, check_probability
 
 __all__ = [
@@ -28,10 +29,7 @@ __all__ = [
     "svd_sgd_run",
 ]
 
-SMALL_MAX_N = 16  # the largest n the batched tiny-problem kernels keep in registers
-RUN_MAX_N = 8  # the largest n the whole-run momentum kernel keeps in registers
-RUN_MAX_COLUMNS = 32  # masked_sgd_run: the most columns of X
-RUN_MAX_HOPS = 4  # masked_sgd_run: the most hops
+# SMALL_MAX_N, RUN_MAX_N, RUN_MAX_COLUMNS, RUN_MAX_HOPS: the extension's own limits (gdla.limits)
 
 
 # -- batches of tiny inverses ---------------------------------------------------------------------

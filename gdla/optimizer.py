@@ -1,8 +1,10 @@
 """The interface every optimizer plugin implements, and the adapter for ``torch.optim``.
 
 An optimizer is built for one problem and one set of parameters and advances them one iteration
-per :meth:`Optimizer.step`. Gradient methods subclass :class:`GradientOptimizer` and only say
-which ``torch.optim.Optimizer`` to build; problem-aware solvers subclass :class:`Optimizer`.
+per :meth:`Optimizer.step`; :meth:`Optimizer.advance` is what :func:`gdla.solve` calls: up to
+``steps`` steps under the stop rules, one by default, many in one call where a method has a
+whole-run kernel. Gradient methods subclass :class:`GradientOptimizer` and only say which
+``torch.optim.Optimizer`` to build; problem-aware solvers subclass :class:`Optimizer`.
 """
 
 from __future__ import annotations
@@ -10,26 +12,35 @@ from __future__ import annotations
 import abc
 import copy
 import math
+import warnings
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
-from gdla.errors import InputError
+from gdla.errors import InputError, PluginError
+from gdla.options import resolve
 from gdla.problem import Params, Problem
 from gdla.schedules import make_schedule
 from gdla.validation import check_positive
 
-__all__ = ["GradientOptimizer", "Optimizer", "Suitability", "TestedRun"]
+__all__ = ["GradientOptimizer", "Optimizer", "Stretch", "Suitability", "TestedRun"]
 
 
 @dataclass(frozen=True)
-class TestedRun:
-    """What :meth:`Optimizer.run_tested` returns: each step's loss and the residual where the step left them."""
+class Stretch:
+    """What :meth:`Optimizer.advance` returns: each step's loss, and the residual after each step where the
+    optimizer tested it."""
 
-    losses: torch.Tensor
-    residuals: torch.Tensor
+    losses: torch.Tensor  # shape: (steps,), one entry per step taken (at least one)
+    residuals: torch.Tensor | None = None  # shape: (steps,), or None
+
+
+#: Deprecated: what the old :meth:`Optimizer.run_tested` returned; now a :class:`Stretch` with residuals.
+TestedRun = Stretch
 
 
 @dataclass(frozen=True)
@@ -54,7 +65,9 @@ class Optimizer(abc.ABC):
     """Base class of an optimizer plugin.
 
     Class attributes: ``name`` (registry name), ``summary`` (one line), ``default_lr`` (``None``
-    for methods without a learning rate) and ``default_max_steps``.
+    for methods without a learning rate: an ``lr`` is then refused) and ``default_max_steps``.
+    Built as ``Optimizer(problem, params, *, lr=None, backend="autograd", max_steps=None, **options)``;
+    ``self.options`` then holds every declared option (:attr:`options`), given or defaulted, checked.
     """
 
     name: ClassVar[str] = ""
@@ -64,44 +77,44 @@ class Optimizer(abc.ABC):
     #: Names of the attributes that carry the method's state from step to step (momentum buffers,
     #: previous directions...): what :meth:`state_dict` saves and :meth:`load_state_dict` restores.
     state_attributes: ClassVar[tuple[str, ...]] = ()
-    #: The options the method accepts (name -> :class:`gdla.options.Option`): shown by
-    #: ``gdla plugins --json`` and checked by ``gdla solve -o``; empty: not declared.
+    #: The options the method accepts (name -> :class:`gdla.options.Option`, with its validator and
+    #: default): checked once when built (:func:`gdla.options.resolve`), shown by ``gdla plugins --json``,
+    #: checked by ``gdla solve -o``; empty: not declared, the constructor takes what it is given.
     options: ClassVar[dict[str, Any]] = {}
     #: How the learning rate scales with the data's units: ``"curvature"`` (a step ``lr · g`` that
     #: must stay below ``2/L``: gradient descent, momentum), ``"distance"`` (a step of about ``lr``
     #: in parameter units: Adam, Adagrad, RMSprop) or ``None`` (unit-free, or no learning rate).
     lr_units: ClassVar[str | None] = None
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> Optimizer:
-        """Check, before any subclass's ``__init__`` runs, that the dense matrices the method
-        declares (:meth:`estimated_bytes`) fit in memory (:func:`gdla.memory.check_method_fits`).
-
-        Raises:
-            ResourceError: they would not fit; the message says which method to use instead.
-        """
-        problem = args[0] if args else kwargs.get("problem")
-        params = args[1] if len(args) > 1 else kwargs.get("params")
-        if isinstance(problem, Problem) and isinstance(params, dict):
-            from gdla.memory import check_method_fits
-
-            options = {key: value for key, value in kwargs.items() if key not in ("problem", "params", "lr", "backend")}
-            check_method_fits(cls, problem, params, options)
-        return super().__new__(cls)
+    #: Why the method has no fused path whatever the problem (it computes in plain tensor algebra),
+    #: as the end of a sentence after its quoted name; ``None``: fused exactly when the problem is.
+    kernel_free: ClassVar[str | None] = None
 
     def __init__(
-        self, problem: Problem, params: Params, *, lr: float | None = None, backend: str = "autograd", **options: Any
+        self,
+        problem: Problem,
+        params: Params,
+        *,
+        lr: float | None = None,
+        backend: str = "autograd",
+        max_steps: int | None = None,
+        **options: Any,
     ) -> None:
+        if lr is not None and self.default_lr is None:
+            raise InputError(
+                f"lr: optimizer {self.name!r} has no learning rate (it sizes its steps itself), received {lr!r}; "
+                "leave it out"
+            )
         reason = self.unsupported_reason(problem)
         if reason is not None:
             raise InputError(f"optimizer: {self.name!r} cannot solve problem {problem.name!r}: {reason}")
         self.problem = problem
         self.params = params
         self.backend = backend
-        self.max_steps: int | None = options.pop("max_steps", None)
+        self.max_steps = max_steps
+        self.options = resolve("optimizer", self.name, type(self).options, options)
         if lr is None:
             lr = self.default_lr_for(problem)
         self.lr = None if lr is None else check_positive(lr, "lr")
-        self.options = options
 
     @classmethod
     def unsupported_reason(cls, problem: Problem) -> str | None:
@@ -113,10 +126,10 @@ class Optimizer(abc.ABC):
         """Bytes of the dense matrices this method would form on ``problem`` with ``options``, or ``None``.
 
         Declare it when the method allocates more than a few copies of the parameters (a
-        Jacobian, a Gram matrix, an ``n × n`` factor): every optimizer is checked against the
-        memory available before its constructor does any work, and one that would not fit is
-        refused with a :class:`~gdla.errors.ResourceError` naming a method that fits. Default:
-        ``None`` (only vectors the size of the parameters).
+        Jacobian, a Gram matrix, an ``n × n`` factor): the run plan checks the chosen method
+        against the memory available before building it (:func:`gdla.memory.check_method_fits`),
+        and one that would not fit is refused with a :class:`~gdla.errors.ResourceError` naming a
+        method that fits. Default: ``None`` (only vectors the size of the parameters).
 
         Args:
             problem: the problem to solve.
@@ -134,21 +147,6 @@ class Optimizer(abc.ABC):
         only, never from its name.
         """
         return None
-
-    @classmethod
-    def refuse_unknown_options(cls, options: Mapping[str, Any]) -> None:
-        """Raise :class:`~gdla.errors.InputError` naming the ``options`` not in the declared :attr:`options`."""
-        unknown = sorted(set(options) - set(cls.options) - {"max_steps"})
-        if unknown:
-            raise InputError(
-                f"options: optimizer {cls.name!r} accepts {', '.join(repr(o) for o in cls.options)}, "
-                f"received unknown {', '.join(repr(o) for o in unknown)}"
-            )
-
-    @classmethod
-    def method_class(cls, problem: Problem) -> type[Optimizer]:
-        """The class whose steps actually run on ``problem`` (``auto`` answers with its pick; default: ``cls``)."""
-        return cls
 
     @classmethod
     def in_normalized_units(
@@ -170,8 +168,12 @@ class Optimizer(abc.ABC):
     def fused_reason(cls, problem: Problem, options: Mapping[str, Any]) -> str | None:
         """Why this method, run with ``options`` on ``problem``, has no fused path; ``None`` if it has one.
 
-        The default suits methods that evaluate ``problem.loss_and_grad``: fused exactly when the problem is.
+        The default: :attr:`kernel_free`'s sentence where the method declares one, else the problem's
+        answer (right for methods that evaluate ``problem.loss_and_grad``: fused exactly when the problem
+        is). Override where the answer depends on the options.
         """
+        if cls.kernel_free is not None:
+            return f"{cls.name!r} {cls.kernel_free}"
         return problem.fused_reason()
 
     @classmethod
@@ -183,47 +185,34 @@ class Optimizer(abc.ABC):
     def step(self) -> torch.Tensor:
         """Advance ``self.params`` in place by one iteration; return the loss it evaluated."""
 
+    def advance(self, steps: int, tol: float = 0.0) -> Stretch:
+        """Take between 1 and ``steps`` steps, applying the problem's projection after each; their losses.
+
+        Stops early after a step whose loss is not finite or exceeds ``gdla.stopping.BLOW_UP`` times
+        the run's first loss. With ``tol > 0`` it either tests the residual after every step itself
+        (returning ``residuals``) and stops after the first one ``<= tol``, or takes exactly one step
+        and returns ``residuals=None`` (the loop then asks the problem). With ``tol == 0`` it may run
+        all ``steps``. ``advance(n)`` must give the same bits as ``n`` calls of ``advance(1)``.
+
+        Default: one :meth:`step` (its loss checked to be a scalar), then the projection. A method
+        with a whole-run kernel overrides this to run many steps in one call.
+
+        Raises:
+            PluginError: :meth:`step` returned something other than a scalar loss.
+        """
+        legacy = self._legacy_stretch(steps, tol)
+        if legacy is not None:
+            return legacy
+        value = _loss_value(self.step(), self)
+        if self.problem.needs_projection():
+            self.problem.project(self.params)
+        return Stretch(losses=torch.from_numpy(np.array([value])))  # float64 on the CPU, the cheapest to build
+
     def expected_steps(self, tol: float) -> float | None:
-        """Estimated iterations to reach relative residual ``tol``, or ``None`` if unknown."""
-        return None
+        """Estimated iterations to reach relative residual ``tol``, or ``None`` if unknown.
 
-    def steps_bound(self, tol: float) -> float | None:
-        """A cheap upper bound on the iterations to reach ``tol`` (``None``: none known).
-
-        :func:`gdla.solve` asks it before the costlier :meth:`expected_steps`, which it then skips
-        when the bound already fits the budget.
-        """
-        return None
-
-    @property
-    def projects_in_run(self) -> bool:
-        """Whether :meth:`run` applies the problem's :meth:`~gdla.Problem.project` after each of its steps
-        (as a whole-run kernel for a problem whose declared fused loss includes its projection may); the loop
-        then runs steps in bulk on a problem that needs projection. Default ``False``."""
-        return False
-
-    def run(self, steps: int) -> torch.Tensor | None:
-        """Advance up to ``steps`` iterations in one call and return each one's loss, or ``None`` if it cannot.
-
-        Optional: a method with a whole-run kernel implements it so that :func:`gdla.solve` need not
-        return to Python between steps. It must give exactly what ``steps`` calls of :meth:`step`
-        give (the same bits), and stop early after a step whose loss is not finite or exceeds
-        ``gdla.stopping.BLOW_UP`` times the run's first loss, as the loop would. The loop calls it
-        only when nothing needs to see the steps one by one (no callback, progress bar, residual
-        test (see :meth:`run_tested`) or projection). Default: ``None`` (step by step).
-        """
-        return None
-
-    def run_tested(self, steps: int, tol: float) -> TestedRun | None:
-        """:meth:`run`, testing the problem's residual after every step itself; ``None`` if it cannot.
-
-        Optional: for a method whose whole-run kernel finds the residual in what its steps compute
-        anyway (a problem whose :class:`~gdla.capabilities.InverseMSE` declares a
-        ``residual_factor``), so that runs with a tolerance need not return to Python between steps.
-        It stops after the first step that leaves the residual ``<= tol``, or after a diverging step
-        as :meth:`run` does, and returns each step's loss with the residual after it, which the loop
-        then tests in place of :meth:`~gdla.Problem.residual`. Called one step at a time (as the loop
-        does when a callback or a progress bar watches) it must give the same bits. Default: ``None``.
+        Asked before the run (the advice when the budget looks too small): where a cheap bound
+        already fits the budget (``self.max_steps``), returning it spares a costlier estimate.
         """
         return None
 
@@ -250,32 +239,102 @@ class Optimizer(abc.ABC):
         for key in self.state_attributes:
             setattr(self, key, copy.deepcopy(state[key]))
 
+    # -- deprecated: the protocol before advance() ----------------------------------------------
+    @classmethod
+    def refuse_unknown_options(cls, options: Mapping[str, Any]) -> None:
+        """Deprecated: the base constructor checks the declared :attr:`options` (:func:`gdla.options.resolve`)."""
+        resolve("optimizer", cls.name, cls.options, {k: v for k, v in options.items() if k != "max_steps"})
+
+    @property
+    def projects_in_run(self) -> bool:
+        """Deprecated (see :meth:`advance`): whether an old-style :meth:`run` applies the problem's projection."""
+        return False
+
+    def run(self, steps: int) -> torch.Tensor | None:
+        """Deprecated: implement :meth:`advance`. Up to ``steps`` steps' losses, or ``None`` (default)."""
+        return None
+
+    def run_tested(self, steps: int, tol: float) -> Stretch | None:
+        """Deprecated: implement :meth:`advance`. :meth:`run` with the residual test, or ``None`` (default)."""
+        return None
+
+    def _legacy_stretch(self, steps: int, tol: float) -> Stretch | None:
+        """:meth:`advance` through an old-style :meth:`run`/:meth:`run_tested` override, under their old rules
+        (``run`` without a tolerance, where the projection is not needed or it applies it; ``run_tested``
+        with one); ``None`` where the class overrides neither or they decline (then: one step)."""
+        cls = type(self)
+        runs = cls.run is not Optimizer.run
+        tests = cls.run_tested is not Optimizer.run_tested
+        if not (runs or tests):
+            return None
+        _warn_legacy(cls)
+        unprojected = self.problem.needs_projection() and not self.projects_in_run
+        if tol > 0:
+            tested = self.run_tested(1 if unprojected else steps, tol) if tests else None
+            if tested is None:
+                return None
+            if unprojected:
+                self.problem.project(self.params)
+            return Stretch(tested.losses, tested.residuals)
+        losses = self.run(steps) if runs and not unprojected else None
+        return None if losses is None else Stretch(losses)
+
+
+_WARNED: weakref.WeakSet[type] = weakref.WeakSet()
+
+
+def _warn_legacy(cls: type[Optimizer]) -> None:
+    """One :class:`DeprecationWarning` per class that still implements ``run``/``run_tested``."""
+    if cls in _WARNED:
+        return
+    _WARNED.add(cls)
+    warnings.warn(
+        f"optimizer {cls.name!r} ({cls.__module__}.{cls.__qualname__}) implements run()/run_tested(), which are "
+        "deprecated: implement advance(steps, tol) instead (see gdla.Optimizer.advance)",
+        DeprecationWarning,
+        stacklevel=4,
+    )
+
+
+def _loss_value(value: Any, opt: Optimizer) -> float:
+    """A step's loss as a float, or a :class:`PluginError` naming whose rule was broken."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return float(value)
+    if isinstance(value, (float, int)) and not isinstance(value, bool):
+        return float(value)
+    shape = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else repr(value)
+    cls = type(opt)
+    raise PluginError(
+        f"optimizer {opt.name!r} ({cls.__module__}.{cls.__qualname__}): step() must return the loss it evaluated "
+        f"as a scalar tensor, returned {shape} (problem {opt.problem.name!r})"
+    )
+
 
 class GradientOptimizer(Optimizer):
     """An optimizer that feeds ``problem.loss_and_grad`` to a ``torch.optim.Optimizer``.
 
     Subclasses implement :meth:`build`. Options ``schedule`` (``"step"``, ``"multistep"``,
-    ``"exponential"``, ``"cosine"``) and ``schedule_options`` (a dict) add a learning-rate schedule.
+    ``"exponential"``, ``"cosine"``) and ``schedule_options`` (a dict) add a learning-rate schedule;
+    the other options go to :meth:`build`.
     """
 
-    def __init__(
-        self, problem: Problem, params: Params, *, lr: float | None = None, backend: str = "autograd", **options: Any
-    ) -> None:
-        schedule = options.pop("schedule", None)
-        schedule_options = options.pop("schedule_options", None) or {}
+    def __init__(self, problem: Problem, params: Params, **options: Any) -> None:
+        """See :class:`Optimizer` (``lr``, ``backend``, ``max_steps`` and the options travel in ``options``)."""
+        super().__init__(problem, params, **options)
+        torch_options = dict(self.options)
+        schedule = torch_options.pop("schedule", None)
+        schedule_options = torch_options.pop("schedule_options", None) or {}
         if not isinstance(schedule_options, Mapping):
             raise InputError(
                 f"schedule_options: expected a mapping such as {{'gamma': 0.99}}, received {schedule_options!r}"
             )
-        max_steps = options.pop("max_steps", None)
-        super().__init__(problem, params, lr=lr, backend=backend, max_steps=max_steps, **options)
-        self.torch_optimizer = self.build(list(params.values()), self.lr, **options)
+        self.torch_optimizer = self.build(list(params.values()), self.lr, **torch_options)
         self.schedule = schedule
         self.scheduler = make_schedule(schedule, self.torch_optimizer, max_steps=self.max_steps, **schedule_options)
 
     @abc.abstractmethod
     def build(self, tensors: list[torch.Tensor], lr: float | None, **options: Any) -> torch.optim.Optimizer:
-        """Return the ``torch.optim.Optimizer`` over ``tensors``; validate ``options`` here."""
+        """Return the ``torch.optim.Optimizer`` over ``tensors``; validate undeclared ``options`` here."""
 
     def _closure(self) -> torch.Tensor:
         loss, grads = self.problem.loss_and_grad(self.params, self.backend)
@@ -316,7 +375,13 @@ class GradientOptimizer(Optimizer):
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
-        info.update({key: value for key, value in self.options.items() if isinstance(value, (int, float, str, bool))})
+        info.update(
+            {
+                key: value
+                for key, value in self.options.items()
+                if key not in ("schedule", "schedule_options") and isinstance(value, (int, float, str, bool))
+            }
+        )
         if self.schedule is not None:
             info["schedule"] = self.schedule
         return info

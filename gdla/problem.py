@@ -3,15 +3,25 @@
 A problem owns its data (tensors), knows how to start (``init_params``), what to minimise
 (``loss``), what its answer is (``solution``) and how good an answer is (``residual``, ``error``
 against the exact ``torch.linalg`` reference). The solve loop knows nothing else about it.
+
+The base class records the arguments each problem's constructor was called with, so a problem
+can be built again from them: :meth:`Problem.to`, :meth:`Problem.batch_slice` and
+:meth:`Problem.rebuild` are derived from that record, as ``linear_operator`` derives ``to()``.
 """
 
 from __future__ import annotations
 
 import abc
 import copy
+import functools
+import inspect
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import torch
+
+from gdla.errors import InputError
 
 if TYPE_CHECKING:
     from gdla.capabilities import (
@@ -31,6 +41,66 @@ __all__ = ["Params", "Problem"]
 #: Named parameter tensors that the optimizer updates in place.
 Params = dict[str, torch.Tensor]
 
+#: Instance attribute holding the recorded constructor arguments (``None``: not recorded).
+_ARGUMENTS = "_constructor_arguments"
+
+
+def _recording(init: Callable[..., None]) -> Callable[..., None]:
+    """``init`` wrapped so that the outermost constructor call records its arguments on the instance.
+
+    A signature with ``*args`` or ``**kwargs`` records nothing (its arguments cannot be told apart),
+    and neither do the ``super().__init__`` calls it makes: the problem keeps today's hand-written path.
+    """
+    signature = inspect.signature(init)
+    recordable = all(p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in signature.parameters.values())
+
+    @functools.wraps(init)
+    def __init__(self: Problem, *args: Any, **kwargs: Any) -> None:
+        if _ARGUMENTS in self.__dict__:  # an inner super().__init__ call: the outermost call's record stands
+            init(self, *args, **kwargs)
+            return
+        arguments = None
+        if recordable:
+            try:
+                bound = signature.bind(self, *args, **kwargs)
+            except TypeError:
+                pass  # the call itself raises it, with Python's message
+            else:
+                bound.apply_defaults()
+                arguments = dict(list(bound.arguments.items())[1:])  # without self
+        self.__dict__[_ARGUMENTS] = arguments
+        init(self, *args, **kwargs)
+
+    __init__._gdla_recording = True  # type: ignore[attr-defined]
+    return __init__
+
+
+def _converted(value: Any, dtype: torch.dtype, device: torch.device) -> Any:
+    """A constructor argument as :meth:`Problem.to` hands it on: floating data in ``dtype`` on ``device``.
+
+    Floating tensors (and NumPy arrays or nested lists of floats, which constructors accept as
+    matrices) are converted, other tensors moved; anything else is kept.
+    """
+    if isinstance(value, (np.ndarray, list)):
+        try:
+            tensor = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError):
+            return value
+        if not tensor.is_floating_point():
+            return value
+        value = tensor
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype=dtype if value.is_floating_point() else value.dtype, device=device)
+    return value
+
+
+def _leading_shape(value: Any) -> tuple[int, ...]:
+    """The shape of a tensor, NumPy array or nested list (``()`` for anything else, a ragged list included)."""
+    try:
+        return tuple(np.shape(value)) if isinstance(value, list) else tuple(getattr(value, "shape", ()))
+    except ValueError:
+        return ()
+
 
 class Problem(abc.ABC):
     """Base class of a problem plugin.
@@ -43,6 +113,10 @@ class Problem(abc.ABC):
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     fused: ClassVar[bool] = False
+    #: Constructor arguments that carry a batch of independent problems in their leading dimension,
+    #: each with the number of trailing dimensions one member has (``{"A": 2}``: ``A`` of shape
+    #: ``(..., m, n)``). Declaring it derives :meth:`batch_size` and :meth:`batch_slice`.
+    batched: ClassVar[dict[str, int]] = {}
     #: Whether the loss is a quadratic function of the parameters (exact line search and
     #: conjugate gradient rely on it). ``None``: unknown. Instances may override it with a property.
     quadratic: ClassVar[bool | None] = None
@@ -57,6 +131,13 @@ class Problem(abc.ABC):
     #: sparse COO tensor (``bool`` values for a Matrix Market ``pattern`` file) instead of densifying
     #: it; problems that leave it ``False`` get the dense matrix, as before.
     accepts_sparse_matrix: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Wrap the subclass's own ``__init__`` so that the outermost call records its arguments."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None and not getattr(init, "_gdla_recording", False):
+            cls.__init__ = _recording(init)  # type: ignore[method-assign]
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -92,35 +173,80 @@ class Problem(abc.ABC):
         return cls(matrix, **options)  # type: ignore[call-arg]
 
     def _data(self) -> dict[str, torch.Tensor]:
-        """The problem's floating-point tensor attributes (what :meth:`to` converts)."""
+        """The problem's floating-point tensor attributes (what the default :meth:`to` converts)."""
         return {
             key: value
             for key, value in vars(self).items()
             if isinstance(value, torch.Tensor) and value.is_floating_point()
         }
 
+    def _first_data(self) -> torch.Tensor | None:
+        """The first floating-point tensor attribute (what :attr:`dtype` and :attr:`device` read), or ``None``."""
+        return next(
+            (value for value in vars(self).values() if isinstance(value, torch.Tensor) and value.is_floating_point()),
+            None,
+        )
+
     @property
     def dtype(self) -> torch.dtype:
         """Floating dtype of the problem's data (default: that of its first floating tensor attribute)."""
-        data = self._data()
-        return next(iter(data.values())).dtype if data else torch.get_default_dtype()
+        data = self._first_data()
+        return data.dtype if data is not None else torch.get_default_dtype()
 
     @property
     def device(self) -> torch.device:
         """Device of the problem's data (default: that of its first floating tensor attribute)."""
-        data = self._data()
-        return next(iter(data.values())).device if data else torch.device("cpu")
+        data = self._first_data()
+        return data.device if data is not None else torch.device("cpu")
+
+    def rebuild(self, **changes: Any) -> Problem:
+        """The problem built again from its recorded constructor arguments, ``changes`` replacing some.
+
+        What :meth:`to` and :meth:`batch_slice` are made of; :meth:`normalized` builds its scaled
+        copy with it too. Everything the constructor derives (analyses, caches) is derived afresh.
+
+        Raises:
+            NotImplementedError: the constructor takes ``*args``/``**kwargs``, so nothing was recorded.
+            InputError: a name in ``changes`` that the constructor does not take.
+        """
+        arguments = self.__dict__.get(_ARGUMENTS)
+        if arguments is None:
+            raise NotImplementedError(
+                f"problem {self.name!r}: rebuild() needs the constructor's arguments, which "
+                f"{type(self).__name__}.__init__ (with *args or **kwargs) does not record; override the "
+                "method that called it"
+            )
+        unknown = sorted(set(changes) - set(arguments))
+        if unknown:
+            raise InputError(
+                f"changes: expected arguments of {type(self).__name__}.__init__ ({', '.join(arguments)}), "
+                f"received {', '.join(unknown)}"
+            )
+        merged = {**arguments, **changes}
+        parameters = list(inspect.signature(type(self).__init__).parameters.values())[1:]
+        args = [merged[p.name] for p in parameters if p.kind is not inspect.Parameter.KEYWORD_ONLY]
+        kwargs = {p.name: merged[p.name] for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        return type(self)(*args, **kwargs)
 
     def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> Problem:
-        """Return a copy of the problem with its data converted (``self`` if nothing changes).
+        """Return the problem with its data converted (``self`` if nothing changes).
 
-        The default converts every floating tensor attribute of a shallow copy (integer and boolean
-        tensors move device only). Override it when derived data must be recomputed in the new dtype.
+        Rebuilt from the recorded constructor arguments with floating data converted to ``dtype`` on
+        ``device`` and other tensors moved, so derived data is computed again in the new dtype. A
+        problem whose constructor records nothing (``*args``), or whose rebuild does not land on the
+        target, gets a shallow copy with every tensor attribute converted (integer and boolean ones
+        moved only).
         """
         target = self.conversion(dtype, device)
         if target is None:
             return self
         new_dtype, new_device = target
+        arguments = self.__dict__.get(_ARGUMENTS)
+        if arguments is not None:
+            converted = {key: _converted(value, new_dtype, new_device) for key, value in arguments.items()}
+            rebuilt = self.rebuild(**converted)
+            if (rebuilt.dtype, rebuilt.device) == (new_dtype, new_device):
+                return rebuilt
         moved = copy.copy(self)
         for key, value in vars(self).items():
             if isinstance(value, torch.Tensor):
@@ -214,13 +340,29 @@ class Problem(abc.ABC):
     def batch_size(self) -> int | None:
         """Length of the leading batch dimension of independent problems, or ``None`` if not batched.
 
-        Declaring it (with :meth:`batch_slice`) lets ``gdla.solve(..., distributed=True)`` shard the batch.
+        Derived from :attr:`batched`: the leading length of the first declared argument that has
+        more dimensions than one member. Declaring it lets ``gdla.solve(..., distributed=True)``
+        shard the batch.
         """
+        arguments = self.__dict__.get(_ARGUMENTS) or {}
+        for key, member_dims in self.batched.items():
+            shape = _leading_shape(arguments.get(key))
+            if len(shape) > member_dims:
+                return int(shape[0])
         return None
 
     def batch_slice(self, start: int, stop: int) -> Problem:
-        """The sub-problem of batch members ``start:stop`` (only for problems whose :meth:`batch_size` is set)."""
-        raise NotImplementedError(f"problem {self.name!r} is not batched: it does not implement batch_slice()")
+        """The sub-problem of batch members ``start:stop``: rebuilt with the :attr:`batched` arguments sliced."""
+        if self.batch_size() is None:
+            raise NotImplementedError(f"problem {self.name!r} is not batched: it does not implement batch_slice()")
+        arguments = self.__dict__[_ARGUMENTS]
+        return self.rebuild(
+            **{
+                key: arguments[key][start:stop]
+                for key, member_dims in self.batched.items()
+                if len(_leading_shape(arguments.get(key))) > member_dims
+            }
+        )
 
     def fused_loss(self) -> InverseMSE | SvdPenaltyLoss | MaskedOperatorLoss | None:
         """The fused-kernel family that computes the loss exactly (e.g. :class:`~gdla.InverseMSE`), or ``None``.

@@ -324,6 +324,28 @@ class OptimizerContract:
             assert isinstance(loss, torch.Tensor) and loss.numel() == 1, f"step() returned {loss!r}"
             assert math.isfinite(float(loss))
 
+    def test_advance_in_bulk_equals_one_step_a_call(self) -> None:
+        """``advance(n)`` takes 1 to ``n`` steps with the bits of as many ``advance(1)``; with a tolerance it
+        returns a residual per step, or takes one step."""
+        problem = self.make_problem()
+        bulk = self._build(problem, problem.init_params(torch.Generator().manual_seed(0)))
+        single = self._build(problem, problem.init_params(torch.Generator().manual_seed(0)))
+        for tol in (0.0, 1e-300):  # a tolerance no step reaches: every rule of advance applies, nothing stops
+            losses: list[float] = []
+            with torch.no_grad():
+                while len(losses) < 6:
+                    stretch = bulk.advance(6 - len(losses), tol)
+                    count = stretch.losses.numel()
+                    assert stretch.losses.dim() == 1 and 1 <= count <= 6 - len(losses), f"advance returned {stretch}"
+                    assert stretch.residuals is None or stretch.residuals.shape == stretch.losses.shape
+                    assert tol > 0 or stretch.residuals is None
+                    assert stretch.residuals is not None or tol == 0 or count == 1
+                    losses += stretch.losses.tolist()
+                one = [float(single.advance(1, tol).losses[0]) for _ in range(6)]
+            assert losses == one
+            for key in bulk.params:
+                assert torch.equal(bulk.params[key], single.params[key])
+
     def test_same_seed_same_bits(self) -> None:
         problem = self.make_problem()
         options = {**self.solve_options, "max_steps": 25, "tol": 0}

@@ -22,11 +22,6 @@ namespace {
 
 cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
-template <typename T>
-T* ptr_or_null(const at::Tensor& t) {
-  return t.defined() ? t.data_ptr<T>() : nullptr;
-}
-
 struct CudaPrims {
   static void inverse_mse_small(const at::Tensor& A, const at::Tensor& M, Side side, double store_scale,
                                 const at::Tensor& grad_scale, double loss_scale, const at::Tensor& loss_acc,
@@ -36,7 +31,7 @@ struct CudaPrims {
     AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "gdla_inverse_mse_small_cuda", [&] {
       C10_CUDA_CHECK(cuda::launch_inverse_mse_small<scalar_t>(
           A.data_ptr<scalar_t>(), M.data_ptr<scalar_t>(), static_cast<int>(side), static_cast<int>(A.size(1)),
-          store_scale, ptr_or_null<scalar_t>(grad_scale), ptr_or_null<scalar_t>(gM), ptr_or_null<scalar_t>(gA),
+          store_scale, data_or_null<scalar_t>(grad_scale), data_or_null<scalar_t>(gM), data_or_null<scalar_t>(gA),
           sums.data_ptr<double>(), batch, current_stream()));
     });
     if (loss_acc.defined()) {
@@ -53,9 +48,9 @@ struct CudaPrims {
         loss_acc.defined() ? at::empty({blocks}, P.options().dtype(at::kDouble)) : at::Tensor();
     AT_DISPATCH_FLOATING_TYPES(P.scalar_type(), "gdla_residual_cuda", [&] {
       C10_CUDA_CHECK(cuda::launch_residual<scalar_t>(
-          P.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(target), total, P.size(1), P.size(2), store, store_scale,
-          ptr_or_null<scalar_t>(grad_scale), loss_scale, ptr_or_null<double>(partials), blocks,
-          ptr_or_null<double>(loss_acc), current_stream()));
+          P.data_ptr<scalar_t>(), data_or_null<scalar_t>(target), total, P.size(1), P.size(2), store, store_scale,
+          data_or_null<scalar_t>(grad_scale), loss_scale, data_or_null<double>(partials), blocks,
+          data_or_null<double>(loss_acc), current_stream()));
     });
   }
 
@@ -100,7 +95,7 @@ void masked_update_cuda(at::Tensor& U, const at::Tensor& omega, const at::Tensor
   const at::Tensor oc = omega.contiguous(), gc = G.contiguous();
   AT_DISPATCH_FLOATING_TYPES(U.scalar_type(), "gdla_masked_update_cuda", [&] {
     C10_CUDA_CHECK(cuda::launch_masked_update<scalar_t>(uc.data_ptr<scalar_t>(), oc.data_ptr<scalar_t>(),
-                                                        gc.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(bc),
+                                                        gc.data_ptr<scalar_t>(), data_or_null<scalar_t>(bc),
                                                         U.numel(), lr, momentum, current_stream()));
   });
   if (!uc.is_same(U)) U.copy_(uc);
@@ -116,7 +111,7 @@ std::tuple<at::Tensor, at::Tensor> newton_schulz_cuda(const at::Tensor& A, const
   at::Tensor X = at::empty(A.sizes(), A.options());
   at::Tensor steps = at::empty(batch_dims(A, 2), A.options().dtype(at::kLong));
   AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "gdla_newton_schulz_cuda", [&] {
-    C10_CUDA_CHECK(cuda::launch_newton_schulz<scalar_t>(ac.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(x0c),
+    C10_CUDA_CHECK(cuda::launch_newton_schulz<scalar_t>(ac.data_ptr<scalar_t>(), data_or_null<scalar_t>(x0c),
                                                         X.data_ptr<scalar_t>(), steps.data_ptr<int64_t>(),
                                                         batch_count(A, 2), n, static_cast<int>(max_steps), tol,
                                                         current_stream()));
@@ -237,25 +232,37 @@ at::Tensor inverse_adam_run_cuda(const at::Tensor& A, at::Tensor& X, at::Tensor&
   });
 }
 
+// The device buffers of a whole run on one thread: its rates, each step's loss, the steps taken.
+struct OneThreadRun {
+  int64_t steps;
+  at::Tensor rates, losses, done;
+
+  OneThreadRun(const at::Tensor& lrs, const at::Tensor& like)
+      : steps(lrs.numel()),
+        rates(lrs.to(like.device()).contiguous()),
+        losses(at::empty({steps}, like.options().dtype(at::kDouble))),
+        done(at::zeros({1}, like.options().dtype(at::kLong))) {}
+
+  // The losses of the steps taken.
+  at::Tensor taken() const { return losses.narrow(0, 0, done.item<int64_t>()); }
+};
+
 at::Tensor svd_sgd_run_cuda(const at::Tensor& M, at::Tensor& U, at::Tensor& s, at::Tensor& V, at::Tensor& buf_u,
                             at::Tensor& buf_s, at::Tensor& buf_v, const at::Tensor& lrs, double weight_u,
                             double weight_v, double momentum, double dampening, bool nesterov, bool started,
                             bool sign_fix, double first_loss, double blow_up) {
   check_svd_run_args(M, U, s, V, buf_u, buf_s, buf_v, lrs, weight_u, weight_v, momentum, dampening, blow_up);
   const c10::OptionalDeviceGuard guard(at::device_of(M));
-  const int64_t steps = lrs.numel();
-  const at::Tensor rates = lrs.to(M.device()).contiguous();
-  at::Tensor losses = at::empty({steps}, M.options().dtype(at::kDouble));
-  at::Tensor done = at::zeros({1}, M.options().dtype(at::kLong));
+  const OneThreadRun run(lrs, M);
   AT_DISPATCH_FLOATING_TYPES(M.scalar_type(), "gdla_svd_sgd_run_cuda", [&] {
     C10_CUDA_CHECK(cuda::launch_svd_sgd_run<scalar_t>(
         M.data_ptr<scalar_t>(), static_cast<int>(M.size(0)), static_cast<int>(M.size(1)),
         static_cast<int>(U.size(1)), weight_u, weight_v, momentum, dampening, nesterov, U.data_ptr<scalar_t>(),
         s.data_ptr<scalar_t>(), V.data_ptr<scalar_t>(), buf_u.data_ptr<scalar_t>(), buf_s.data_ptr<scalar_t>(),
-        buf_v.data_ptr<scalar_t>(), rates.data_ptr<double>(), steps, started, sign_fix, first_loss, blow_up,
-        losses.data_ptr<double>(), done.data_ptr<int64_t>(), current_stream()));
+        buf_v.data_ptr<scalar_t>(), run.rates.data_ptr<double>(), run.steps, started, sign_fix, first_loss, blow_up,
+        run.losses.data_ptr<double>(), run.done.data_ptr<int64_t>(), current_stream()));
   });
-  return losses.narrow(0, 0, done.item<int64_t>());
+  return run.taken();
 }
 
 at::Tensor masked_sgd_run_cuda(const at::Tensor& init, const at::Tensor& omega, const at::Tensor& X,
@@ -265,19 +272,16 @@ at::Tensor masked_sgd_run_cuda(const at::Tensor& init, const at::Tensor& omega, 
   const MaskedRunCodes codes =
       check_masked_run_args(init, omega, X, Y, U, buf, lrs, hops, activation, loss, momentum, dampening, blow_up);
   const c10::OptionalDeviceGuard guard(at::device_of(U));
-  const int64_t steps = lrs.numel();
-  const at::Tensor rates = lrs.to(U.device()).contiguous();
-  at::Tensor losses = at::empty({steps}, U.options().dtype(at::kDouble));
-  at::Tensor done = at::zeros({1}, U.options().dtype(at::kLong));
+  const OneThreadRun run(lrs, U);
   AT_DISPATCH_FLOATING_TYPES(U.scalar_type(), "gdla_masked_sgd_run_cuda", [&] {
     C10_CUDA_CHECK(cuda::launch_masked_sgd_run<scalar_t>(
         init.data_ptr<scalar_t>(), omega.data_ptr<scalar_t>(), X.data_ptr<scalar_t>(), Y.data_ptr<scalar_t>(),
         static_cast<int>(U.size(0)), static_cast<int>(X.size(1)), static_cast<int>(hops), codes.activation,
         codes.mse, momentum, dampening, nesterov, U.data_ptr<scalar_t>(), buf.data_ptr<scalar_t>(),
-        rates.data_ptr<double>(), steps, started, first_loss, blow_up, losses.data_ptr<double>(),
-        done.data_ptr<int64_t>(), current_stream()));
+        run.rates.data_ptr<double>(), run.steps, started, first_loss, blow_up, run.losses.data_ptr<double>(),
+        run.done.data_ptr<int64_t>(), current_stream()));
   });
-  return losses.narrow(0, 0, done.item<int64_t>());
+  return run.taken();
 }
 
 }  // namespace

@@ -1,7 +1,9 @@
 // CUDA kernel of inverse_adam_run's steps: one thread per n x n problem (n <= 16), one launch a
 // step (register_cuda.cu checks each step's loss on the host). In its own file: its sixteen sizes
 // of small::MomentumProblem are the slowest device code to compile, and compile in parallel here.
-#include "../small_inverse_math.h"
+#include "../small_dispatch.h"
+#include "../small_momentum_math.h"
+#include "../small_rules.h"
 #include "launch.h"
 
 namespace gdla {

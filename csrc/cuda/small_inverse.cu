@@ -2,7 +2,9 @@
 // (small_inverse_math.h, the same per-problem code as the CPU): the Newton-Schulz and heavy-ball
 // inverse solvers, each iterated until its own stop, the residual norms, and the small path of the
 // inverse-MSE loss.
+#include "../small_dispatch.h"
 #include "../small_inverse_math.h"
+#include "../small_momentum_math.h"
 #include "launch.h"
 
 namespace gdla {

@@ -3,6 +3,7 @@
 // writing each step's loss and the steps taken.
 #include "launch.h"
 #include "small_masked_math.h"
+#include "small_rules.h"
 #include "small_svd_math.h"
 
 namespace gdla {

@@ -15,9 +15,14 @@ in the loss's units (``heavy-ball``'s ``L`` and ``mu``) prefer the loss where it
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 
 from gdla.capabilities import LinearLeastSquares
+from gdla.errors import InputError
+from gdla.optimizer import Optimizer
 from gdla.problem import Params, Problem
 from gdla_plugins.optimizers._spectral import (
     Spectrum,
@@ -31,7 +36,7 @@ from gdla_plugins.optimizers._spectral import (
     unflatten,
 )
 
-__all__ = ["HessianView", "LeastSquaresView", "QuadraticView", "quadratic_view", "view_reason"]
+__all__ = ["HessianView", "LeastSquaresView", "QuadraticMethod", "QuadraticView", "quadratic_view", "view_reason"]
 
 
 class QuadraticView:
@@ -156,3 +161,31 @@ def view_reason(problem: Problem, method: str) -> str | None:
         "or 'quadratic = True'; use 'lbfgs' or 'adam'"
     )
 
+
+class QuadraticMethod(Optimizer):
+    """Base of the methods that work on a problem's quadratic objective (``cg``, ``line-search``, ``heavy-ball``).
+
+    On a declared least-squares form they compute with its operator in plain tensor algebra (no fused
+    kernel); on a loss declared ``quadratic`` they evaluate ``problem.loss_and_grad``, fused exactly when
+    the problem is.
+    """
+
+    kernel_free = "computes with the problem's least-squares operator in plain tensor algebra (no fused kernel)"
+
+    @classmethod
+    def fused_reason(cls, problem: Problem, options: Mapping[str, Any]) -> str | None:
+        if problem.least_squares() is None:
+            return problem.fused_reason()
+        return super().fused_reason(problem, options)
+
+    def _view(self, *, prefer_loss: bool = False, one_tensor: bool = False) -> QuadraticView:
+        """The problem's quadratic objective (:func:`quadratic_view`); an :class:`InputError` where there is none
+        on these parameters (or, with ``one_tensor``, none on a single parameter tensor)."""
+        view = quadratic_view(self.problem, self.params, self.backend, prefer_loss=prefer_loss)
+        if view is None or (one_tensor and view.key is None):
+            tensor = "one parameter tensor and " if one_tensor else ""
+            raise InputError(
+                f"optimizer: {self.name!r} cannot solve problem {self.problem.name!r}: it needs {tensor}a "
+                "least-squares loss on its parameters; use 'adam' or 'lbfgs'"
+            )
+        return view

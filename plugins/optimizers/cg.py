@@ -23,18 +23,15 @@ Hessian-vector products).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 import gdla
-from gdla.errors import InputError
-from gdla.optimizer import Optimizer, Suitability
-from gdla.options import Option
+from gdla.optimizer import Suitability
+from gdla.options import Option, choice, optional_count
 from gdla.problem import Params, Problem
-from gdla.validation import check_choice
-from gdla_plugins.optimizers._quadratic import HessianView, QuadraticView, quadratic_view, view_reason
+from gdla_plugins.optimizers._quadratic import HessianView, QuadraticMethod, QuadraticView, view_reason
 from gdla_plugins.optimizers._spectral import Spectrum
 
 __all__ = ["ConjugateGradient"]
@@ -42,7 +39,7 @@ __all__ = ["ConjugateGradient"]
 BLOCKS = ("independent", "global")
 
 
-class ConjugateGradient(Optimizer):
+class ConjugateGradient(QuadraticMethod):
     r"""Conjugate gradients (CGLS) on a problem's least-squares form; no learning rate.
 
     One :meth:`step` evaluates the loss and the normal-equations gradient at the current point,
@@ -63,32 +60,18 @@ class ConjugateGradient(Optimizer):
     default_max_steps = 1000
     state_attributes = ("_direction", "_gg", "_count")
     options = {
-        "blocks": Option(default="independent", doc="'independent' (one CG per column, row or member) or 'global'"),
-        "restart": Option(default=None, doc="restart with steepest descent every N steps (default: never)"),
+        "blocks": Option(
+            choice(*BLOCKS), "independent", "'independent' (one CG per column, row or member) or 'global'"
+        ),
+        "restart": Option(optional_count, None, "restart with steepest descent every N steps (default: never)"),
     }
 
-    def __init__(
-        self, problem: Problem, params: Params, *, lr: float | None = None, backend: str = "autograd", **options: Any
-    ) -> None:
-        if lr is not None:
-            raise InputError(
-                f"lr: optimizer 'cg' has no learning rate (its steps are exact), received {lr!r}; leave it out"
-            )
-        self.refuse_unknown_options(options)
-        blocks = check_choice(options.pop("blocks", "independent"), "blocks", BLOCKS)
-        restart = options.pop("restart", None)
-        if restart is not None and (isinstance(restart, bool) or not isinstance(restart, int) or restart < 1):
-            raise InputError(f"restart: expected None or an integer >= 1, received {restart!r}")
-        super().__init__(problem, params, lr=None, backend=backend, **options)
-        form = quadratic_view(problem, params, backend)
-        if form is None or form.key is None:
-            raise InputError(
-                f"optimizer: 'cg' cannot solve problem {problem.name!r}: it needs one parameter tensor and a "
-                "least-squares loss; use 'adam' or 'lbfgs'"
-            )
+    def __init__(self, problem: Problem, params: Params, **options: Any) -> None:
+        super().__init__(problem, params, **options)
+        form = self._view(one_tensor=True)
         self.form: QuadraticView = form
-        self.blocks = blocks
-        self.restart = restart
+        self.blocks = blocks = self.options["blocks"]
+        self.restart = self.options["restart"]
         self._dims = None if blocks == "global" else form.block_dims
         self._index = None if blocks == "global" else form.block_index
         self._blocks = int(self._index.max()) + 1 if self._index is not None and self._index.numel() else 0
@@ -108,12 +91,6 @@ class ConjugateGradient(Optimizer):
         return Suitability(
             20, "least-squares problem: conjugate gradients with exact steps, at most one step per unknown"
         )
-
-    @classmethod
-    def fused_reason(cls, problem: Problem, options: Mapping[str, Any]) -> str | None:
-        if problem.least_squares() is not None:
-            return "'cg' computes with the problem's least-squares operator in plain tensor algebra (no fused kernel)"
-        return problem.fused_reason()
 
     def _dot(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if self._index is not None:  # one sum per block, handed back to each of its entries

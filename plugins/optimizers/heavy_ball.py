@@ -28,15 +28,13 @@ import torch
 
 import gdla
 from gdla.errors import InputError
-from gdla.optimizer import Optimizer
-from gdla.options import Option
+from gdla.options import Option, integer, optional
 from gdla.problem import Params, Problem
-from gdla.validation import check_int, check_nonnegative, check_positive
-from gdla_plugins.optimizers._quadratic import LeastSquaresView, QuadraticView, quadratic_view, view_reason
+from gdla.validation import check_nonnegative, check_positive
+from gdla_plugins.optimizers._quadratic import LeastSquaresView, QuadraticMethod, QuadraticView, view_reason
 from gdla_plugins.optimizers._spectral import HESSIAN_STEPS, hessian_extremes
 
 __all__ = ["HeavyBall", "heavy_ball_parameters", "heavy_ball_steps"]
-
 
 
 def heavy_ball_parameters(L: float, mu: float) -> tuple[float, float]:
@@ -58,7 +56,7 @@ def heavy_ball_steps(kappa: float, tol: float) -> float:
     return float(math.ceil(math.log(tol) / math.log(rate)))
 
 
-class HeavyBall(Optimizer):
+class HeavyBall(QuadraticMethod):
     """Polyak's heavy ball for quadratic losses, tuned from estimated extreme Hessian eigenvalues.
 
     Options:
@@ -74,43 +72,31 @@ class HeavyBall(Optimizer):
     default_lr = None
     default_max_steps = 20_000
     options = {
-        "L": Option(default=None, doc="largest Hessian eigenvalue, in the data's units (default: estimated)"),
-        "mu": Option(default=None, doc="smallest nonzero Hessian eigenvalue (default: estimated)"),
-        "lanczos_steps": Option(default=120, doc="Lanczos iterations of the estimate"),
-        "margin": Option(default=0.05, doc="relative inflation of the estimated L"),
+        "L": Option(
+            optional(check_positive), None, "largest Hessian eigenvalue, in the data's units (default: estimated)"
+        ),
+        "mu": Option(optional(check_positive), None, "smallest nonzero Hessian eigenvalue (default: estimated)"),
+        "lanczos_steps": Option(integer(2), HESSIAN_STEPS, "Lanczos iterations of the estimate"),
+        "margin": Option(check_nonnegative, 0.05, "relative inflation of the estimated L"),
     }
     state_attributes = ("_previous",)
 
-    def __init__(
-        self, problem: Problem, params: Params, *, lr: float | None = None, backend: str = "autograd", **options: Any
-    ) -> None:
-        if lr is not None:
-            raise InputError(
-                f"lr: optimizer 'heavy-ball' sets its step from the Hessian's spectrum, received lr={lr!r}; "
-                "leave it out, or pass L= (the largest Hessian eigenvalue) to set the scale"
-            )
-        self.refuse_unknown_options(options)
-        given_l = options.pop("L", None)
-        given_mu = options.pop("mu", None)
-        steps = check_int(options.pop("lanczos_steps", HESSIAN_STEPS), "lanczos_steps", minimum=2)
-        margin = check_nonnegative(options.pop("margin", 0.05), "margin")
-        super().__init__(problem, params, lr=None, backend=backend, **options)
-        view = quadratic_view(problem, params, backend, prefer_loss=True)
-        if view is None:
-            reason = self.unsupported_reason(problem)
-            raise InputError(f"optimizer: 'heavy-ball' cannot solve problem {problem.name!r}: {reason}")
+    def __init__(self, problem: Problem, params: Params, **options: Any) -> None:
+        super().__init__(problem, params, **options)
+        given_l, given_mu = self.options["L"], self.options["mu"]
+        view = self._view(prefer_loss=True)
         self.view: QuadraticView = view
         self.matvecs = 0
         if given_l is None or given_mu is None:
             if isinstance(view, LeastSquaresView):
                 spectrum = view.spectrum()
             else:
-                spectrum = hessian_extremes(problem, params, steps=steps)
+                spectrum = hessian_extremes(problem, params, steps=self.options["lanczos_steps"])
             self.matvecs = spectrum.matvecs
-            estimated_l = float(spectrum.largest.max()) * (1 + margin)
+            estimated_l = float(spectrum.largest.max()) * (1 + self.options["margin"])
             estimated_mu = float(spectrum.smallest.min())
-        self.L = check_positive(given_l, "L") if given_l is not None else estimated_l
-        self.mu = check_positive(given_mu, "mu") if given_mu is not None else estimated_mu
+        self.L = given_l if given_l is not None else estimated_l
+        self.mu = given_mu if given_mu is not None else estimated_mu
         if not (self.L > 0 and math.isfinite(self.L)) or not (self.mu > 0):
             raise InputError(
                 f"optimizer: 'heavy-ball' found no positive curvature in problem {problem.name!r} "
@@ -138,12 +124,6 @@ class HeavyBall(Optimizer):
     @classmethod
     def unsupported_reason(cls, problem: Problem) -> str | None:
         return view_reason(problem, "heavy-ball (its step and momentum come from a constant Hessian)")
-
-    @classmethod
-    def fused_reason(cls, problem: Problem, options: Any) -> str | None:
-        if problem.least_squares() is not None:
-            return "'heavy-ball' computes with the problem's least-squares operator in plain tensor algebra"
-        return problem.fused_reason()
 
     def step(self) -> torch.Tensor:
         loss, grads = self.view.gradient(self.params)

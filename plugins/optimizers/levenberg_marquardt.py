@@ -42,11 +42,10 @@ from torch.func import jacrev, jvp, vjp
 
 import gdla
 from gdla.capabilities import SumOfSquares
-from gdla.errors import InputError
 from gdla.optimizer import Optimizer, Suitability
-from gdla.options import Option
+from gdla.options import Option, choice, count, optional_count
 from gdla.problem import Params, Problem
-from gdla.validation import check_choice, check_int, check_positive
+from gdla.validation import check_positive
 
 __all__ = ["LevenbergMarquardt"]
 
@@ -76,27 +75,18 @@ class LevenbergMarquardt(Optimizer):
     default_lr = None
     default_max_steps = 200
     options = {
-        "method": Option(default="auto", doc="'dense' (Jacobian and Cholesky), 'cg' (matrix-free) or 'auto'"),
-        "damping": Option(default=1e-6, doc="initial damping relative to max diag(JᵀJ)"),
-        "cg_iterations": Option(default=None, doc="CG iterations per solve on the matrix-free path"),
-        "max_retries": Option(default=20, doc="damped solves per step before giving up on it"),
+        "method": Option(choice(*METHODS), "auto", "'dense' (Jacobian and Cholesky), 'cg' (matrix-free) or 'auto'"),
+        "damping": Option(check_positive, 1e-6, "initial damping relative to max diag(JᵀJ)"),
+        "cg_iterations": Option(optional_count, None, "CG iterations per solve on the matrix-free path"),
+        "max_retries": Option(count, 20, "damped solves per step before giving up on it"),
     }
+    kernel_free = "evaluates the declared residuals and their Jacobian products with torch.func (no fused kernel)"
     state_attributes = ("_lambda", "_nu", "_scale", "_count", "_first_gradient")
 
-    def __init__(
-        self, problem: Problem, params: Params, *, lr: float | None = None, backend: str = "autograd", **options: Any
-    ) -> None:
-        if lr is not None:
-            raise InputError(
-                f"lr: optimizer 'levenberg-marquardt' has no learning rate (it solves for each step), "
-                f"received {lr!r}; leave it out"
-            )
-        self.refuse_unknown_options(options)
-        method = check_choice(options.pop("method", "auto"), "method", METHODS)
-        self.tau = check_positive(options.pop("damping", 1e-6), "damping")
-        cg_iterations = options.pop("cg_iterations", None)
-        self.max_retries = check_int(options.pop("max_retries", 20), "max_retries", minimum=1)
-        super().__init__(problem, params, lr=None, backend=backend, **options)
+    def __init__(self, problem: Problem, params: Params, **options: Any) -> None:
+        super().__init__(problem, params, **options)
+        self.tau = self.options["damping"]
+        self.max_retries = self.options["max_retries"]
         form = problem.sum_of_squares()
         assert form is not None  # unsupported_reason() refused the problem otherwise
         self.form: SumOfSquares = form
@@ -107,10 +97,9 @@ class LevenbergMarquardt(Optimizer):
         with torch.no_grad():
             residuals = int(self.form.residuals(params).numel())
         self.unknowns, self.residual_count = unknowns, residuals
-        self.method = _path(method, unknowns, residuals)
-        self.cg_iterations = (
-            min(unknowns, 500) if cg_iterations is None else check_int(cg_iterations, "cg_iterations", minimum=1)
-        )
+        self.method = _path(self.options["method"], unknowns, residuals)
+        cg_iterations = self.options["cg_iterations"]
+        self.cg_iterations = min(unknowns, 500) if cg_iterations is None else cg_iterations
         self._lambda: float | None = None  # set from the first Jacobian (Nielsen's τ · max diag(JᵀJ))
         self._nu = 2.0
         self._scale: torch.Tensor | None = None  # Moré's D (dense path)
@@ -154,13 +143,6 @@ class LevenbergMarquardt(Optimizer):
             return None
         return Suitability(
             45, "sum of squared residuals: Levenberg-Marquardt (Gauss-Newton steps with trust-region damping)"
-        )
-
-    @classmethod
-    def fused_reason(cls, problem: Problem, options: Mapping[str, Any]) -> str | None:
-        return (
-            "'levenberg-marquardt' evaluates the declared residuals and their Jacobian products with torch.func "
-            "(no fused kernel)"
         )
 
     # -- flat parameter vector ----------------------------------------------------------------

@@ -26,12 +26,9 @@ from typing import Any
 import torch
 
 import gdla
-from gdla.errors import InputError
-from gdla.optimizer import Optimizer
-from gdla.options import Option
+from gdla.options import Option, choice
 from gdla.problem import Params, Problem
-from gdla.validation import check_choice
-from gdla_plugins.optimizers._quadratic import QuadraticView, quadratic_view, view_reason
+from gdla_plugins.optimizers._quadratic import QuadraticMethod, QuadraticView, view_reason
 from gdla_plugins.optimizers._spectral import Spectrum
 
 __all__ = ["ExactLineSearch", "steepest_descent_steps"]
@@ -53,7 +50,7 @@ def _dot(a: Params, b: Params) -> torch.Tensor:
     return sum((a[key] * b[key]).sum() for key in a)  # type: ignore[return-value]
 
 
-class ExactLineSearch(Optimizer):
+class ExactLineSearch(QuadraticMethod):
     """Exact line search along the steepest-descent (or conjugate) direction; no learning rate.
 
     One :meth:`step` costs two gradient evaluations: at the current point (its loss is
@@ -67,24 +64,13 @@ class ExactLineSearch(Optimizer):
     summary = "steepest descent with the exact step t = g'g / g'Hg, for losses quadratic in the parameters"
     default_lr = None
     default_max_steps = 10_000
-    options = {"direction": Option(default="steepest", doc="'steepest' or 'cg' (Fletcher-Reeves)")}
+    options = {"direction": Option(choice(*DIRECTIONS), "steepest", "'steepest' or 'cg' (Fletcher-Reeves)")}
     state_attributes = ("_trial", "_previous", "_gg", "last_step")
 
-    def __init__(
-        self, problem: Problem, params: Params, *, lr: float | None = None, backend: str = "autograd", **options: Any
-    ) -> None:
-        if lr is not None:
-            raise InputError(
-                f"lr: optimizer 'line-search' computes every step length exactly, received lr={lr!r}; leave it out"
-            )
-        self.refuse_unknown_options(options)
-        self.direction = check_choice(options.pop("direction", "steepest"), "direction", DIRECTIONS)
-        super().__init__(problem, params, lr=None, backend=backend, **options)
-        view = quadratic_view(problem, params, backend, prefer_loss=True)
-        if view is None:
-            reason = self.unsupported_reason(problem)
-            raise InputError(f"optimizer: 'line-search' cannot solve problem {problem.name!r}: {reason}")
-        self.view: QuadraticView = view
+    def __init__(self, problem: Problem, params: Params, **options: Any) -> None:
+        super().__init__(problem, params, **options)
+        self.direction = self.options["direction"]
+        self.view: QuadraticView = self._view(prefer_loss=True)
         self._trial: float | None = None
         self._previous: Params | None = None
         self._gg: torch.Tensor | None = None
@@ -94,12 +80,6 @@ class ExactLineSearch(Optimizer):
     @classmethod
     def unsupported_reason(cls, problem: Problem) -> str | None:
         return view_reason(problem, "the exact line search (it fits a parabola along each direction)")
-
-    @classmethod
-    def fused_reason(cls, problem: Problem, options: Any) -> str | None:
-        if problem.least_squares() is not None:
-            return "'line-search' computes with the problem's least-squares operator in plain tensor algebra"
-        return problem.fused_reason()
 
     def step(self) -> torch.Tensor:
         loss, g = self.view.gradient(self.params)

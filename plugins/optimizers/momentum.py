@@ -30,9 +30,9 @@ import torch
 
 import gdla
 from gdla.capabilities import InverseMSE
-from gdla.problem import Params, Problem
 from gdla.stopping import BLOW_UP
 from gdla.validation import check_positive, check_probability
+from gdla_plugins.optimizers._whole_run import WholeRun
 from gdla_plugins.optimizers.torch_optim import Option, TorchOptimizer, unit_interval
 
 __all__ = ["Momentum", "SeedMomentum"]
@@ -97,8 +97,13 @@ class SeedMomentum(torch.optim.Optimizer):
         return loss
 
 
-class Momentum(TorchOptimizer):
-    """Seed 000's momentum method (:class:`SeedMomentum`); option ``momentum`` (default 0.9)."""
+class Momentum(WholeRun, TorchOptimizer):
+    """Seed 000's momentum method (:class:`SeedMomentum`); option ``momentum`` (default 0.9).
+
+    Under ``backend="fused"`` a fixed rate on a declared inverse MSE (``n <= gdla.limits.RUN_MAX_N``)
+    runs whole runs in one call of ``gdla.ops.inverse_momentum_run``
+    (:class:`~gdla_plugins.optimizers._whole_run.WholeRun`).
+    """
 
     name = "momentum"
     summary = "seed 000's gradient descent with momentum: v <- momentum*v + grad, x <- x - lr*v; default lr 0.5/L"
@@ -108,12 +113,6 @@ class Momentum(TorchOptimizer):
     accepted = {"momentum": Option(unit_interval, SEED_MOMENTUM)}
     lr_rule = ("inverse_lipschitz", 0.5)
     lr_units = "curvature"
-    runs_tested = True
-    state_attributes = ("_first_loss",)
-
-    def __init__(self, problem: Problem, params: Params, **options: Any) -> None:
-        super().__init__(problem, params, **options)
-        self._whole_run = self._whole_run_form()
 
     def build(self, tensors: list[torch.Tensor], lr: float | None, **options: Any) -> torch.optim.Optimizer:
         optimizer = super().build(tensors, lr, **options)
@@ -122,23 +121,20 @@ class Momentum(TorchOptimizer):
             optimizer.masks = {self.params[key]: mask for key, mask in masks.items() if key in self.params}
         return optimizer
 
-    def _whole_run_form(self) -> InverseMSE | None:
-        """The fused inverse MSE where the whole-run kernel serves it: a fixed rate, ``n <= gdla.ops.RUN_MAX_N``."""
+    def _run_form(self) -> InverseMSE | None:
+        """The fused inverse MSE where the whole-run kernel serves it: a fixed rate, ``n <= gdla.limits.RUN_MAX_N``."""
         if self.backend != "fused" or self.scheduler is not None:
             return None
-        from gdla import ops
+        from gdla import limits
 
-        return self.inverse_run_form(ops.RUN_MAX_N)
+        return self._inverse_run_form(limits.RUN_MAX_N)
 
-    def run(self, steps: int, *, stop_loss: float | None = None) -> torch.Tensor | None:
+    def _kernel(self, steps: int, stop_loss: float | None = None) -> torch.Tensor:
         """Seed 000's update, ``steps`` times in one call of ``gdla.ops.inverse_momentum_run``.
 
-        ``stop_loss``: the kernel's residual test (:meth:`run_tested`); the losses then end with the
-        loss at the final iterate.
+        ``stop_loss``: the kernel's residual test; the losses then end with the loss at the final iterate.
         """
         form = self._whole_run
-        if form is None:
-            return None
         from gdla import ops
 
         X = self.params[form.key]
@@ -148,7 +144,7 @@ class Momentum(TorchOptimizer):
         if velocity is None:
             velocity = state["velocity"] = torch.zeros_like(X)
         group = self.torch_optimizer.param_groups[0]  # a fixed rate: the form refuses schedules
-        return self.run_scheduled(steps, lambda lrs: ops.inverse_momentum_run(
+        return self._scheduled(steps, lambda lrs: ops.inverse_momentum_run(
             form.A, X, velocity, form.side, group["lr"], group["momentum"], len(lrs),
             started=started, first_loss=self._first_loss, blow_up=BLOW_UP, stop_loss=stop_loss,
         ), extra=int(stop_loss is not None))

@@ -30,9 +30,10 @@ import gdla
 from gdla.backend import extension_status
 from gdla.capabilities import MatrixInverse
 from gdla.errors import InputError
+from gdla.limits import SMALL_MAX_N
 from gdla.mesh import full_tensor, identity_like, is_dtensor, replicated
 from gdla.optimizer import Optimizer, Suitability
-from gdla.options import Option
+from gdla.options import Option, choice
 from gdla.problem import Params, Problem
 from gdla.validation import check_choice, check_finite, check_int, check_matrix, check_nonnegative
 from gdla_plugins.optimizers._spectral import gram_extremes
@@ -41,15 +42,16 @@ __all__ = ["NewtonSchulz", "batched_inverse", "newton_schulz_steps", "polar_newt
 
 STARTS = ("safe", "init")
 SIDES = ("right", "left", "both")
-#: Largest matrix side the extension's small-matrix kernel accepts.
-FUSED_MAX_SIDE = 16
+#: Largest matrix side the extension's small-matrix kernel accepts (its own limit, :mod:`gdla.limits`).
+FUSED_MAX_SIDE = SMALL_MAX_N
 
 
 def safe_start(A: torch.Tensor) -> torch.Tensor:
-    """``Aᵀ / (‖A‖₁ ‖A‖_∞)`` per matrix (see :meth:`gdla.MatrixInverse.safe_start`), contiguous.
+    """``Aᵀ / (‖A‖₁ ‖A‖_∞)`` per matrix: :meth:`gdla.MatrixInverse.safe_start` (the one rule), contiguous.
 
     Args:
-        A: shape ``(..., m, n)``. Returns shape ``(..., n, m)``; a zero matrix gives zeros.
+        A: shape ``(..., m, n)``. Returns shape ``(..., n, m)``; a zero matrix gives zeros (no
+        inverse: the iteration stays there, and :func:`batched_inverse` reports it not converged).
     """
     return MatrixInverse(A).safe_start().contiguous()
 
@@ -139,21 +141,15 @@ class NewtonSchulz(Optimizer):
     default_lr = None
     default_max_steps = 200
     options = {
-        "start": Option(default="safe", doc="'safe': Aᵀ/(‖A‖₁‖A‖∞), always converges; 'init': the problem's start")
+        "start": Option(
+            choice(*STARTS), "safe", "'safe': Aᵀ/(‖A‖₁‖A‖∞), always converges; 'init': the problem's start"
+        )
     }
     state_attributes = ("_done", "_last_change", "_count")
 
-    def __init__(
-        self, problem: Problem, params: Params, *, lr: float | None = None, backend: str = "autograd", **options: Any
-    ) -> None:
-        if lr is not None:
-            raise InputError(
-                f"lr: optimizer 'newton-schulz' has no learning rate (its step is exact), received {lr!r}; leave it out"
-            )
-        self.refuse_unknown_options(options)
-        start = check_choice(options.pop("start", "safe"), "start", STARTS)
-        super().__init__(problem, params, lr=None, backend=backend, **options)
-        self.start = start
+    def __init__(self, problem: Problem, params: Params, **options: Any) -> None:
+        super().__init__(problem, params, **options)
+        self.start = self.options["start"]
         self.inverse: MatrixInverse = problem.matrix_inverse()  # type: ignore[assignment]  # checked above
         self.key = self.inverse.key
         self.A = self.inverse.A  # shape: (..., m, n)
@@ -200,6 +196,12 @@ class NewtonSchulz(Optimizer):
 
     @classmethod
     def fused_reason(cls, problem: Problem, options: Any) -> str | None:
+        return cls._kernel_reason(problem)
+
+    @classmethod
+    def _kernel_reason(cls, problem: Problem) -> str | None:
+        """Why the fused kernel cannot take ``problem`` (``None``: it can); the constructor's own check too, for an
+        optimizer built directly with ``backend="fused"``."""
         inverse = problem.matrix_inverse()
         if inverse is None:
             return cls.unsupported_reason(problem)
@@ -216,14 +218,21 @@ class NewtonSchulz(Optimizer):
         return None
 
     def expected_steps(self, tol: float) -> float | None:
+        """Steps of the safe start to reach ``tol``: the cheap bound where it fits the budget, else the estimate.
+
+        The bound is ``log₂(ln(1/tol) · n κ²) + 2`` from the problem's condition estimate (the safe
+        start has ``t₀ = σ_min² / (‖A‖₁‖A‖_∞) ≥ 1 / (n κ²)``); where it exceeds ``max_steps`` (or
+        is unknown), the costlier :func:`newton_schulz_steps` estimates the count from ``A``'s spectrum.
+        """
         if self.start != "safe":
             return None
+        bound = self._steps_bound(tol)
+        if bound is not None and self.max_steps is not None and bound <= self.max_steps:
+            return bound
         return newton_schulz_steps(self.A, tol)
 
-    def steps_bound(self, tol: float) -> float | None:
-        """``log₂(ln(1/tol) · n κ²) + 2`` from the problem's condition estimate: the safe start has
-        ``t₀ = σ_min² / (‖A‖₁‖A‖_∞) ≥ 1 / (n κ²)`` (see :func:`newton_schulz_steps`)."""
-        if self.start != "safe" or not 0 < tol < 1:
+    def _steps_bound(self, tol: float) -> float | None:
+        if not 0 < tol < 1:
             return None
         kappa = self.problem.condition_estimate()
         if kappa is None or not math.isfinite(kappa) or kappa < 1:
@@ -291,7 +300,7 @@ class NewtonSchulz(Optimizer):
         The kernel iterates ``X ← 2X − X A X``, which is the update of every side for a square
         ``A`` (``X(2I − AX) = (2I − XA)X``). Pseudo mode keeps the PyTorch path for its cleaning.
         """
-        if self.backend != "fused" or self.fused_reason(self.problem, {}) is not None:
+        if self.backend != "fused" or self._kernel_reason(self.problem) is not None:
             return None
         kernel = _ops_function("small_inverse_newton_schulz")
         # the fused MSE is the problem's loss only where the declared form's loss was checked to be it
@@ -324,13 +333,17 @@ def batched_inverse(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Invert every matrix of ``A`` by safe-start Newton-Schulz, each until ``‖AX − I‖_F/√n <= tol``.
 
-    The whole run in one call: with the extension (``backend`` ``"auto"`` or ``"fused"``, ``n <= 16``)
+    The whole run in one call: with the extension (``backend`` ``"auto"`` or ``"fused"``, ``n <= FUSED_MAX_SIDE``)
     each matrix is iterated to its own stop inside one kernel; otherwise batched PyTorch products
     run until the worst matrix converges. For batches of tiny matrices this is the fast path;
     :class:`NewtonSchulz` is the same iteration one step per :func:`gdla.solve` step.
 
+    Both paths start from the same rule (:func:`safe_start`, without overflow for any finite ``A``).
+
     Returns:
         ``(X, steps)``: the inverses (shape of ``A``) and iterations per matrix (shape ``A.shape[:-2]``).
+        A matrix that did not reach ``tol`` (a singular one; a zero matrix stays at its zero start)
+        took ``max_steps``.
     """
     A = check_matrix(A, "A", square=True, allow_nonfinite=True)
     # one reduction instead of an elementwise scan: NaN propagates through min/max, ±inf shows there

@@ -30,18 +30,16 @@ truncated SVD never pays for a full decomposition.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 import gdla
 from gdla.capabilities import SingularValueDecomposition
-from gdla.errors import InputError
 from gdla.optimizer import Optimizer, Suitability
-from gdla.options import Option
+from gdla.options import Option, optional_count
 from gdla.problem import Params, Problem
-from gdla.validation import check_int
 
 __all__ = ["RiemannianSVD", "brockett_trust_region_step"]
 
@@ -220,27 +218,22 @@ class RiemannianSVD(Optimizer):
     summary = "SVD by a Riemannian trust region (truncated CG on the Hessian) on Brockett's cost over Stiefel pairs"
     default_lr = None
     default_max_steps = 500
-    options = {"inner_iterations": Option(default=None, doc="truncated-CG iterations per trust-region step")}
+    options = {
+        "inner_iterations": Option(optional_count, None, "truncated-CG iterations per trust-region step")
+    }
+    kernel_free = "works on the declared matrix with plain tensor algebra (no fused kernel)"
     state_attributes = ("_radius", "_count")
 
-    def __init__(
-        self, problem: Problem, params: Params, *, lr: float | None = None, backend: str = "autograd", **options: Any
-    ) -> None:
-        if lr is not None:
-            raise InputError(
-                f"lr: optimizer 'riemannian-svd' has no learning rate (a trust region sizes its steps), "
-                f"received {lr!r}; leave it out"
-            )
-        self.refuse_unknown_options(options)
-        inner = options.pop("inner_iterations", None)
-        super().__init__(problem, params, lr=None, backend=backend, **options)
+    def __init__(self, problem: Problem, params: Params, **options: Any) -> None:
+        super().__init__(problem, params, **options)
         form = problem.singular_value_decomposition()
         assert form is not None  # unsupported_reason() refused the problem otherwise
         self.form: SingularValueDecomposition = form
         m, n = form.matrix.shape
         k = form.rank
         dimension = (m + n) * k - k * (k + 1)
-        self.inner_iterations = max(dimension, 1) if inner is None else check_int(inner, "inner_iterations", minimum=1)
+        inner = self.options["inner_iterations"]
+        self.inner_iterations = max(dimension, 1) if inner is None else inner
         self.max_radius = math.pi * math.sqrt(2 * k)
         self._radius = self.max_radius / 8
         self._count = 0
@@ -261,10 +254,6 @@ class RiemannianSVD(Optimizer):
         return Suitability(
             40, "singular value decomposition: Riemannian trust region on orthonormal U, V (quadratic convergence)"
         )
-
-    @classmethod
-    def fused_reason(cls, problem: Problem, options: Mapping[str, Any]) -> str | None:
-        return "'riemannian-svd' works on the declared matrix with plain tensor algebra (no fused kernel)"
 
     def step(self) -> torch.Tensor:
         loss = self.problem.loss(self.params).detach()

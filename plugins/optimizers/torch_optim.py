@@ -2,7 +2,9 @@ r"""The ``torch.optim`` methods as gdla optimizers: ``sgd``, ``adam``, ``adagrad
 
 Each one is a row of declarations (:class:`TorchOptimizer`): the ``torch.optim`` class, the options
 it accepts with a validator and a default each, and a rule for its default learning rate. Options
-are checked here, with gdla's wording, before torch sees them.
+are checked once, against that schema and with gdla's wording, before torch sees them. ``sgd`` and
+``adam`` also run whole runs in one kernel call under ``backend="fused"``
+(:mod:`gdla_plugins.optimizers._whole_run`).
 
 Default learning rates come from a cheap probe of the problem at its starting point
 (:func:`gdla_plugins.optimizers._scales.estimate_scales`): ``sgd`` uses ``lr = 1 / L``, ``momentum``
@@ -11,22 +13,18 @@ Default learning rates come from a cheap probe of the problem at its starting po
 
 from __future__ import annotations
 
-import difflib
-import math
-from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import torch
 
 import gdla
-from gdla.capabilities import InverseMSE, MaskedOperatorLoss, SvdPenaltyLoss
 from gdla.errors import InputError
-from gdla.optimizer import GradientOptimizer, Suitability, TestedRun
-from gdla.options import Option
-from gdla.problem import Params, Problem
-from gdla.stopping import BLOW_UP
-from gdla.validation import check_choice, check_int, check_nonnegative, check_positive, check_probability
+from gdla.optimizer import GradientOptimizer, Suitability
+from gdla.options import Option, count, flag, optional_count
+from gdla.problem import Problem
+from gdla.validation import check_choice, check_nonnegative, check_positive, check_probability
 from gdla_plugins.optimizers._scales import Scales, estimate_scales
+from gdla_plugins.optimizers._whole_run import AdamWholeRun, SGDWholeRun
 
 __all__ = [
     "SGD",
@@ -38,29 +36,13 @@ __all__ = [
     "Scales",
     "TorchOptimizer",
     "estimate_scales",
-    "validate_options",
 ]
-
-#: Options every gradient optimizer takes besides its own (handled by :class:`~gdla.GradientOptimizer`).
-COMMON_OPTIONS = ("schedule", "schedule_options")
 
 
 # -- option validators: (value, name) -> the value torch receives ------------------------------
-def flag(value: Any, name: str) -> bool:
-    """A boolean (not a number that happens to be 0 or 1)."""
-    if not isinstance(value, bool):
-        raise InputError(f"{name}: expected True or False, received {value!r}")
-    return value
-
-
 def unit_interval(value: Any, name: str) -> float:
     """A number in ``[0, 1)`` (momentum, averaging constants)."""
     return check_probability(value, name)
-
-
-def count(value: Any, name: str) -> int:
-    """An integer >= 1."""
-    return check_int(value, name, minimum=1)
 
 
 def betas(value: Any, name: str) -> tuple[float, float]:
@@ -70,39 +52,17 @@ def betas(value: Any, name: str) -> tuple[float, float]:
     return (check_probability(value[0], f"{name}[0]"), check_probability(value[1], f"{name}[1]"))
 
 
-def optional_count(value: Any, name: str) -> int | None:
-    """``None`` or an integer >= 1."""
-    return None if value is None else count(value, name)
-
-
 def line_search(value: Any, name: str) -> str | None:
     """``"strong_wolfe"`` or ``None`` (the two line searches ``torch.optim.LBFGS`` knows)."""
     return check_choice(value, name, ("strong_wolfe", None))
-
-
-def validate_options(optimizer: str, accepted: Mapping[str, Option], given: Mapping[str, Any]) -> dict[str, Any]:
-    """Return every option of ``accepted``, validated, with defaults filled in.
-
-    Raises:
-        InputError: for an unknown option name (listing the accepted ones) or an invalid value.
-    """
-    for key in given:
-        if key not in accepted:
-            names = sorted(accepted) + list(COMMON_OPTIONS)
-            hint = difflib.get_close_matches(str(key), names, n=1)
-            suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
-            raise InputError(
-                f"{key}: optimizer {optimizer!r} has no option {key!r}{suggestion}; "
-                f"accepted options: lr, max_steps, {', '.join(names)}"
-            )
-    return {key: option.check(given.get(key, option.default), key) for key, option in accepted.items()}
 
 
 # -- the shared adapter ---------------------------------------------------------------------------
 class TorchOptimizer(GradientOptimizer):
     """A ``torch.optim.Optimizer`` declared by class attributes; subclasses are declarations.
 
-    Class attributes: ``torch_class``; ``accepted`` (option name → :class:`Option`);
+    Class attributes: ``torch_class``; ``accepted`` (option name → :class:`Option`, the options
+    torch receives; the schema :attr:`options` adds ``schedule`` and ``schedule_options``);
     ``lr_rule``, ``("inverse_lipschitz", c)`` for ``lr = c / L``, ``("distance", c)`` for
     ``lr = c · D``, or ``None`` for the fixed ``default_lr``; ``default_schedule``. Checks
     that involve several options go in :meth:`resolve`.
@@ -115,10 +75,6 @@ class TorchOptimizer(GradientOptimizer):
     default_schedule: ClassVar[str | None] = None
     #: A fixed step (and fixed momentum): its iteration count is predictable on quadratics.
     fixed_step: ClassVar[bool] = False
-    #: Whether :meth:`run` takes ``stop_loss`` (the inverse whole-run kernels' residual test), for :meth:`run_tested`.
-    runs_tested: ClassVar[bool] = False
-    #: The declared loss a whole-run kernel serves in this run (set by subclasses that have one), else ``None``.
-    _whole_run: Any = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -130,12 +86,6 @@ class TorchOptimizer(GradientOptimizer):
             ),
             "schedule_options": Option(default=None, doc="the schedule's options, e.g. {'gamma': 0.99}"),
         }
-
-    def __init__(self, problem: Problem, params: Params, **options: Any) -> None:
-        if self.default_schedule is not None and "schedule" not in options:
-            options["schedule"] = self.default_schedule
-        self._first_loss = math.nan  # see run_scheduled
-        super().__init__(problem, params, **options)
 
     @classmethod
     def default_lr_for(cls, problem: Problem) -> float | None:
@@ -150,81 +100,29 @@ class TorchOptimizer(GradientOptimizer):
         return cls.default_lr if scales.distance is None else factor * scales.distance
 
     def build(self, tensors: list[torch.Tensor], lr: float | None, **options: Any) -> torch.optim.Optimizer:
-        self.settings = validate_options(self.name, self.accepted, options)
-        self.resolve(self.settings)
-        return self.torch_class(tensors, lr=lr, **self.settings)
+        """``torch_class`` over ``tensors`` with the declared options (checked), after :meth:`resolve`."""
+        self.resolve(options)
+        self.options.update(options)  # with what resolve derived, for describe()
+        return self.torch_class(tensors, lr=lr, **options)
 
     def expected_steps(self, tol: float) -> float | None:
         """Iterations a fixed-step method needs on a quadratic loss, from its Hessian's extremes."""
         if not self.fixed_step or self.scheduler is not None or self.lr is None:
             return None
-        if any(self.settings.get(key) for key in ("nesterov", "dampening", "weight_decay")):
+        if any(self.options.get(key) for key in ("nesterov", "dampening", "weight_decay")):
             return None
         from gdla_plugins.optimizers._spectral import fixed_step_expected_steps
 
-        return fixed_step_expected_steps(self.problem, self.params, self.lr, self.settings.get("momentum", 0.0), tol)
+        return fixed_step_expected_steps(self.problem, self.params, self.lr, self.options.get("momentum", 0.0), tol)
 
     def resolve(self, settings: dict[str, Any]) -> None:
-        """Check options against each other and fill defaults derived from others (default: nothing)."""
-
-    def step(self) -> torch.Tensor:
-        """One step: through :meth:`run` where a whole-run kernel takes this run (so a step-by-step run and a
-        bulk run give the same bits), else ``torch.optim``'s."""
-        losses = self.run(1)
-        return super().step() if losses is None else losses[0]
-
-    def run_scheduled(
-        self, steps: int, kernel: Callable[[torch.Tensor], torch.Tensor], *, extra: int = 0
-    ) -> torch.Tensor:
-        """``kernel(lrs)``, a whole-run kernel given the rate of each of the next ``steps`` steps.
-
-        The rates are the schedule's, replayed bit for bit (:func:`gdla.schedules.upcoming_rates`);
-        afterwards the schedule is moved past the steps the kernel took (its losses but the last
-        ``extra`` entries, which are no steps), and the run's first loss (the kernels' divergence
-        reference, ``_first_loss``) is kept. Returns the kernel's losses.
-        """
-        from gdla.schedules import advance, upcoming_rates
-
-        rates = upcoming_rates(self.scheduler, self.torch_optimizer.param_groups[0]["lr"], steps)
-        losses = kernel(torch.from_numpy(rates[:steps]))
-        taken = len(losses) - extra
-        advance(self.scheduler, rates, taken)
-        if math.isnan(self._first_loss) and taken:
-            self._first_loss = float(losses[0])
-        return losses
-
-    def run_tested(self, steps: int, tol: float) -> TestedRun | None:
-        """:meth:`run` with the kernel's ``stop_loss`` test, where the problem's
-        :class:`~gdla.capabilities.InverseMSE` declares its residual a function of the loss
-        (``residual_factor``) and this method's :meth:`run` takes ``stop_loss`` (:attr:`runs_tested`).
-        The residual after each step is the next step's loss, and after the last, the loss the
-        kernel returns last; ``tol`` becomes the equivalent bound on the loss
-        (:meth:`~gdla.capabilities.InverseMSE.loss_tolerance`), so the test is the loop's, bit for bit."""
-        form = self._whole_run
-        if not self.runs_tested or not isinstance(form, InverseMSE) or form.residual_factor is None:
-            return None
-        out = self.run(steps, stop_loss=form.loss_tolerance(tol))
-        return None if out is None else TestedRun(out[:-1], form.residuals(out[1:]))
-
-    def inverse_run_form(self, max_n: int) -> InverseMSE | None:
-        """The problem's fused inverse MSE where a whole-run kernel can take this run, else ``None``.
-
-        That is: ``backend="fused"``, the problem declares :class:`~gdla.capabilities.InverseMSE`,
-        and its one parameter tensor and ``A`` are contiguous square ``n × n`` matrices, ``n <= max_n``.
-        """
-        form = self.problem.fused_loss()
-        if self.backend != "fused" or not isinstance(form, InverseMSE) or len(self.params) != 1:
-            return None
-        X, A = self.params.get(form.key), form.A
-        if X is None or not X.is_contiguous() or not A.is_contiguous() or A.layout != torch.strided:
-            return None
-        if A.shape[-1] != A.shape[-2] or A.shape[-1] > max_n or X.shape != A.shape:
-            return None
-        return form
+        """Check ``settings`` (the torch options) against each other and fill defaults derived from others
+        (default: nothing)."""
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"name": self.name, "lr": self.lr}
-        info.update({key: list(v) if isinstance(v, tuple) else v for key, v in self.settings.items()})
+        info.update({key: list(v) if isinstance(v, tuple) else v for key, v in self.options.items()
+                     if key in self.accepted})
         if self.schedule is not None:
             info["schedule"] = self.schedule
         return info
@@ -234,11 +132,12 @@ _WEIGHT_DECAY = Option(check_nonnegative, 0.0)
 _EPS = Option(check_positive, 1e-8)
 
 
-class SGD(TorchOptimizer):
+class SGD(SGDWholeRun, TorchOptimizer):
     r"""``torch.optim.SGD``: :math:`v \leftarrow \mu v + (1 - \tau) g`, :math:`x \leftarrow x - \mathrm{lr}\, v`.
 
     ``μ`` is ``momentum``, ``τ`` ``dampening``. Default ``lr = 1 / L`` (see the module docstring),
-    no momentum.
+    no momentum. Under ``backend="fused"`` the SVD penalty and masked-operator losses run whole runs
+    in one kernel call (:class:`~gdla_plugins.optimizers._whole_run.SGDWholeRun`).
     """
 
     name = "sgd"
@@ -254,76 +153,6 @@ class SGD(TorchOptimizer):
     }
     lr_rule = ("inverse_lipschitz", 1.0)
     lr_units = "curvature"
-    state_attributes = ("_first_loss",)
-
-    def __init__(self, problem: Problem, params: Params, **options: Any) -> None:
-        super().__init__(problem, params, **options)
-        self._whole_run = self._run_form()
-
-    def _run_form(self) -> SvdPenaltyLoss | MaskedOperatorLoss | None:
-        """The problem's fused loss where a whole-run kernel (``gdla.ops.svd_sgd_run``, ``masked_sgd_run``)
-        can take the run: ``backend="fused"``, no weight decay, small contiguous tensors. Else ``None``."""
-        form = self.problem.fused_loss()
-        if self.backend != "fused" or self.settings["weight_decay"] != 0:
-            return None
-        from gdla import ops  # the compiled extension loads only when asked for
-
-        if isinstance(form, SvdPenaltyLoss):
-            data, keys = [form.M], form.keys
-            fits = form.M.dim() == 2 and max(form.M.shape) <= ops.SMALL_MAX_N
-        elif isinstance(form, MaskedOperatorLoss):
-            data, keys = [form.init, form.omega, form.X, form.Y], (form.key,)
-            fits = form.X.dim() == 2 and form.X.shape[0] <= ops.SMALL_MAX_N and form.X.shape[1] <= ops.RUN_MAX_COLUMNS
-            fits = fits and form.hops <= ops.RUN_MAX_HOPS and all(t.layout == torch.strided for t in data)
-        else:
-            return None
-        tensors = [self.params.get(key) for key in keys]
-        if not fits or set(self.params) != set(keys) or any(t is None or not t.is_contiguous() for t in tensors):
-            return None
-        return form if all(t.is_contiguous() for t in data) else None
-
-    @property
-    def projects_in_run(self) -> bool:
-        """The SVD run applies the problem's projection (the sign fix) after each of its steps."""
-        return isinstance(self._whole_run, SvdPenaltyLoss)
-
-    def run(self, steps: int) -> torch.Tensor | None:
-        """``steps`` SGD steps in one call of the problem's whole-run kernel (the SVD's sign fix included).
-
-        Keeps torch's state (``momentum_buffer``) and moves the schedule as ``steps`` calls of
-        :meth:`step` would.
-        """
-        form = self._whole_run
-        if form is None:
-            return None
-        from gdla import ops
-
-        keys = form.keys if isinstance(form, SvdPenaltyLoss) else (form.key,)
-        tensors = [self.params[key] for key in keys]
-        group = self.torch_optimizer.param_groups[0]
-        momentum = group["momentum"]
-        states = [self.torch_optimizer.state[t] for t in tensors]
-        started = all(state.get("momentum_buffer") is not None for state in states)
-        if momentum:
-            for state, tensor in zip(states, tensors, strict=True):
-                if state.get("momentum_buffer") is None:
-                    state["momentum_buffer"] = torch.zeros_like(tensor)
-            buffers = tuple(state["momentum_buffer"] for state in states)
-        else:  # plain SGD keeps no buffer: scratch space the kernel leaves unused
-            buffers = tuple(torch.zeros_like(t) for t in tensors)
-        rule = {
-            "momentum": momentum, "dampening": group["dampening"], "nesterov": group["nesterov"], "started": started,
-            "first_loss": self._first_loss, "blow_up": BLOW_UP,
-        }
-
-        def kernel(lrs: torch.Tensor) -> torch.Tensor:
-            if isinstance(form, SvdPenaltyLoss):
-                return ops.svd_sgd_run(form.M, *tensors, buffers, lrs, weight_u=form.weight_u,
-                                       weight_v=form.weight_v, sign_fix=True, **rule)
-            return ops.masked_sgd_run(form.init, form.omega, form.X, form.Y, tensors[0], buffers[0], lrs,
-                                      hops=form.hops, activation=form.activation, loss=form.loss, **rule)
-
-        return self.run_scheduled(steps, kernel)
 
     def resolve(self, settings: dict[str, Any]) -> None:
         if settings["nesterov"] and (settings["momentum"] == 0 or settings["dampening"] != 0):
@@ -333,7 +162,7 @@ class SGD(TorchOptimizer):
             )
 
 
-class Adam(TorchOptimizer):
+class Adam(AdamWholeRun, TorchOptimizer):
     """``torch.optim.Adam`` (seed 003's method), by default with ``schedule="exponential"`` (``gamma=0.999``).
 
     Default ``lr = D``: the first steps move each entry by about ``D``. Once the gradients
@@ -357,51 +186,11 @@ class Adam(TorchOptimizer):
     }
     lr_rule = ("distance", 1.0)
     lr_units = "distance"
-    runs_tested = True
     default_schedule = "exponential"
-
-    state_attributes = ("_first_loss",)
-
-    def __init__(self, problem: Problem, params: Params, **options: Any) -> None:
-        super().__init__(problem, params, **options)
-        self._whole_run = None
-        if self.backend == "fused" and not self.settings["amsgrad"] and self.settings["weight_decay"] == 0:
-            from gdla import ops  # the compiled extension loads only when asked for
-
-            self._whole_run = self.inverse_run_form(ops.SMALL_MAX_N)
 
     @classmethod
     def suitability(cls, problem: Problem) -> Suitability | None:
         return Suitability(90, "nonlinear loss: adam, the first-order fallback")
-
-    def run(self, steps: int, *, stop_loss: float | None = None) -> torch.Tensor | None:
-        """``steps`` Adam steps (with the schedule's rate at each) in one ``gdla.ops.inverse_adam_run`` call.
-
-        Serves the fused backend on a problem that declares the inverse MSE (``n <= 16``) without
-        weight decay or amsgrad; it keeps torch's state (``step``, ``exp_avg``, ``exp_avg_sq``) and
-        moves the schedule as ``steps`` calls of :meth:`step` would. ``stop_loss``: the kernel's
-        residual test (:meth:`run_tested`); the losses then end with the loss at the final iterate.
-        """
-        form = self._whole_run
-        if form is None:
-            return None
-        from gdla import ops
-
-        X = self.params[form.key]
-        group = self.torch_optimizer.param_groups[0]
-        state = self.torch_optimizer.state[X]
-        if not state:  # as torch.optim.Adam starts it
-            state["step"] = torch.tensor(0.0, dtype=torch.float32)
-            state["exp_avg"] = torch.zeros_like(X, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(X, memory_format=torch.preserve_format)
-        extra = int(stop_loss is not None)
-        losses = self.run_scheduled(steps, lambda lrs: ops.inverse_adam_run(
-            form.A, X, state["exp_avg"], state["exp_avg_sq"], form.side, lrs, betas=group["betas"],
-            eps=group["eps"], step0=int(state["step"]), first_loss=self._first_loss, blow_up=BLOW_UP,
-            stop_loss=stop_loss,
-        ), extra=extra)
-        state["step"] += len(losses) - extra
-        return losses
 
 
 class Adagrad(TorchOptimizer):
@@ -485,6 +274,13 @@ class LBFGS(TorchOptimizer):
     }
 
     def resolve(self, settings: dict[str, Any]) -> None:
+        schedule = self.options["schedule"]
+        if schedule not in (None, "none") and settings["line_search_fn"] is not None:
+            raise InputError(
+                f"schedule: optimizer 'lbfgs' with line_search_fn='strong_wolfe' chooses each step length "
+                f"itself, so a learning-rate schedule cannot act on it; received schedule={schedule!r}: "
+                "drop the schedule or pass line_search_fn=None"
+            )
         if settings["max_eval"] is None:
             settings["max_eval"] = LINE_SEARCH_EVALS * settings["max_iter"]
         elif settings["max_eval"] <= settings["max_iter"]:
@@ -502,16 +298,6 @@ class LBFGS(TorchOptimizer):
             + (f" ({memory} curvature pairs, as the problem advises)" if memory else ""),
             {"history_size": memory} if memory else {},
         )
-
-    def __init__(self, problem: Problem, params: Params, **options: Any) -> None:
-        schedule = options.get("schedule")
-        if schedule not in (None, "none") and options.get("line_search_fn", "strong_wolfe") is not None:
-            raise InputError(
-                f"schedule: optimizer 'lbfgs' with line_search_fn='strong_wolfe' chooses each step length "
-                f"itself, so a learning-rate schedule cannot act on it; received schedule={schedule!r}: "
-                "drop the schedule or pass line_search_fn=None"
-            )
-        super().__init__(problem, params, **options)
 
 
 @gdla.hookimpl

@@ -23,9 +23,11 @@ from typing import Any
 
 import torch
 
+from gdla.capabilities import LinearLeastSquares
 from gdla.errors import InputError, ShapeError
+from gdla.validation import check_finite
 
-__all__ = ["Pattern", "is_sparse", "random_operator_on", "random_pattern_example"]
+__all__ = ["Pattern", "PatternStorage", "is_sparse", "random_operator_on", "random_pattern_example"]
 
 _SPARSE_LAYOUTS = (torch.sparse_coo, torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc)
 
@@ -164,6 +166,99 @@ class Pattern:
         pinvs = torch.linalg.pinv(blocks)  # (n, p, width)
         U = torch.einsum("ip,ipw->iw", rhs.double(), pinvs)
         return U[self.rows, slot]
+
+
+class PatternStorage:
+    """``U`` and ``Init`` as values on Ω's pattern (``(nnz,)``); products with ``S`` in CSR form.
+
+    The interface of :class:`~gdla_plugins.problems._sparse_storage.DenseStorage`; ``omega`` and
+    ``init`` are sparse COO tensors on the pattern, ``init_values`` the values ``U`` adds to.
+    """
+
+    kind = "sparse"
+    fused_reason: str | None = "problem 'sparse' stores U only on omega's pattern: there is no mask product to fuse"
+
+    def __init__(self, omega: Any, init: Any, n: int, dtype: torch.dtype, device: torch.device) -> None:
+        if not is_sparse(omega):
+            raise InputError(
+                "omega: a sparse init needs a sparse omega (torch sparse tensor) with init's pattern, received "
+                + ("None" if omega is None else f"a dense {type(omega).__name__}")
+            )
+        self.pattern = Pattern(omega, n, device)
+        self.n, self.dtype = n, dtype
+        self.init_values = (
+            torch.zeros(self.pattern.nnz, dtype=dtype, device=device)
+            if init is None
+            else self.pattern.values_of(init, "init", dtype)
+        )
+        check_finite(self.init_values, "init")
+        self.omega = self.pattern.to_sparse(torch.ones(self.pattern.nnz, dtype=dtype, device=device))
+        self.init = self.pattern.to_sparse(self.init_values)
+        self._target: torch.Tensor | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.pattern.nnz,)
+
+    def stored(self) -> tuple[tuple[int, ...], int] | None:
+        return (self.n, self.n), self.pattern.nnz
+
+    def free_entries(self) -> int:
+        return self.pattern.nnz
+
+    def check_u(self, U: torch.Tensor) -> torch.Tensor:
+        if tuple(U.shape) != self.shape:
+            raise ShapeError(
+                f"params['U']: expected the values on omega's pattern, shape (nnz,) = ({self.pattern.nnz},), "
+                f"received {tuple(U.shape)}"
+            )
+        return U
+
+    def operator(self, U: torch.Tensor) -> torch.Tensor:
+        return self.init_values + U
+
+    def matmul(self, S: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+        return self.pattern.matmul(S, X)
+
+    def answer(self, S: torch.Tensor) -> torch.Tensor:
+        """``S`` as a sparse COO tensor on the pattern."""
+        return self.pattern.to_sparse(S)
+
+    def comparable(self, S: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """The values: two answers on the same pattern compare value by value."""
+        return S.values(), (-1,)
+
+    def update_masks(self) -> dict[str, torch.Tensor]:
+        return {}  # every stored value is free
+
+    def fused_loss(self, *_: Any) -> None:
+        return None
+
+    def least_squares(self, X: torch.Tensor, Y: torch.Tensor, **common: Any) -> LinearLeastSquares:
+        """``x`` = U's values: the rows stay independent but share one vector (one block per row by index)."""
+        pattern = self.pattern
+        return LinearLeastSquares(
+            key="U",
+            apply=lambda d: pattern.matmul(d, X),  # also under torch.func transforms
+            adjoint=lambda r: pattern.masked_outer(r, X),
+            rhs=Y - pattern.csr(self.init_values) @ X,
+            block_index=pattern.rows,  # the stored values of one row are one problem
+            **common,
+        )
+
+    def normal_terms(self, S: torch.Tensor, X: torch.Tensor, Y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``Ω ⊙ (S X Xᵀ)`` and ``Ω ⊙ (Y Xᵀ)`` on the pattern, never ``n × n`` (the second kept)."""
+        if self._target is None:
+            self._target = self.pattern.masked_outer(Y, X)
+        return self.pattern.masked_outer(self.pattern.matmul(S, X), X), self._target
+
+    def reference(self, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+        """Row by row on the pattern (:meth:`Pattern.reference`), as a sparse COO tensor."""
+        rhs = Y - self.pattern.matmul(self.init_values, X)
+        return self.pattern.to_sparse(self.init_values + self.pattern.reference(rhs, X).to(self.dtype))
+
+    def reference_params(self, S_ref: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"U": S_ref.values() - self.init_values}
 
 
 def _compressed(sorted_rows: torch.Tensor, n: int) -> torch.Tensor:

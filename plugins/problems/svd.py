@@ -118,22 +118,6 @@ class SVDProblem(Problem):
         M = torch.rand(n + 1, n, generator=cpu_generator(EXAMPLE_SEED + check_int(seed, "seed")))
         return cls(M.to(dtype), **options)
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.M.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.M.device
-
-    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> SVDProblem:
-        moved = self.M.to(dtype=dtype or self.M.dtype, device=device or self.M.device)
-        if moved is self.M:
-            return self
-        return type(self)(
-            moved, rank=self.rank, weight_u=self.weight_u, weight_v=self.weight_v, orthonormal=self.orthonormal
-        )
-
     # -- optimisation -------------------------------------------------------------------------
     def _weights(self) -> tuple[float, float]:
         """Penalty weights in effect: none when a retraction keeps the factors orthonormal."""
@@ -281,13 +265,7 @@ class SVDProblem(Problem):
         check_representable("M", exponent, self.dtype, "the singular values of M")
         if exponent == 0:
             return None
-        work = type(self)(
-            scale_by_power_of_two(self.M, -exponent),
-            rank=self.rank,
-            weight_u=self.weight_u,
-            weight_v=self.weight_v,
-            orthonormal=self.orthonormal,
-        )
+        work = self.rebuild(M=scale_by_power_of_two(self.M, -exponent))
 
         def restore(params: Params) -> Params:
             return {

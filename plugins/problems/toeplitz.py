@@ -169,30 +169,6 @@ class ToeplitzProblem(Problem):
             row = torch.rand(n, generator=generator, dtype=torch.float64) * n
         return cls.from_row(row.to(dtype), **options)
 
-    # -- data ---------------------------------------------------------------------------------
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.target.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.target.device
-
-    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> ToeplitzProblem:
-        target = self.conversion(dtype, device)
-        if target is None:
-            return self
-        dtype, device = target
-        probes = None if self.probes is None else self.probes.to(dtype=dtype, device=device)
-        return type(self)(
-            self.target.to(dtype=dtype, device=device),
-            bandwidth=self.bandwidth,
-            loss=self.loss_kind,
-            probes=probes,
-            num_probes=self.num_probes,
-            probe_seed=self.probe_seed,
-        )
-
     def matrix(self, band: torch.Tensor) -> torch.Tensor:
         """The banded Toeplitz matrix ``B(band)``.  # band: (..., 2b+1) -> (..., n, n)"""
         return band_to_matrix(band, self.n)
@@ -245,14 +221,7 @@ class ToeplitzProblem(Problem):
         check_representable("target", exponent, self.dtype, "the best band")
         if exponent == 0:
             return None
-        work = type(self)(
-            scale_by_power_of_two(self.target, -exponent),
-            bandwidth=self.bandwidth,
-            loss=self.loss_kind,
-            probes=self.probes,
-            num_probes=self.num_probes,
-            probe_seed=self.probe_seed,
-        )
+        work = self.rebuild(target=scale_by_power_of_two(self.target, -exponent), probes=self.probes)
 
         def restore(params: Params) -> Params:
             return {"band": scale_by_power_of_two(params["band"], exponent)}

@@ -28,6 +28,7 @@ import gdla
 from gdla.capabilities import SumOfSquares
 from gdla.errors import InputError, ShapeError
 from gdla.options import Option
+from gdla.panels import DemoPanel, DemoRun
 from gdla.problem import Params, Problem
 from gdla.scaling import Normalization, check_representable, power_of_two_scale, scale_by_power_of_two
 from gdla.validation import check_choice, check_int
@@ -188,41 +189,10 @@ class ToeplitzNetProblem(Problem):
 
     # -- data ---------------------------------------------------------------------------------
     @classmethod
-    def demo(cls, quick: bool = False) -> list[Any]:
+    def demo(cls, quick: bool = False) -> list[DemoPanel]:
         """The example on 64 training rows (16 held out) with ``auto``: Levenberg-Marquardt's dense
         steps fit the demo's time budget there (7 steps, about 2 s; the full example takes about 35 s)."""
-        from gdla.demo import DemoPanel, DemoRun
-
         return [DemoPanel(cls.name, [DemoRun("", cls.example(train=64, test=16), {"max_steps": 100})])]
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.rows.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.rows.device
-
-    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> ToeplitzNetProblem:
-        target = self.conversion(dtype, device)
-        if target is None:
-            return self
-        dtype, device = target
-
-        def move(value: torch.Tensor | None) -> torch.Tensor | None:
-            return None if value is None else value.to(dtype=dtype, device=device)
-
-        return type(self)(
-            move(self.rows),
-            bandwidth=self.bandwidth,
-            hidden=self.hidden,
-            loss=self.loss_kind,
-            test_rows=move(self.test_rows),
-            probes=move(self.probes),
-            num_probes=self.num_probes,
-            probe_seed=self.probe_seed,
-            normalize=self.normalize,
-        )
 
     # -- optimisation -------------------------------------------------------------------------
     def init_params(self, generator: torch.Generator) -> Params:
@@ -282,16 +252,10 @@ class ToeplitzNetProblem(Problem):
         check_representable("rows", exponent, self.dtype, "the predicted bands")
         if exponent == 0:
             return None
-        work = type(self)(
-            scale_by_power_of_two(self.rows, -exponent),
-            bandwidth=self.bandwidth,
-            hidden=self.hidden,
-            loss=self.loss_kind,
+        work = self.rebuild(
+            rows=scale_by_power_of_two(self.rows, -exponent),
             test_rows=None if self.test_rows is None else scale_by_power_of_two(self.test_rows, -exponent),
             probes=self.probes,
-            num_probes=self.num_probes,
-            probe_seed=self.probe_seed,
-            normalize=self.normalize,
         )
         linear = [name for name, layer in self.network.named_children() if isinstance(layer, nn.Linear)]
         powers = {f"{linear[-1]}.weight": exponent, f"{linear[-1]}.bias": exponent}

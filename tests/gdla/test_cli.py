@@ -22,6 +22,7 @@ import torch
 import gdla
 from gdla import registry as registry_module
 from gdla.cli import parse_option
+from gdla.options import Option
 from gdla.validation import check_matrix
 
 CliRun = Callable[..., tuple[int, str, str]]
@@ -314,6 +315,10 @@ def test_gdla_warnings_are_one_line(tiny: Any, cli: CliRun, error_of: ErrorOf) -
         (["solve", "linear-system", "--tol=-1e-3"], "argument --tol: expected a number >= 0, received '-1e-3'"),
         (["solve", "linear-system", "--size", "0"], "argument --size: expected an integer >= 1, received '0'"),
         (["solve", "linear-system", "--seed", "-1"], "argument --seed: expected an integer >= 0, received '-1'"),
+        (
+            ["solve", "linear-system", "--seed", str(2**64)],
+            f"argument --seed: expected an integer that fits in 64 bits, received '{2**64}'",
+        ),
         (["solve", "linear-system", "--dtype", "float16"], "argument --dtype: invalid choice: 'float16'"),
         (["solve", "linear-system", "--backend", "gpu"], "argument --backend: invalid choice: 'gpu'"),
         (
@@ -356,6 +361,47 @@ def test_unknown_names_exit_2_and_list_valid_ones(tiny: Any, cli: CliRun, error_
 def test_optimizer_option_errors_exit_1(tiny: Any, cli: CliRun, error_of: ErrorOf) -> None:
     code, _, err = cli("solve", "linear-system", "--optimizer", "gd", "-o", "bogus=1")
     assert code == 1 and error_of(err) == "gdla: error: gd: unknown option(s) ['bogus']"
+
+
+class DeclaredGD(GD):
+    """``gd`` that declares its options: what its constructor refuses of them is bad usage, whatever it says."""
+
+    name = "declared-gd"
+    options = {"momentum": Option(), "nesterov": Option()}
+
+    def build(self, tensors: list[torch.Tensor], lr: float | None, **options: Any) -> torch.optim.Optimizer:
+        if options.get("momentum", 0) > 1:
+            raise gdla.InputError("no good")  # names nothing: the type and the declaration decide
+        return super().build(tensors, lr, **options)
+
+
+def test_usage_is_told_by_type_not_by_message(tiny: registry_module.Registry, cli: CliRun, error_of: ErrorOf) -> None:
+    hook = staticmethod(gdla.hookimpl(lambda register: register(DeclaredGD)))
+    plugin = type("Declared", (), {"register_optimizers": hook})
+    tiny.register_plugin(plugin, name="declared", dist="tiny-dist", version="1.2")
+    code, out, err = cli("solve", "linear-system", "--optimizer", "declared-gd", "-o", "momentum=2")
+    assert (code, out, error_of(err)) == (2, "", "gdla: error: no good")
+    code, _, err = cli("solve", "linear-system", "--optimizer", "declared-gd", "-o", "nesterov_=1")
+    assert code == 2 and "has no option 'nesterov_' (did you mean 'nesterov'?)" in error_of(err)
+    code, out, err = cli("solve", "linear-system", "--optimizer", "declared-gd", "-o", "momentum=0.5", "--json")
+    assert code == 0 and json.loads(out)["stop_reason"] == "converged", err
+
+
+def test_problem_options_a_problem_does_not_take_exit_2(tiny: Any, cli: CliRun, error_of: ErrorOf) -> None:
+    code, out, err = cli("solve", "linear-system", "--optimizer", "gd", "-p", "bogus=1", "-p", "other=2")
+    assert code == 2 and out == ""
+    assert error_of(err).startswith(
+        "gdla: error: --problem-option: problem 'linear-system' does not accept these options (bogus, other): "
+    )
+    assert "unexpected keyword argument" in error_of(err)
+
+
+def test_every_parsed_command_has_its_function() -> None:
+    from gdla.cli_parse import build_parser
+    from gdla.commands import COMMANDS
+
+    choices = next(action.choices for action in build_parser()._actions if action.dest == "command")
+    assert set(choices) == set(COMMANDS) == {"plugins", "info", "solve", "demo"}
 
 
 @pytest.mark.parametrize(

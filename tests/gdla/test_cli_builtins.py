@@ -117,6 +117,20 @@ def test_invalid_option_values_are_usage_errors(cli: CliRun, error_of: ErrorOf, 
         assert word in line, line
 
 
+def test_a_setting_the_method_refuses_is_a_usage_error(cli: CliRun, error_of: ErrorOf) -> None:
+    code, out, err = cli("solve", "inverse", "--optimizer", "cg", "--lr", "0.1")
+    assert code == 2 and out == ""
+    assert error_of(err).startswith("gdla: error: lr: optimizer 'cg' has no learning rate")
+
+
+def test_bad_data_with_problem_options_is_still_bad_data(cli: CliRun, error_of: ErrorOf, tmp_path: Path) -> None:
+    path = save(tmp_path, "nan.npy", np.array([[1.0, math.nan], [0.0, 1.0]]))
+    code, out, err = cli("solve", "inverse", "--matrix", path, "-p", "pseudo=true")
+    assert code == 1 and out == ""
+    assert error_of(err).startswith(f"gdla: error: matrix file {path!r} for problem 'inverse': ")
+    assert "1 NaN/Inf entry" in error_of(err)
+
+
 def test_integer_matrix_files_are_solved_in_the_float_dtype(cli: CliRun, tmp_path: Path) -> None:
     import scipy.io
 

@@ -1,4 +1,4 @@
-"""Runs with a tolerance in bulk: the optimizer's own residual test (``Optimizer.run_tested``) against the loop's.
+"""Runs with a tolerance in bulk: the optimizer's own residual test (``Optimizer.advance(n, tol)``) against the loop's.
 
 A whole-run kernel that finds the residual in the loss its next step computes (the inverse
 problem's ``InverseMSE.residual_factor``) runs many steps a call and stops where the loop, testing
@@ -15,7 +15,7 @@ import torch
 
 import gdla
 from gdla.capabilities import InverseMSE
-from gdla_plugins.optimizers.torch_optim import TorchOptimizer
+from gdla_plugins.optimizers._whole_run import WholeRun
 
 pytest.importorskip("gdla.ops", reason="the compiled extension gdla._C is not built")
 
@@ -58,19 +58,19 @@ def test_bulk_run_with_a_tolerance_equals_the_watched_run(optimizer, make, optio
 
 def test_bulk_run_calls_the_kernel_once_per_stretch_the_stall_test_allows(monkeypatch) -> None:
     calls: list[int] = []
-    real = TorchOptimizer.run_tested
+    real = WholeRun.advance
 
-    def counting(self, steps, tol):
+    def counting(self, steps, tol=0.0):
         calls.append(steps)
         return real(self, steps, tol)
 
-    monkeypatch.setattr(TorchOptimizer, "run_tested", counting)
+    monkeypatch.setattr(WholeRun, "advance", counting)
     problem = inverse.example(side="left", dtype=torch.float32)
     result = gdla.solve(problem, optimizer="momentum", lr=0.9, momentum=0.9, max_steps=10_000, patience=300)
     assert result.stop_reason == "converged" and result.steps > 300
     # every call runs as far as the stall test allows (300 steps past the last checkpoint), not one step
     assert len(calls) <= math.ceil(result.steps / 250) + 1 and calls[0] == 300
-    monkeypatch.setattr(TorchOptimizer, "run_tested", real)
+    monkeypatch.setattr(WholeRun, "advance", real)
     assert_same_run(result, gdla.solve(problem, optimizer="momentum", lr=0.9, momentum=0.9, max_steps=10_000,
                                        patience=300, callback=watched))
 

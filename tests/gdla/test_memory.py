@@ -82,15 +82,9 @@ class StoredSparse(SmallLeastSquares):
 
 
 def test_a_method_whose_dense_matrices_do_not_fit_is_refused_before_it_starts(
-    monkeypatch: pytest.MonkeyPatch, register_plugin: Any
+    monkeypatch: pytest.MonkeyPatch, register_classes: Any
 ) -> None:
-    class Plugin:
-        @staticmethod
-        @gdla.hookimpl
-        def register_optimizers(register: Any) -> None:
-            register(DenseSolve)
-
-    register_plugin(Plugin, name="dense-solve-plugin")
+    register_classes(DenseSolve, name="dense-solve-plugin")
     monkeypatch.setattr(DenseSolve, "built", 0)
     problem = SmallLeastSquares.example(10)  # 10 unknowns: an 800-byte dense matrix
     params = problem.init_params(torch.Generator())
@@ -118,7 +112,8 @@ def test_the_refusal_quotes_a_sparse_operator(monkeypatch: pytest.MonkeyPatch) -
     base = SmallLeastSquares.example(10)
     problem = StoredSparse(base.A, base.b)
     monkeypatch.setattr(memory, "available_bytes", lambda: 500)
+    params = problem.init_params(torch.Generator())
     with pytest.raises(ResourceError, match=r"\(a 300000 × 300000 operator stored sparse with 900,000 entries\)"):
-        DenseSolve(problem, problem.init_params(torch.Generator()))
+        memory.check_method_fits(DenseSolve, problem, params, {})
     monkeypatch.setattr(memory, "available_bytes", lambda: None)  # unknown memory: nothing to check against
-    DenseSolve(problem, problem.init_params(torch.Generator()))
+    memory.check_method_fits(DenseSolve, problem, params, {})

@@ -338,7 +338,8 @@ def test_newton_schulz_respects_max_steps_and_singular_input(device) -> None:
     assert steps.tolist() == [0, 0, 0] and torch.equal(X, X0)
     X, steps = ops.small_inverse_newton_schulz(A, None, 25, 1e-8)
     assert steps[0] == 0 and steps[2] == 25  # a singular problem runs out of steps, it does not hang
-    assert not torch.isfinite(X[1]).all() and steps[1] == 0  # zero matrix: the safe start is not finite
+    # zero matrix: a zero safe start, on which it stays, reported like the singular one (not NaN after 0 steps)
+    assert torch.equal(X[1], torch.zeros(2, 2, dtype=A.dtype, device=device)) and steps[1] == 25
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -472,3 +473,40 @@ def test_import_without_the_extension_says_how_to_build(monkeypatch) -> None:
         monkeypatch.delitem(sys.modules, module, raising=False)
     with pytest.raises(ImportError, match="pip install --no-build-isolation -e ."):
         importlib.import_module("gdla.ops")
+
+
+# -- the extension's limits -----------------------------------------------------------------------
+def test_limits_are_read_from_the_extension_and_match_the_stand_ins() -> None:
+    from gdla import limits
+
+    names, values, dtypes = torch.ops.gdla.limits()
+    exported = dict(zip(names, values, strict=True))
+    assert limits.FROM_EXTENSION
+    assert exported == limits.WITHOUT_EXTENSION[0]  # the stand-ins used without the extension agree
+    assert tuple(dtypes) == limits.WITHOUT_EXTENSION[1]
+    assert (ops.SMALL_MAX_N, ops.RUN_MAX_N, ops.RUN_MAX_COLUMNS, ops.RUN_MAX_HOPS) == (
+        exported["SMALL_MAX_N"], exported["RUN_MAX_N"], exported["RUN_MAX_COLUMNS"], exported["RUN_MAX_HOPS"]
+    )
+    assert limits.DTYPES == (torch.float32, torch.float64)
+
+
+def test_limits_bound_what_the_kernels_take() -> None:
+    n = ops.SMALL_MAX_N
+    X, _ = ops.small_inverse_newton_schulz(torch.eye(n).expand(2, n, n), None, 5, 1e-6)
+    assert torch.equal(X, torch.eye(n).expand(2, n, n))
+    with pytest.raises(ValueError, match=f"n <= {n}"):
+        torch.ops.gdla.small_inverse_newton_schulz(torch.eye(n + 1), None, 5, 1e-6)
+    with pytest.raises(TypeError, match="A must be float32 or float64; received"):
+        torch.ops.gdla.small_inverse_residuals(torch.eye(4, dtype=torch.half), torch.eye(4, dtype=torch.half), "right")
+
+
+def test_limits_without_the_extension_use_the_stand_ins(monkeypatch) -> None:
+    import gdla
+    from gdla import limits
+
+    monkeypatch.setitem(sys.modules, "gdla._C", None)  # makes `import gdla._C` fail
+    monkeypatch.delitem(sys.modules, "gdla.limits")
+    monkeypatch.setattr(gdla, "limits", limits)  # the package attribute the fresh import replaces, put back after
+    fresh = importlib.import_module("gdla.limits")
+    assert not fresh.FROM_EXTENSION
+    assert fresh.SMALL_MAX_N == limits.SMALL_MAX_N and fresh.RUN_MAX_HOPS == limits.RUN_MAX_HOPS

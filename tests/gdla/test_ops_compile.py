@@ -82,7 +82,7 @@ def test_opcheck_every_op(device: str) -> None:
         opcheck(getattr(torch.ops.gdla, name).default, args)
         checked.add(name)
     defined = {name for name in dir(torch.ops.gdla) if hasattr(getattr(torch.ops.gdla, name), "default")}
-    assert checked == defined - {"openmp_max_threads"}, "every op with tensors gets an opcheck sample"
+    assert checked == defined - {"openmp_max_threads", "limits"}, "every op with tensors gets an opcheck sample"
 
 
 @pytest.mark.parametrize("device", DEVICES)

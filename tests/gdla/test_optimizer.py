@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, ClassVar
 
 import pytest
 import torch
 
 import gdla
+import gdla.optimizer
+import gdla.options
 from gdla.errors import InputError
 
 
@@ -28,19 +31,6 @@ class WeightedDistance(gdla.Problem):
     @classmethod
     def example(cls, size: int | None = None, *, seed: int = 0, dtype: torch.dtype = torch.float64) -> WeightedDistance:
         return cls(torch.tensor([0.5, 1.0, 2.0], dtype=dtype), torch.tensor([1.0, -2.0, 3.0], dtype=dtype))
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.centre.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.centre.device
-
-    def to(self, dtype: torch.dtype | None = None, device: Any = None) -> WeightedDistance:
-        if dtype in (None, self.dtype) and device is None:
-            return self
-        return WeightedDistance(self.weights.to(dtype=dtype, device=device), self.centre.to(dtype=dtype, device=device))
 
     def init_params(self, generator: torch.Generator) -> gdla.Params:
         return {"x": torch.zeros_like(self.centre)}
@@ -179,14 +169,8 @@ def test_unsupported_problem_is_refused_with_the_reason() -> None:
     )
 
 
-def test_solve_refuses_an_unsupported_problem_before_iterating(register_plugin) -> None:
-    class Plugin:
-        @staticmethod
-        @gdla.hookimpl
-        def register_optimizers(register: Any) -> None:
-            register(PlainDescent)
-
-    register_plugin(Plugin, name="plain-descent-plugin")
+def test_solve_refuses_an_unsupported_problem_before_iterating(register_classes) -> None:
+    register_classes(PlainDescent, name="plain-descent-plugin")
     problem = SquareOnly.example()
     with pytest.raises(InputError, match="cannot solve problem 'square-only'"):
         gdla.solve(problem, optimizer="plain-descent", backend="autograd")
@@ -220,3 +204,177 @@ def test_gradient_optimizer_needs_build() -> None:
 
     with pytest.raises(TypeError, match="build"):
         NoBuild(WeightedDistance.example(), {"x": torch.zeros(3)})
+
+
+# -- the run protocol: advance ---------------------------------------------------------------------
+class Projected(WeightedDistance):
+    """A test double whose projection clips ``x`` at 2.5 (it records each call)."""
+
+    name = "projected"
+
+    def __init__(self, weights: torch.Tensor, centre: torch.Tensor) -> None:
+        super().__init__(weights, centre)
+        self.projections = 0
+
+    def project(self, params: gdla.Params) -> None:
+        self.projections += 1
+        params["x"].clamp_(max=2.5)
+
+
+def projected() -> Projected:
+    example = WeightedDistance.example()
+    return Projected(example.weights, example.centre)
+
+
+def test_default_advance_takes_one_step_and_projects() -> None:
+    problem = projected()
+    opt = PlainDescent(problem, problem.init_params(torch.Generator()), lr=0.4)
+    stretch = opt.advance(10, tol=1e-6)
+    assert isinstance(stretch, gdla.optimizer.Stretch) and stretch.residuals is None
+    assert stretch.losses.dtype == torch.float64 and stretch.losses.tolist() == [0.5 + 4.0 + 18.0]
+    assert problem.projections == 1
+    # one step of lr 0.4 from 0: x = 0.8 w c, then clipped at 2.5
+    expected = torch.clamp(0.8 * problem.weights * problem.centre, max=2.5)
+    assert torch.equal(opt.params["x"], expected)
+
+
+def test_advance_names_a_step_that_returns_no_scalar() -> None:
+    class Vector(gdla.Optimizer):
+        name = "vector-loss"
+        default_lr = None
+
+        def step(self) -> torch.Tensor:
+            return torch.zeros(3)
+
+    problem = WeightedDistance.example()
+    opt = Vector(problem, problem.init_params(torch.Generator()))
+    with pytest.raises(gdla.PluginError) as info:
+        opt.advance(1)
+    assert str(info.value) == (
+        f"optimizer 'vector-loss' ({__name__}.test_advance_names_a_step_that_returns_no_scalar.<locals>.Vector): "
+        "step() must return the loss it evaluated as a scalar tensor, returned a tensor of shape (3,) "
+        "(problem 'weighted-distance')"
+    )
+
+
+class LegacyDescent(gdla.Optimizer):
+    """A plugin written against the old protocol: ``run`` and ``run_tested`` beside ``step`` (gradient descent)."""
+
+    name = "legacy-descent"
+    default_lr = 0.1
+
+    def step(self) -> torch.Tensor:
+        x = self.params["x"]
+        loss = self.problem.loss(self.params)
+        x.sub_(self.lr * self.problem.gradient(x))
+        return loss
+
+    def run(self, steps: int) -> torch.Tensor | None:
+        return torch.stack([self.step() for _ in range(steps)])
+
+    def run_tested(self, steps: int, tol: float) -> gdla.optimizer.TestedRun | None:
+        losses, residuals = [], []
+        for _ in range(steps):
+            losses.append(self.step())
+            residuals.append(self.problem.residual(self.params))
+            if residuals[-1] <= tol:
+                break
+        return gdla.optimizer.TestedRun(torch.stack(losses), torch.stack(residuals))
+
+
+class NewDescent(LegacyDescent):
+    """The same method without the old bulk methods: one step a call."""
+
+    name = "new-descent"
+    run = gdla.Optimizer.run
+    run_tested = gdla.Optimizer.run_tested
+
+
+def _legacy_class() -> type[LegacyDescent]:
+    return type("Legacy", (LegacyDescent,), {})  # a fresh class: the warning is once per class
+
+
+def test_an_old_style_plugin_warns_once_and_keeps_its_bulk_runs() -> None:
+    problem = WeightedDistance.example()
+    legacy = _legacy_class()
+    opt = legacy(problem, problem.init_params(torch.Generator()))
+    twin = NewDescent(problem, problem.init_params(torch.Generator()))
+    with pytest.warns(DeprecationWarning, match=r"'legacy-descent' \(.*Legacy\) implements run\(\)/run_tested\(\), "
+                      r"which are deprecated: implement advance\(steps, tol\) instead"):
+        bulk = opt.advance(7)
+    assert bulk.residuals is None and len(bulk.losses) == 7
+    assert bulk.losses.tolist() == [float(twin.advance(1).losses[0]) for _ in range(7)]
+    assert torch.equal(opt.params["x"], twin.params["x"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per class
+        tested = opt.advance(500, tol=1e-3)
+    assert tested.residuals is not None and len(tested.residuals) == len(tested.losses) < 500
+    assert float(tested.residuals[-1]) <= 1e-3 < float(tested.residuals[:-1].min())
+
+
+def test_an_old_style_plugin_solves_as_before(register_classes) -> None:
+    register_classes(_legacy_class(), NewDescent, name="legacy-descent-plugin")
+    problem = WeightedDistance.example()
+    with pytest.warns(DeprecationWarning, match="implement advance"):
+        bulk = gdla.solve(problem, optimizer="legacy-descent", backend="autograd", tol=1e-8)
+    watched = gdla.solve(problem, optimizer="legacy-descent", backend="autograd", tol=1e-8, callback=lambda *a: None)
+    plain = gdla.solve(problem, optimizer="new-descent", backend="autograd", tol=1e-8)
+    assert bulk.converged and bulk.losses == watched.losses == plain.losses and bulk.steps == plain.steps
+    assert torch.equal(bulk.solution, plain.solution)
+
+
+def test_an_old_style_run_is_not_used_where_the_loop_must_project() -> None:
+    problem = projected()
+    opt = _legacy_class()(problem, problem.init_params(torch.Generator()))
+    with pytest.warns(DeprecationWarning):
+        assert len(opt.advance(5).losses) == 1  # run() does not project: one step, then the projection
+    assert problem.projections == 1
+    assert len(opt.advance(5, tol=1e-9).losses) == 1 and problem.projections == 2
+
+
+# -- options, learning rates and fused paths declared once ---------------------------------------------
+class Declared(gdla.Optimizer):
+    name = "declared"
+    default_lr = None
+    options = {
+        "blocks": gdla.options.Option(gdla.options.choice("independent", "global"), "independent"),
+        "restart": gdla.options.Option(gdla.options.optional_count, None),
+    }
+    kernel_free = "computes in plain tensor algebra (no fused kernel)"
+
+    def step(self) -> torch.Tensor:
+        return self.problem.loss(self.params)
+
+
+def test_declared_options_are_resolved_once_with_their_defaults() -> None:
+    problem = WeightedDistance.example()
+    params = problem.init_params(torch.Generator())
+    assert Declared(problem, params).options == {"blocks": "independent", "restart": None}
+    assert Declared(problem, params, restart=3, max_steps=9).options == {"blocks": "independent", "restart": 3}
+    with pytest.raises(InputError, match=r"^restart: expected None or an integer >= 1, received 0$"):
+        Declared(problem, params, restart=0)
+    with pytest.raises(InputError, match=r"^blocks: expected one of 'independent', 'global', received 'all'$"):
+        Declared(problem, params, blocks="all")
+    with pytest.raises(InputError) as info:
+        Declared(problem, params, block="global")
+    assert str(info.value) == (
+        "block: optimizer 'declared' has no option 'block' (did you mean 'blocks'?); its options: blocks, restart"
+    )
+    with pytest.raises(InputError, match="has no option 'block'"):
+        Declared.refuse_unknown_options({"block": 1})  # the deprecated alias of the same check
+    Declared.refuse_unknown_options({"blocks": "global", "max_steps": 3})
+
+
+def test_a_method_without_a_learning_rate_refuses_one() -> None:
+    problem = WeightedDistance.example()
+    with pytest.raises(InputError) as info:
+        Declared(problem, problem.init_params(torch.Generator()), lr=0.5)
+    assert str(info.value) == (
+        "lr: optimizer 'declared' has no learning rate (it sizes its steps itself), received 0.5; leave it out"
+    )
+
+
+def test_kernel_free_is_the_fused_reason() -> None:
+    problem = WeightedDistance.example()
+    assert Declared.fused_reason(problem, {}) == "'declared' computes in plain tensor algebra (no fused kernel)"
+    assert PlainDescent.fused_reason(problem, {}) == problem.fused_reason()

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import gdla
-from gdla.loop import _all_finite, _batch_status, _finite_rows
+from gdla.report import _all_finite, _batch_status, _finite_rows
 from gdla.stopping import LossHistory, StopRules, loss_array
 from gdla_plugins.problems.inverse import InverseProblem
 

@@ -49,20 +49,27 @@ def mistakes(register_plugin: Any) -> None:
     register_plugin(plugin, name="mistakes")
 
 
-def test_a_loss_that_is_not_a_scalar(mistakes: None) -> None:
+@pytest.mark.parametrize(
+    ("make", "optimizer", "words"),
+    [
+        (  # a loss that is not a scalar
+            lambda: VectorLoss.example(),
+            "adam",
+            ("problem 'vector-loss'", "VectorLoss", "loss() must return a scalar tensor", "shape (6,)"),
+        ),
+        (  # a step that returns nothing
+            lambda: SmallLeastSquares.example(),
+            "silent-step",
+            ("optimizer 'silent-step'", "SilentStep", "step() must return the loss", "returned None"),
+        ),
+    ],
+)
+def test_a_broken_rule_names_the_plugin(mistakes: None, make: Any, optimizer: str, words: tuple[str, ...]) -> None:
     with pytest.raises(gdla.PluginError) as info:
-        gdla.solve(VectorLoss.example(), optimizer="adam", max_steps=5)
+        gdla.solve(make(), optimizer=optimizer, max_steps=5)
     text = str(info.value)
-    for words in ("problem 'vector-loss'", "VectorLoss", "loss() must return a scalar tensor", "shape (6,)"):
-        assert words in text, text
-
-
-def test_a_step_that_returns_nothing(mistakes: None) -> None:
-    with pytest.raises(gdla.PluginError) as info:
-        gdla.solve(SmallLeastSquares.example(), optimizer="silent-step", max_steps=5)
-    text = str(info.value)
-    for words in ("optimizer 'silent-step'", "SilentStep", "step() must return the loss", "returned None"):
-        assert words in text, text
+    for word in words:
+        assert word in text, text
 
 
 @pytest.mark.parametrize(

@@ -34,17 +34,6 @@ class LeastSquares(gdla.Problem):
         n = size or 12
         return cls(seeded_rand(2 * n, n, seed=seed).to(dtype), seeded_rand(2 * n, seed=seed + 1).to(dtype))
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.B.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.B.device
-
-    def to(self, dtype: torch.dtype | None = None, device: Any = None) -> LeastSquares:
-        return LeastSquares(self.B.to(dtype or self.dtype), self.c.to(dtype or self.dtype))
-
     def init_params(self, generator: torch.Generator) -> gdla.Params:
         return {"x": torch.zeros(self.B.shape[1], dtype=self.dtype)}
 

@@ -100,13 +100,13 @@ def test_refusals_and_bad_options() -> None:
     reason = HeavyBall.unsupported_reason(gdla.get_problem("svd").example())
     assert reason is not None and "quadratic" in reason
     problem = InverseProblem.well_conditioned(4)
-    with pytest.raises(gdla.InputError, match="lr: optimizer 'heavy-ball' sets its step"):
+    with pytest.raises(gdla.InputError, match="lr: optimizer 'heavy-ball' has no learning rate"):
         solve(problem, lr=0.1)
     with pytest.raises(gdla.InputError, match="mu: expected a value <= L"):
         solve(problem, L=1.0, mu=2.0)
     with pytest.raises(gdla.InputError, match="L: expected a number > 0"):
         solve(problem, L=-1.0, mu=0.5)
-    with pytest.raises(gdla.InputError, match="unknown 'momentum'"):
+    with pytest.raises(gdla.InputError, match="has no option 'momentum'"):
         solve(problem, momentum=0.9)
 
 

@@ -139,7 +139,7 @@ def test_default_lr_is_half_the_inverse_curvature_and_converges() -> None:
         ({"momentum": float("nan")}, ["momentum", "finite", "nan"]),
         ({"lr": 0.0}, ["lr", "> 0", "0.0"]),
         ({"lr": -0.9}, ["lr", "> 0", "-0.9"]),
-        ({"nesterov": True}, ["nesterov", "'momentum' has no option", "accepted options", "momentum"]),
+        ({"nesterov": True}, ["nesterov", "'momentum' has no option", "its options", "momentum"]),
         ({"momentun": 0.5}, ["momentun", "did you mean 'momentum'"]),
     ],
 )

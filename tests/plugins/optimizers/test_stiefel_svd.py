@@ -110,7 +110,7 @@ def test_refuses_learning_rate_and_problems_without_the_capability() -> None:
     params = problem.init_params(torch.Generator())
     with pytest.raises(InputError, match="lr: optimizer 'riemannian-svd' has no learning rate"):
         RiemannianSVD(problem, params, lr=0.1)
-    with pytest.raises(InputError, match="unknown 'history_size'"):
+    with pytest.raises(InputError, match="has no option 'history_size'"):
         RiemannianSVD(problem, params, history_size=3)
     inverse = gdla.get_problem("inverse").example()
     assert RiemannianSVD.suitability(inverse) is None

@@ -41,18 +41,6 @@ class LocalInverse(gdla.Problem):
         noise = torch.rand(n, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         return cls((torch.eye(n, dtype=torch.float64) + 0.1 * noise).to(dtype))
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.A.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.A.device
-
-    def to(self, dtype: torch.dtype | None = None, device: Any = None) -> LocalInverse:
-        moved = self.A.to(dtype=dtype or self.dtype, device=device or self.device)
-        return self if moved is self.A else LocalInverse(moved)
-
     def init_params(self, generator: torch.Generator) -> gdla.Params:
         n = self.A.shape[-1]
         return {"M": torch.rand(n, n, generator=generator, dtype=torch.float64).to(self.dtype) / n}
@@ -112,14 +100,8 @@ def test_converges_on_the_inverse_plugin_batch(name: str) -> None:
         assert relative_error(result.solution[b], torch.linalg.inv(problem.A[b])) <= 1e-6
 
 
-def test_solve_by_registered_name(register_plugin) -> None:
-    class LocalPlugin:
-        @staticmethod
-        @gdla.hookimpl
-        def register_problems(register: Any) -> None:
-            register(LocalInverse)
-
-    register_plugin(LocalPlugin, name="local-inverse-plugin")
+def test_solve_by_registered_name(register_classes) -> None:
+    register_classes(LocalInverse, name="local-inverse-plugin")
     result = gdla.solve("local-inverse", optimizer="adagrad", backend="autograd")
     assert result.converged
     assert relative_error(result.solution, torch.linalg.inv(LocalInverse.example().A)) <= 1e-6
@@ -192,7 +174,7 @@ def test_probe_leaves_the_global_random_state_alone() -> None:
 
 # -- option validation ------------------------------------------------------------------------------
 INVALID = [
-    ("sgd", {"momentun": 0.9}, ["momentun", "did you mean 'momentum'", "accepted options", "dampening", "nesterov"]),
+    ("sgd", {"momentun": 0.9}, ["momentun", "did you mean 'momentum'", "its options", "dampening", "nesterov"]),
     ("sgd", {"momentum": 1.0}, ["momentum", "[0, 1)", "1.0"]),
     ("sgd", {"dampening": -0.5}, ["dampening", "[0, 1)", "-0.5"]),
     ("sgd", {"nesterov": True}, ["nesterov", "momentum > 0", "momentum=0.0"]),
@@ -420,13 +402,13 @@ def test_adam_state_round_trip_across_a_bulk_run() -> None:
     params = problem.init_params(torch.Generator().manual_seed(0))
     twin = {key: value.clone() for key, value in params.items()}
     opt = gdla.get_optimizer("adam")(problem, params, lr=0.01, backend="fused", max_steps=100)
-    first = opt.run(40).tolist()
+    first = opt.advance(40).losses.tolist()
     saved = opt.state_dict()
-    later = opt.run(30).tolist()
+    later = opt.advance(30).losses.tolist()
     resumed = gdla.get_optimizer("adam")(problem, twin, lr=0.01, backend="fused", max_steps=100)
-    resumed.run(40)
+    resumed.advance(40)
     resumed.load_state_dict(saved)
-    assert resumed.run(30).tolist() == later and len(first) == 40
+    assert resumed.advance(30).losses.tolist() == later and len(first) == 40
     assert torch.equal(params["M"], twin["M"])
     assert opt.torch_optimizer.param_groups[0]["lr"] == resumed.torch_optimizer.param_groups[0]["lr"]
 
@@ -436,7 +418,7 @@ def test_adam_with_weight_decay_or_amsgrad_keeps_torch_adam() -> None:
     problem = InverseProblem.well_conditioned(4)
     for options in ({"weight_decay": 1e-4}, {"amsgrad": True}):
         opt = gdla.get_optimizer("adam")(problem, problem.init_params(torch.Generator()), backend="fused", **options)
-        assert opt.run(5) is None  # the kernel serves plain Adam only: the loop goes step by step
+        assert len(opt.advance(5).losses) == 1  # the kernel serves plain Adam only: one step a call
 
 
 # -- SGD's whole-run kernel on the SVD penalty loss -------------------------------------------------------

@@ -426,3 +426,16 @@ def test_solve_defaults_reach_the_inverse_of_a_well_conditioned_16x16(
     assert result.stop_reason == "converged", result.summary()
     assert error <= bound
     assert result.metrics["error"] <= bound  # its own figure, against a reference in the same dtype
+
+
+def test_a_zero_member_of_a_pseudo_inverse_batch_bounds_nothing() -> None:
+    """The pseudo-inverse of a zero matrix is zero: it must not make the batch look unrepresentable."""
+    A = torch.randn(3, 4, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float32) + 2 * torch.eye(4)
+    A[1] = 0
+    scaled = A * 1e19
+    result = gdla.solve(InverseProblem(scaled, pseudo=True), optimizer="newton-schulz", max_steps=2000)
+    reference = torch.linalg.pinv(scaled.double())
+    assert torch.equal(result.solution[1], torch.zeros(4, 4))
+    for member in (0, 2):
+        error = (result.solution[member].double() - reference[member]).norm() / reference[member].norm()
+        assert float(error) <= 1e-4

@@ -43,6 +43,9 @@ class LeastSquares(gdla.Problem):
             (then :meth:`solution` is a vector too). Default: the vector of ones.
         ridge: ``λ >= 0``. With ``λ = 0``, ``A`` must have full column rank (else the minimiser is
             not unique and :class:`~gdla.errors.SingularMatrixError` says so).
+
+    ``dtype``, ``device`` and ``to()`` come from :class:`gdla.Problem`: ``to()`` builds the problem
+    again from the constructor's recorded arguments with ``A`` and ``B`` converted.
     """
 
     name = "least-squares"
@@ -99,21 +102,6 @@ class LeastSquares(gdla.Problem):
     def from_matrix(cls, matrix: torch.Tensor, **options: Any) -> LeastSquares:
         """``A`` from the matrix; ``B`` defaults to the vector of ones (the command line's case)."""
         return cls(matrix, options.pop("B", None), **options)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.A.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.A.device
-
-    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> LeastSquares:
-        A = self.A.to(dtype=dtype or self.dtype, device=device or self.device)
-        if A is self.A:
-            return self
-        B = self.B.to(dtype=A.dtype, device=A.device)
-        return type(self)(A, B.squeeze(-1) if self.vector else B, ridge=self.ridge)
 
     # -- optimisation -------------------------------------------------------------------------
     def init_params(self, generator: torch.Generator) -> gdla.Params:

@@ -1,0 +1,337 @@
+"""The run plan: every decision of a solve, made once, before the first step.
+
+:func:`make_plan` turns what the caller asked for (a problem, an optimizer name or ``"auto"``,
+``lr``, options, backend, budget, tolerance) into a :class:`Plan`: the method, ranked once and
+with its reason; its learning rate and options in the problem's normalised units; the backend
+(:func:`gdla.backend.resolve_backend`); the stop rules; the shard of a distributed batch. The
+loop (:mod:`gdla.loop`) executes a plan and :mod:`gdla.report` describes it in
+``Result.settings``.
+
+``"auto"`` is a way of planning, not an optimizer: it takes the best of the :class:`Ranking`,
+which asks each registered optimizer's ``suitability`` at most once per solve. The pre-run advice
+("optimizer=X should need about N steps") and the memory refusal's "use X instead" read the same
+ranking.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from gdla.backend import resolve_backend
+from gdla.building import build_problem
+from gdla.errors import ConvergenceWarning, GdlaError, InputError, PluginError, UsageError
+from gdla.memory import check_method_fits
+from gdla.optimizer import Optimizer, Suitability
+from gdla.problem import Params, Problem
+from gdla.registry import get_optimizer, optimizers
+from gdla.stopping import StopRules, default_patience, default_tol
+from gdla.validation import as_device, as_dtype, check_callable, check_int, check_nonnegative, check_positive
+
+__all__ = ["AUTO", "Candidate", "Plan", "Ranking", "make_plan"]
+
+#: The optimizer name that asks the plan to pick the method.
+AUTO = "auto"
+#: The step budget of ``optimizer="auto"`` when ``max_steps`` is not given (whatever method it picks).
+AUTO_MAX_STEPS = 10_000
+
+Callback = Callable[[int, float, Params], Any]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One registered optimizer as the ranking sees it: its name, class and declared suitability."""
+
+    name: str
+    cls: type[Optimizer]
+    fit: Suitability | None
+    #: Why it could not be asked (a broken ``suitability``), or ``None``.
+    failure: PluginError | None = None
+
+
+class Ranking:
+    """The registered optimizers for one problem, each asked for its ``suitability`` once, best first.
+
+    Computed when first needed (``auto``, advice, a memory refusal) and then only read.
+    """
+
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
+
+    @functools.cached_property
+    def candidates(self) -> list[Candidate]:
+        """Every registered optimizer but ``auto`` that loads, with its declared fit, in name order."""
+        found: list[Candidate] = []
+        for name in optimizers():
+            if name == AUTO:
+                continue
+            try:
+                cls = get_optimizer(name)
+            except GdlaError:  # registered twice, or failed to load: it cannot be picked by name either
+                continue
+            found.append(_ask(name, cls, self.problem))
+        return found
+
+    @functools.cached_property
+    def suitable(self) -> list[Candidate]:
+        """The candidates that declare themselves suitable and accept the problem, best (lowest rank) first."""
+        fitting = [
+            candidate
+            for candidate in self.candidates
+            if candidate.fit is not None and _accepts(candidate.cls, self.problem)
+        ]
+        return sorted(fitting, key=lambda candidate: (candidate.fit.rank, candidate.name))  # type: ignore[union-attr]
+
+    def check(self) -> None:
+        """Raise the :class:`PluginError` of the first optimizer whose ``suitability`` broke its rule."""
+        for candidate in self.candidates:
+            if candidate.failure is not None:
+                raise candidate.failure
+
+    def best(self) -> Candidate:
+        """The method ``auto`` runs; a broken plugin's ``suitability`` is an error here, as is an empty ranking."""
+        self.check()
+        if not self.suitable:
+            raise InputError(
+                f"optimizer: 'auto' found no method for problem {self.problem.name!r}: no registered optimizer "
+                f"declares itself suitable (registered: {', '.join(optimizers())})"
+            )
+        return self.suitable[0]
+
+    def alternatives(self, *, besides: set[str]) -> Iterator[Candidate]:
+        """Methods to advise instead of those in ``besides``: the suitable ones best first, then any other that
+        accepts the problem (by name)."""
+        seen = set(besides)
+        for candidate in self.suitable:
+            if candidate.name not in seen:
+                seen.add(candidate.name)
+                yield candidate
+        for candidate in self.candidates:
+            if candidate.name not in seen and candidate.failure is None and _accepts(candidate.cls, self.problem):
+                seen.add(candidate.name)
+                yield candidate
+
+
+def _ask(name: str, cls: type[Optimizer], problem: Problem) -> Candidate:
+    """``cls.suitability(problem)``, with a plugin's broken rule recorded as a :class:`PluginError`."""
+    where = f"optimizer {name!r} ({cls.__module__}.{cls.__qualname__})"
+    try:
+        fit = cls.suitability(problem)
+    except GdlaError as exc:
+        return Candidate(name, cls, None, PluginError(f"{where}: suitability() raised {exc}"))
+    except Exception as exc:
+        failure = PluginError(
+            f"{where}: suitability() raised {type(exc).__name__}: {exc}; it must return a gdla.Suitability or None"
+        )
+        failure.__cause__ = exc
+        return Candidate(name, cls, None, failure)
+    if fit is not None and not isinstance(fit, Suitability):
+        failure = PluginError(f"{where}: suitability() returned {fit!r}; it must return a gdla.Suitability or None")
+        return Candidate(name, cls, None, failure)
+    return Candidate(name, cls, fit)
+
+
+def _accepts(cls: type[Optimizer], problem: Problem) -> bool:
+    try:
+        return cls.unsupported_reason(problem) is None
+    except GdlaError:
+        return False
+
+
+@dataclass
+class Plan:
+    """A decided run: what :func:`gdla.loop.execute` runs and :mod:`gdla.report` reports."""
+
+    problem: Problem  # the problem as the caller gave it (converted)
+    full: Problem  # the problem in normalised units (the whole batch)
+    work: Problem  # the problem the optimizer sees: normalised units, this rank's shard
+    restore: Callable[[Params], Params]  # work params -> the caller's problem's params
+    requested: str  # the optimizer name the caller gave ("auto" or a method)
+    method: type[Optimizer]  # the class that runs
+    reason: str | None  # why "auto" picked it (None for a named method)
+    lr: float | None  # in the work problem's units (None: the method's default)
+    options: dict[str, Any]  # in the work problem's units
+    backend: str
+    budget: int
+    rules: StopRules
+    seed: int
+    callback: Callback | None
+    progress: bool
+    ranking: Ranking
+    #: Whether the caller gave options or a learning rate (a method's refusal of them is bad usage).
+    settings_given: bool = False
+    sharding: Any = None
+    #: ``(param_exponent, loss_exponent)`` of the normalisation, to report settings in the data's units.
+    units: tuple[int, int] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def watched(self) -> bool:
+        """Whether something sees every step (a callback, a progress bar, the other ranks), so steps go one a call."""
+        return self.callback is not None or self.progress or self.sharding is not None
+
+    def start(self) -> tuple[Optimizer, Params]:
+        """The seeded starting point and the optimizer built on it, after the memory check of the method."""
+        work = self.work
+        generator = torch.Generator().manual_seed(self.seed)
+        with torch.random.fork_rng(devices=[]):
+            # the CPU generator alone on CPU (seeding every device's generator costs a stack trace each)
+            if work.device.type == "cpu":
+                torch.default_generator.manual_seed(self.seed)
+            else:
+                torch.manual_seed(self.seed)
+            params = work.init_params(generator)
+            check_method_fits(self.method, work, params, self.options, self._fitting)
+            try:
+                opt = self.method(work, params, lr=self.lr, backend=self.backend, max_steps=self.budget, **self.options)
+            except InputError as exc:
+                raise self._refused(exc) from exc
+        return opt, params
+
+    def _refused(self, exc: InputError) -> InputError:
+        """The method's refusal of the caller's settings: a :class:`UsageError` where the caller gave options or a
+        learning rate to a method that declares its options (it checked them against that schema), naming the
+        method ``auto`` picked."""
+        text = str(exc)
+        if self.reason is not None:  # say which method the options went to: the caller asked for 'auto'
+            text = f"optimizer 'auto' picked {self.method.name!r} ({self.reason}), which refused the options: {text}"
+        if type(exc) is InputError and self.settings_given and self.method.options:
+            return UsageError(text)
+        return exc if text == str(exc) else type(exc)(text)
+
+    def _fitting(self) -> Iterator[Candidate]:
+        """Candidates for the memory refusal's advice: the suitable methods other than this one, best first."""
+        return (c for c in self.ranking.suitable if c.cls is not self.method)
+
+    def advise(self, opt: Optimizer) -> None:
+        """Warn before the run when the method is not expected to reach ``tol`` in the budget, naming one that is."""
+        tol, budget = self.rules.tol, self.budget
+        if tol <= 0:
+            return
+        expected = opt.expected_steps(tol)
+        if expected is None or expected <= budget:
+            return
+        need = (
+            "is expected to diverge at this learning rate"
+            if math.isinf(expected)
+            else f"is expected to need about {expected:.3g} steps to reach tol={tol:g} on this problem, "
+            f"more than max_steps={budget}"
+        )
+        text = f"optimizer {self.requested!r} {need}; {self._better_method(opt)}"
+        self.notes.append(text)
+        warnings.warn(text, ConvergenceWarning, stacklevel=4)
+
+    def _better_method(self, opt: Optimizer) -> str:
+        """A ranked method expected to reach ``tol`` within the budget, as advice; else "raise max_steps"."""
+        tol, budget = self.rules.tol, self.budget
+        for candidate in self.ranking.alternatives(besides={self.requested, self.method.name}):
+            try:
+                # on copies: constructors may write a starting point into the parameters
+                params = {key: value.clone() for key, value in opt.params.items()}
+                check_method_fits(candidate.cls, self.work, params, {})
+                need = candidate.cls(self.work, params, max_steps=budget).expected_steps(tol)
+            except GdlaError:
+                continue
+            if need is not None and need <= budget:
+                return f"optimizer={candidate.name!r} should need about {need:.3g} steps"
+        return "raise max_steps"
+
+    def reported_lr(self, lr: float | None) -> float | None:
+        """A learning rate of the work problem in the data's units (the inverse conversion is exact)."""
+        if self.units is None:
+            return lr
+        return self.method.in_normalized_units(lr, {}, -self.units[0], -self.units[1])[0]
+
+
+def make_plan(
+    problem: Problem | str,
+    optimizer: str,
+    *,
+    lr: float | None,
+    max_steps: int | None,
+    tol: float | None,
+    seed: int,
+    backend: str,
+    dtype: torch.dtype | str | None,
+    device: torch.device | str | None,
+    callback: Callback | None,
+    progress: bool,
+    patience: int | None,
+    distributed: bool,
+    options: dict[str, Any],
+) -> Plan:
+    """Decide a run (see the module docstring); every argument is checked here, before any work."""
+    if isinstance(problem, str):
+        problem = build_problem(problem)  # exactly get_problem(problem).example()
+    if not isinstance(problem, Problem):
+        raise InputError(
+            f"problem: expected a gdla.Problem instance or a problem name, received {type(problem).__name__}"
+        )
+    problem = problem.to(dtype=as_dtype(dtype), device=as_device(device))
+    if not isinstance(optimizer, str):
+        raise InputError(f"optimizer: expected a registered optimizer name (str), received {type(optimizer).__name__}")
+    if lr is not None:
+        check_positive(lr, "lr")
+    options = dict(options)
+    given = bool(options) or lr is not None
+    if optimizer == AUTO:
+        get_optimizer(AUTO)  # registered like any optimizer: a missing or clashing one is reported as usual
+        default_budget = AUTO_MAX_STEPS
+    else:
+        default_budget = get_optimizer(optimizer).default_max_steps
+    budget = check_int(default_budget if max_steps is None else max_steps, "max_steps", minimum=1)
+    tol = default_tol(problem.dtype) if tol is None else check_nonnegative(tol, "tol")
+    seed = check_int(seed, "seed")
+    if not -(2**63) <= seed < 2**64:
+        raise InputError(f"seed: expected an integer that fits in 64 bits, received {seed}")
+    check_callable(callback, "callback")
+    patience = default_patience(budget) if patience is None else check_int(patience, "patience", minimum=1)
+    if not isinstance(distributed, bool):
+        raise InputError(f"distributed: expected True or False, received {distributed!r}")
+
+    work, restore, units = problem, _identity, None
+    normalization = problem.normalized()
+    if normalization is not None:
+        work, restore = normalization.problem, normalization.restore
+        if normalization.param_exponent is not None:  # what the caller gave in the data's units
+            units = (normalization.param_exponent, normalization.loss_exponent)
+    ranking = Ranking(work)  # what the methods will see: the normalised problem
+    method, reason = _method(optimizer, ranking)
+    if reason is not None:
+        pick = ranking.best()
+        if lr is not None and method.default_lr is None:
+            reason += f"; lr={lr!r} ignored, {method.name} has no learning rate"
+            lr = None
+        options = {**pick.fit.options, **options}  # type: ignore[union-attr]
+    if units is not None:
+        lr, options = method.in_normalized_units(lr, options, *units)
+    full, sharding = work, None
+    if distributed:
+        from gdla.distributed import Sharding
+
+        sharding = Sharding(work)
+        work = sharding.local
+    chosen_backend = resolve_backend(backend, work, method, options)
+    return Plan(
+        problem=problem, full=full, work=work, restore=restore, requested=optimizer, method=method, reason=reason,
+        lr=lr, options=options, backend=chosen_backend, budget=budget, rules=StopRules(tol, patience), seed=seed,
+        callback=callback, progress=progress, ranking=ranking, settings_given=given, sharding=sharding, units=units,
+    )
+
+
+def _method(optimizer: str, ranking: Ranking) -> tuple[type[Optimizer], str | None]:
+    """The class that runs, and ``auto``'s reason for it (``None`` for a method named by the caller)."""
+    if optimizer != AUTO:
+        return get_optimizer(optimizer), None
+    pick = ranking.best()
+    return pick.cls, pick.fit.reason  # type: ignore[union-attr]
+
+
+def _identity(params: Params) -> Params:
+    return params

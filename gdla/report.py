@@ -1,0 +1,125 @@
+"""The report of a run: what :func:`gdla.solve` hands back, in the caller's units, as a :class:`~gdla.Result`.
+
+It reads the plan (for ``Result.settings``), the executed steps and the final parameters; relative
+metrics are computed in the normalised units, where nothing over- or underflows.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from gdla.mesh import full_tensor
+from gdla.optimizer import Optimizer
+from gdla.plan import Plan
+from gdla.problem import Params, Problem
+from gdla.result import STOP_REASONS, Metrics, Result
+from gdla.stopping import LossHistory
+
+__all__ = ["report"]
+
+
+def report(
+    plan: Plan, opt: Optimizer, params: Params, losses: LossHistory, stop: str, *, setup_seconds: float, seconds: float
+) -> Result:
+    """The :class:`~gdla.Result` of ``plan`` run by ``opt`` from ``params`` (now the final ones)."""
+    began = time.perf_counter()
+    work_params = {key: value.detach() for key, value in params.items()}
+    if plan.sharding is not None:  # every rank reports the whole batch
+        work_params = plan.sharding.gather_params(work_params)
+    work_params = {key: full_tensor(value) for key, value in work_params.items()}  # a DTensor: whole, every rank
+    params_out = plan.restore(work_params)
+    members, status, finite = _batch_status(plan.full, work_params, plan.rules.tol)
+    notes = list(plan.notes)
+    if finite:
+        metrics = Metrics(plan.full.metrics(work_params), notes)
+    else:
+        notes.append("the parameters are not finite: every metric is NaN")
+        metrics = Metrics({"residual": math.nan, "error": math.nan})
+    return Result(
+        solution=plan.problem.solution(params_out),
+        params=params_out,
+        losses=losses.to_list(),
+        steps=len(losses),
+        stop_reason=stop,
+        seconds=seconds,
+        setup_seconds=setup_seconds,
+        summary_seconds=time.perf_counter() - began,
+        backend=plan.backend,
+        metrics=metrics,
+        problem=plan.problem.name,
+        optimizer=plan.requested,
+        message=_message(plan, stop, status),
+        condition=plan.problem.condition_estimate(),
+        settings=settings(plan, opt),
+        warnings=notes,
+        batch_status=status,
+        member_residuals=members,
+    )
+
+
+def settings(plan: Plan, opt: Optimizer) -> dict[str, object]:
+    """``Result.settings``: the plan's decisions (in the data's units) and the method's own facts."""
+    out: dict[str, object] = {
+        "lr": plan.reported_lr(opt.lr),
+        "max_steps": plan.budget,
+        "tol": plan.rules.tol,
+        "seed": plan.seed,
+        "dtype": plan.problem.dtype,
+    }
+    if plan.reason is not None:  # "auto": what it picked and why
+        out["optimizer.method"] = plan.method.name
+        out["optimizer.reason"] = plan.reason
+    out.update({f"optimizer.{k}": v for k, v in opt.describe().items() if k not in ("name", "lr")})
+    return out
+
+
+def _batch_status(
+    problem: Problem, params: Params, tol: float
+) -> tuple[torch.Tensor | None, torch.Tensor | None, bool]:
+    """Each member's residual and verdict (0 converged, 1 not converged, 2 non-finite), where declared, and
+    whether every parameter is finite."""
+    members = problem.member_residuals(params)
+    if members is None or members.dim() == 0:
+        return None, None, all(_all_finite(value) for value in params.values())
+    members = members.detach()
+    finite, finite_members = True, torch.ones(members.shape, dtype=torch.bool, device=members.device)
+    for value in params.values():
+        if value.shape[: members.dim()] == members.shape:
+            rows = _finite_rows(value.flatten(members.dim()))
+            finite_members &= rows
+            finite = finite and bool(rows.all())
+        else:
+            finite = finite and _all_finite(value)
+    status = (members > tol).to(torch.int8)  # 0 where members <= tol; NaN members are marked 2 below
+    status.masked_fill_(~(finite_members & torch.isfinite(members)), 2)
+    return members, status, finite
+
+
+def _all_finite(value: torch.Tensor) -> bool:
+    """Whether every entry of ``value`` is finite (of a real floating tensor: its extremes, which carry NaN, ±inf)."""
+    if not value.is_floating_point() or value.numel() == 0:
+        return bool(torch.isfinite(value).all())
+    low, high = torch.aminmax(value)
+    return math.isfinite(float(low)) and math.isfinite(float(high))
+
+
+def _finite_rows(rows: torch.Tensor) -> torch.Tensor:
+    """Whether each row (the last dimension) of ``rows`` is finite throughout, as a boolean tensor."""
+    if not rows.is_floating_point() or rows.shape[-1] == 0:
+        return torch.isfinite(rows).all(-1)
+    low, high = torch.aminmax(rows, dim=-1)
+    return torch.isfinite(low) & torch.isfinite(high)
+
+
+def _message(plan: Plan, stop: str, status: torch.Tensor | None) -> str:
+    """The stop reason's sentence, with what the problem and the numbers add (as lsqr's ``istop`` does)."""
+    text = STOP_REASONS[stop]
+    if stop == "converged" and plan.full.residual_kind() == "normal-equations":
+        text += " (of the normal equations: the equation has no exact solution, the answer is the least-squares one)"
+    if status is not None and stop != "converged":
+        done = int((status == 0).sum())
+        text += f"; {done} of {status.numel()} batch members converged (Result.batch_status)"
+    return text
