@@ -28,6 +28,14 @@ __all__ = ["BLOW_UP", "default_tol", "execute", "solve"]
 
 Callback = Callable[[int, float, Params], Any]
 
+#: Unknown-steps (parameters × steps) the first call of a bulk run may take, before the loop knows what a
+#: step costs: about 2e7 at a nanosecond or so each.
+FIRST_STRETCH_WORK = 2**24
+#: About how long one call of ``advance`` may run, so that Ctrl-C (handled between calls) stops a whole-run
+#: kernel within a fraction of a second; the steps a call takes never change the bits (``advance(n)`` is ``n``
+#: calls of ``advance(1)``).
+STRETCH_SECONDS = 0.25
+
 
 def solve(
     problem: Problem | str,
@@ -58,7 +66,8 @@ def solve(
         seed: seeds the starting point; the same seed and inputs give identical results.
         backend: ``"auto"``, ``"autograd"`` or ``"fused"`` (see :mod:`gdla.backend`), decided once before the run.
         dtype, device: convert the problem's data first (``None`` keeps them).
-        callback: ``callback(step, loss, params)`` after every step; returning ``True`` stops.
+        callback: ``callback(step, loss, params)`` after every step, with the parameters of the problem the
+            optimizer sees (normalised units: see :meth:`~gdla.Problem.normalized`); a truthy return stops.
         progress: show a progress bar.
         patience: steps without a 0.1% improvement of the best loss or best residual before ``stalled``
             (default ``max(100, max_steps // 10)``, at most 10,000).
@@ -99,19 +108,24 @@ def execute(plan: Plan, opt: Optimizer, params: Params) -> tuple[LossHistory, st
     tol = rules.tol if rules.checks_residual and sharding is None else 0.0
     losses = LossHistory()
     bar = _progress_bar(budget, enabled=plan.progress)
-    taken, stop = 0, "max_steps"
+    unknowns = sum(value.numel() for value in params.values())
+    taken, stop, cap = 0, "max_steps", max(1, FIRST_STRETCH_WORK // max(unknowns, 1))
     try:
         with torch.no_grad():
             while taken < budget:
                 if watched:
                     want = 1
                 elif rules.checks_residual:
-                    want = min(budget - taken, rules.steps_before_stall(taken))
+                    want = min(budget - taken, rules.steps_before_stall(taken), cap)
                 else:
-                    want = budget - taken
+                    want = min(budget - taken, cap)
+                began = time.perf_counter()
                 stretch = _checked(opt.advance(want, tol), opt, want, tol)
                 values = loss_array(stretch.losses)
                 count = len(values)
+                if count > 1:  # a bulk call: size the next one to return within STRETCH_SECONDS
+                    per_step = (time.perf_counter() - began) / count
+                    cap = max(1, min(2**40, int(STRETCH_SECONDS / max(per_step, 1e-12))))
                 if count == 1:  # the plain float path: a watched run's step costs little
                     loss = float(values[0])
                     if sharding is not None:
@@ -123,7 +137,7 @@ def execute(plan: Plan, opt: Optimizer, params: Params) -> tuple[LossHistory, st
                         if taken % 50 == 0:
                             bar.set_postfix(loss=f"{loss:.3e}", refresh=False)
                     hit = rules.on_loss(taken, loss)
-                    if hit is None and callback is not None and callback(taken, loss, params) is True:
+                    if hit is None and callback is not None and callback(taken, loss, params):
                         hit = "callback"
                     if hit is None and rules.checks_residual:
                         if stretch.residuals is not None:

@@ -26,7 +26,7 @@ import torch
 
 from gdla.backend import resolve_backend
 from gdla.building import build_problem
-from gdla.errors import ConvergenceWarning, GdlaError, InputError, PluginError, UsageError
+from gdla.errors import ConvergenceWarning, GdlaError, InputError, PluginError, PluginWarning, UsageError
 from gdla.memory import check_method_fits
 from gdla.optimizer import Optimizer, Suitability
 from gdla.problem import Params, Problem
@@ -88,15 +88,16 @@ class Ranking:
         ]
         return sorted(fitting, key=lambda candidate: (candidate.fit.rank, candidate.name))  # type: ignore[union-attr]
 
-    def check(self) -> None:
-        """Raise the :class:`PluginError` of the first optimizer whose ``suitability`` broke its rule."""
+    def warn_failures(self) -> None:
+        """One :class:`PluginWarning` for each optimizer whose ``suitability`` broke its rule: it is left out of the
+        ranking, and the others still rank (one broken plugin does not take ``auto`` down)."""
         for candidate in self.candidates:
             if candidate.failure is not None:
-                raise candidate.failure
+                warnings.warn(f"{candidate.failure}; it is left out of the ranking", PluginWarning, stacklevel=4)
 
     def best(self) -> Candidate:
-        """The method ``auto`` runs; a broken plugin's ``suitability`` is an error here, as is an empty ranking."""
-        self.check()
+        """The method ``auto`` runs (an empty ranking is an error)."""
+        self.warn_failures()
         if not self.suitable:
             raise InputError(
                 f"optimizer: 'auto' found no method for problem {self.problem.name!r}: no registered optimizer "

@@ -72,6 +72,7 @@ def _recording(init: Callable[..., None]) -> Callable[..., None]:
         init(self, *args, **kwargs)
 
     __init__._gdla_recording = True  # type: ignore[attr-defined]
+    __init__._gdla_signature = signature  # type: ignore[attr-defined]  # for rebuild(), computed once
     return __init__
 
 
@@ -223,7 +224,9 @@ class Problem(abc.ABC):
                 f"received {', '.join(unknown)}"
             )
         merged = {**arguments, **changes}
-        parameters = list(inspect.signature(type(self).__init__).parameters.values())[1:]
+        init = type(self).__init__
+        signature = getattr(init, "_gdla_signature", None) or inspect.signature(init)
+        parameters = list(signature.parameters.values())[1:]
         args = [merged[p.name] for p in parameters if p.kind is not inspect.Parameter.KEYWORD_ONLY]
         kwargs = {p.name: merged[p.name] for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
         return type(self)(*args, **kwargs)

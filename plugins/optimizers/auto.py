@@ -37,7 +37,7 @@ __all__ = ["Auto", "choose", "ranking"]
 def ranking(problem: Problem) -> list[tuple[type[Optimizer], Suitability]]:
     """Every registered optimizer that declares itself suitable for ``problem`` and accepts it, best first."""
     ranked = Ranking(problem)
-    ranked.check()  # a broken plugin's suitability is reported here, as auto would
+    ranked.warn_failures()  # a broken plugin's suitability is reported and left out, as auto does
     return [(candidate.cls, candidate.fit) for candidate in ranked.suitable]  # type: ignore[misc]
 
 

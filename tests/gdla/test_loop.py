@@ -238,9 +238,10 @@ def test_callback_sees_every_step_and_can_stop(problem: DiagonalSystem) -> None:
     assert seen == [(1, result.losses[0]), (2, result.losses[1]), (3, result.losses[2])]
 
 
-def test_callback_truthy_but_not_true_does_not_stop(problem: DiagonalSystem) -> None:
-    result = gdla.solve(problem, optimizer="plain-gd", max_steps=4, tol=0, callback=lambda *a: "yes")
-    assert (result.stop_reason, result.steps) == ("max_steps", 4)
+@pytest.mark.parametrize(("answer", "steps"), [("yes", 1), (1, 1), (None, 4), (0, 4), ("", 4)])
+def test_callback_answers_are_read_by_truthiness(problem: DiagonalSystem, answer: object, steps: int) -> None:
+    result = gdla.solve(problem, optimizer="plain-gd", max_steps=4, tol=0, callback=lambda *a: answer)
+    assert (result.stop_reason, result.steps) == ("callback" if steps == 1 else "max_steps", steps)
 
 
 def test_losses_decrease_under_gd(problem: DiagonalSystem) -> None:

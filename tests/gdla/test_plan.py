@@ -121,3 +121,34 @@ def test_the_plan_units_convert_a_learning_rate_exactly() -> None:
     plan = _plan(problem, "momentum", lr=0.9)
     assert plan.units is not None and plan.lr != 0.9
     assert plan.reported_lr(plan.lr) == 0.9
+
+
+class _Broken(gdla.Optimizer):
+    name = "broken-suitability"
+    summary = "a plugin whose suitability raises"
+
+    @classmethod
+    def suitability(cls, problem: Any) -> Any:
+        raise ZeroDivisionError("oops")
+
+    def step(self) -> torch.Tensor:  # pragma: no cover - never picked
+        raise AssertionError
+
+
+class _Wrong(_Broken):
+    name = "wrong-suitability"
+
+    @classmethod
+    def suitability(cls, problem: Any) -> Any:
+        return 3
+
+
+def test_a_broken_suitability_is_left_out_with_a_warning_naming_it(register_classes: Any) -> None:
+    register_classes(_Broken, _Wrong, name="broken-suitability-plugin")
+    with pytest.warns(gdla.PluginWarning) as caught:
+        result = gdla.solve(gdla.get_problem("toeplitz").example())
+    assert result.converged and result.settings["optimizer.method"] == "cg"
+    text = " | ".join(str(w.message) for w in caught)
+    for words in ("'broken-suitability'", "_Broken", "ZeroDivisionError: oops", "'wrong-suitability'",
+                  "returned 3", "left out of the ranking"):
+        assert words in text, text

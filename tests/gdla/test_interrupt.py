@@ -1,0 +1,62 @@
+"""Ctrl-C stops a run inside a long whole-run kernel: the loop hands the kernel stretches of bounded length."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import gdla
+from gdla import loop
+from gdla.backend import extension_status
+
+
+def _seed_000() -> gdla.Problem:
+    return gdla.get_problem("inverse").example(side="left", dtype=torch.float32)
+
+
+@pytest.mark.skipif(not extension_status()[0], reason="needs the compiled whole-run kernels")
+def test_stretches_are_bounded_and_give_the_same_bits(monkeypatch: pytest.MonkeyPatch) -> None:
+    options = {"optimizer": "momentum", "lr": 0.9, "momentum": 0.9, "max_steps": 3000, "tol": 0}
+    whole = gdla.solve(_seed_000(), **options)
+    calls: list[int] = []
+    cls = gdla.get_optimizer("momentum")
+    real = cls.advance
+
+    def counting(self, steps, tol=0.0):
+        calls.append(steps)
+        return real(self, steps, tol)
+
+    monkeypatch.setattr(cls, "advance", counting)
+    monkeypatch.setattr(loop, "FIRST_STRETCH_WORK", 100 * 16)  # 100 steps of a 4×4 problem
+    monkeypatch.setattr(loop, "STRETCH_SECONDS", 1e-9)  # every call after the first: one step
+    cut = gdla.solve(_seed_000(), **options)
+    assert calls[0] == 100 and set(calls[1:]) == {1} and len(calls) == 3000 - 100 + 1
+    assert cut.losses == whole.losses and torch.equal(cut.solution, whole.solution)
+
+
+@pytest.mark.skipif(not extension_status()[0], reason="needs the compiled whole-run kernels")
+@pytest.mark.skipif(os.name != "posix", reason="sends a real SIGINT")
+def test_ctrl_c_inside_a_long_kernel_run_exits_130_promptly() -> None:
+    command = [
+        sys.executable, "-m", "gdla", "solve", "inverse", "-p", "batch=10000", "--optimizer", "momentum",
+        "--lr", "0.1", "--steps", "3000000", "--tol", "0",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4.0)  # imports, set-up, then well inside the kernel's run
+    assert process.poll() is None, process.communicate()
+    sent = time.perf_counter()
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=10)
+    finally:
+        process.kill()
+    waited = time.perf_counter() - sent
+    _, err = process.communicate()
+    assert process.returncode == 130, err
+    assert waited < 2.0, f"exited {waited:.2f} s after SIGINT"
