@@ -26,6 +26,7 @@ command line does it for ``--distributed``).
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import torch
@@ -102,7 +103,7 @@ class Sharding:
 
     # -- agreement -----------------------------------------------------------------------------
     def _check_agreement(self, dist: Any, problem: Problem, batch: int) -> None:
-        """All ranks hold the same problem shape: name, batch size, dtype and parameter shapes."""
+        """All ranks hold the same problem: name, batch size, dtype, parameter shapes and a digest of the data."""
         # the shapes of one member's parameters (cheap), not of the whole batch's
         params = problem.batch_slice(0, 1).init_params(torch.Generator().manual_seed(0))
         signature = {
@@ -110,6 +111,7 @@ class Sharding:
             "batch": batch,
             "dtype": str(problem.dtype).removeprefix("torch."),
             "params": {key: [batch, *value.shape[1:]] for key, value in sorted(params.items())},
+            "data": data_digest(problem),
         }
         everyone: list[Any] = [None] * self.world_size
         dist.all_gather_object(everyone, signature, group=self.group)
@@ -118,7 +120,8 @@ class Sharding:
         differ = [r for r, other in enumerate(everyone) if other != everyone[0]]
         shown = "; ".join(f"rank {r}: {everyone[r]}" for r in [0, *differ])
         raise InputError(
-            f"distributed: expected every rank to hold the same problem shape, received different ones on ranks "
+            f"distributed: expected every rank to hold the same problem (shapes, dtype and data), received "
+            f"different ones on ranks "
             f"0 and {', '.join(map(str, differ))} ({shown}); build the same problem on every rank"
         )
 
@@ -133,6 +136,10 @@ class Sharding:
         # max drops NaN on some backends: carry "any NaN" separately so that a NaN stops every rank alike
         nan = self._all_reduce(1.0 if value != value else 0.0, "max")
         return float("nan") if nan > 0 else self._all_reduce(value, "max")
+
+    def any_rank(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any rank: a stop one rank asks for (its callback) stops every rank."""
+        return self._all_reduce(1.0 if flag else 0.0, "max") > 0
 
     def _all_reduce(self, value: float, op: str) -> float:
         dist = _dist()
@@ -156,6 +163,23 @@ class Sharding:
             dist.all_gather(pieces, padded, group=self.group)
             out[key] = torch.cat([piece[:count] for piece, count in zip(pieces, self._counts, strict=True)]).to(home)
         return out
+
+
+def data_digest(problem: Problem) -> str:
+    """A digest of the bytes of every floating tensor the problem holds (ranks that built different data of the
+    same shape disagree here, and are refused before the run instead of each solving its own matrices)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for key, value in sorted(problem._data().items()):
+        tensor = value.detach()
+        if tensor.is_sparse:
+            tensor = tensor.coalesce()
+            parts = (tensor.indices(), tensor.values())
+        else:
+            parts = (tensor,)
+        digest.update(key.encode())
+        for part in parts:
+            digest.update(part.cpu().resolve_conj().resolve_neg().numpy().tobytes())  # numpy copies to C order
+    return digest.hexdigest()
 
 
 def _dist() -> Any:

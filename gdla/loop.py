@@ -137,8 +137,12 @@ def execute(plan: Plan, opt: Optimizer, params: Params) -> tuple[LossHistory, st
                         if taken % 50 == 0:
                             bar.set_postfix(loss=f"{loss:.3e}", refresh=False)
                     hit = rules.on_loss(taken, loss)
-                    if hit is None and callback is not None and callback(taken, loss, params):
-                        hit = "callback"
+                    if hit is None and callback is not None:
+                        asked = bool(callback(taken, loss, params))
+                        if sharding is not None:  # one rank's stop stops them all (none waits forever)
+                            asked = sharding.any_rank(asked)
+                        if asked:
+                            hit = "callback"
                     if hit is None and rules.checks_residual:
                         if stretch.residuals is not None:
                             residual = float(loss_array(stretch.residuals)[0])

@@ -59,8 +59,13 @@ WORKER = textwrap.dedent(
     for name, options in runs.items():
         result = gdla.solve(InverseProblem(matrices(batch)), optimizer=name, distributed=True, seed=5, **options)
         saved[name] = (result.losses, result.params["M"], result.steps, result.stop_reason, result.metrics)
+    stop_on_rank_0 = lambda step, loss, params: rank == 0 and step == 3
+    result = gdla.solve(InverseProblem(matrices(batch)), optimizer="momentum", lr=0.5, max_steps=50, tol=0,
+                        distributed=True, callback=stop_on_rank_0)
+    saved["one_rank_stops"] = (result.steps, result.stop_reason)
     for key, problem in [
         ("mismatch", lambda: InverseProblem(matrices(batch + rank))),
+        ("other_data", lambda: InverseProblem(matrices(batch) + 0.01 * rank)),
         ("too_few", lambda: InverseProblem(matrices(1))),
     ]:
         try:
@@ -135,6 +140,15 @@ def test_ranks_that_disagree_on_shapes_are_refused(ranks: list[dict[str, Any]]) 
         message = saved["mismatch"]
         assert message is not None and message.startswith("distributed: expected every rank to hold the same")
         assert "ranks 0 and 1" in message and "'batch': 5" in message and "'batch': 6" in message
+
+
+def test_a_stop_asked_by_one_rank_stops_every_rank(ranks: list[dict[str, Any]]) -> None:
+    assert [rank["one_rank_stops"] for rank in ranks] == [(3, "callback"), (3, "callback")]
+
+
+def test_ranks_with_different_data_of_the_same_shape_are_refused(ranks: list[dict[str, Any]]) -> None:
+    for rank in ranks:
+        assert rank["other_data"] is not None and "same problem" in rank["other_data"], rank["other_data"]
 
 
 def test_fewer_members_than_ranks_is_refused(ranks: list[dict[str, Any]]) -> None:
