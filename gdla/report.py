@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
+from gdla.errors import InputError
 from gdla.mesh import full_tensor
 from gdla.optimizer import Optimizer
 from gdla.plan import Plan
@@ -34,14 +37,14 @@ def report(
     members, status, finite = _batch_status(plan.full, work_params, plan.rules.tol)
     notes = list(plan.notes)
     if finite:
-        metrics = Metrics(plan.full.metrics(work_params), notes)
+        metrics = Metrics(_guarded(plan.full.metrics(work_params), plan.full), notes)
     else:
         notes.append("the parameters are not finite: every metric is NaN")
         metrics = Metrics({"residual": math.nan, "error": math.nan})
     return Result(
         solution=plan.problem.solution(params_out),
         params=params_out,
-        losses=losses.to_list(),
+        losses=losses.view(),
         steps=len(losses),
         stop_reason=stop,
         seconds=seconds,
@@ -58,6 +61,33 @@ def report(
         batch_status=status,
         member_residuals=members,
     )
+
+
+def _guarded(figures: dict[str, Any], problem: Problem) -> dict[str, Any]:
+    """``figures`` whose deferred ones refuse to run once the problem's data changed in place since the solve.
+
+    A deferred figure (an error against a reference) reads the problem's tensors when it is read; the caller
+    may have changed them since (``A.copy_(...)``), and the figure would then describe other data. Tensor
+    version counters tell: such a read is an :class:`InputError` naming the tensors, never a silent answer
+    about different data.
+    """
+    data = {key: value for key, value in problem._data().items() if not value.is_inference()}
+    versions = {key: value._version for key, value in data.items()}
+
+    def guard(compute: Callable[[], Any]) -> Callable[[], Any]:
+        def read() -> Any:
+            changed = sorted(key for key, value in data.items() if value._version != versions[key])
+            if changed:
+                raise InputError(
+                    f"metrics: expected the data that was solved, received problem {problem.name!r} with "
+                    f"{', '.join(changed)} changed in place since the solve; read the metrics before changing the "
+                    "data, or solve again"
+                )
+            return compute()
+
+        return read
+
+    return {key: guard(value) if callable(value) else value for key, value in dict.items(figures)}
 
 
 def settings(plan: Plan, opt: Optimizer) -> dict[str, object]:

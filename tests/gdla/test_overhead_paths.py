@@ -90,3 +90,15 @@ def test_step_by_step_residuals_follow_the_kernel_steps() -> None:
     problem = InverseProblem.example(kind="diagonal", side="left")
     result = gdla.solve(problem, optimizer="momentum", lr=0.9, momentum=0.9, max_steps=1000)
     assert result.stop_reason == "converged" and result.metrics["residual"] <= 1e-10
+
+
+def test_a_deferred_metric_refuses_data_changed_in_place_after_the_solve() -> None:
+    """The error against the reference belongs to the data solved: a caller's in-place change is refused."""
+    A = torch.eye(4, dtype=torch.float64) * 0.75 + 0.01 * torch.arange(16, dtype=torch.float64).reshape(4, 4) / 16
+    result = gdla.solve(gdla.get_problem("inverse")(A), optimizer="newton-schulz")
+    kept = gdla.solve(gdla.get_problem("inverse")(A.clone()), optimizer="newton-schulz")
+    assert "error" in result.metrics.pending
+    A.copy_(torch.zeros(4, 4, dtype=torch.float64))  # now singular: the old answer's "error" would be nonsense
+    with pytest.raises(gdla.InputError, match="changed in place since the solve"):
+        result.metrics["error"]
+    assert kept.metrics["error"] <= 1e-12  # untouched data reads as before
