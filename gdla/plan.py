@@ -275,6 +275,7 @@ def make_plan(
             f"problem: expected a gdla.Problem instance or a problem name, received {type(problem).__name__}"
         )
     problem = problem.to(dtype=as_dtype(dtype), device=as_device(device))
+    as_device(problem.device, f"problem {problem.name!r}: its data's device")  # a 'meta' tensor, an mps one...
     if not isinstance(optimizer, str):
         raise InputError(f"optimizer: expected a registered optimizer name (str), received {type(optimizer).__name__}")
     if lr is not None:

@@ -64,6 +64,11 @@ def check_matrix(
             raise InputError(
                 f"{name}: expected a matrix (tensor, NumPy array or nested list), received {_describe(value)} ({exc})"
             ) from None
+    if value.device.type not in ("cpu", "cuda"):
+        raise InputError(
+            f"{name}: expected a matrix on the CPU or a CUDA device, received one on {str(value.device)!r}"
+            + (" (a 'meta' tensor holds no data to solve)" if value.device.type == "meta" else "")
+        )
     if not (value.is_floating_point()):
         raise InputError(
             f"{name}: expected a floating-point matrix (float32 or float64), received {value.dtype} "
@@ -171,8 +176,18 @@ def as_device(value: Any, name: str = "device") -> torch.device | None:
         device = torch.device(value)
     except (RuntimeError, TypeError):
         raise InputError(f"{name}: expected a device such as 'cpu' or 'cuda:0', received {value!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"{name}: received {value!r}, but this torch build or machine has no CUDA device")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"{name}: received {value!r}, but this torch build or machine has no CUDA device")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InputError(
+                f"{name}: received {value!r}, but this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif device.type != "cpu":
+        raise InputError(
+            f"{name}: expected 'cpu' or a CUDA device such as 'cuda:0', received {value!r} (gdla solves on the CPU "
+            "and on CUDA; a 'meta' tensor holds no data to solve)"
+        )
     return device
 
 

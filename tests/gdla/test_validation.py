@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import gdla
 from gdla.errors import InputError, ShapeError
 from gdla.validation import (
     as_device,
@@ -214,3 +215,14 @@ def test_as_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="no CUDA device"):
             as_device("cuda:0")
+
+
+@pytest.mark.parametrize("device", ["meta", "mps", "xpu"])
+def test_devices_gdla_does_not_solve_on_are_input_errors(device: str) -> None:
+    with pytest.raises(InputError, match=r"device: expected 'cpu' or a CUDA device"):
+        gdla.solve("inverse", device=device)
+
+
+def test_a_meta_matrix_is_an_input_error_naming_the_argument() -> None:
+    with pytest.raises(InputError, match=r"A: expected a matrix on the CPU or a CUDA device, received one on 'meta'"):
+        gdla.get_problem("inverse")(torch.rand(4, 4, device="meta"))
