@@ -75,6 +75,13 @@ def solve(
             (:mod:`gdla.distributed`); every rank gets the whole result.
         **optimizer_options: passed to the optimizer (``momentum=0.9``, ``schedule="cosine"``...).
     """
+    if torch.is_inference_mode_enabled():  # gradient methods need autograd: leave inference mode for the solve
+        with torch.inference_mode(False):
+            return solve(
+                problem, optimizer=optimizer, lr=lr, max_steps=max_steps, tol=tol, seed=seed, backend=backend,
+                dtype=dtype, device=device, callback=callback, progress=progress, patience=patience,
+                distributed=distributed, **optimizer_options,
+            )
     called = time.perf_counter()
     try:
         plan = make_plan(

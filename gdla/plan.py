@@ -276,6 +276,7 @@ def make_plan(
         )
     problem = problem.to(dtype=as_dtype(dtype), device=as_device(device))
     as_device(problem.device, f"problem {problem.name!r}: its data's device")  # a 'meta' tensor, an mps one...
+    problem = _outside_inference(problem)
     if not isinstance(optimizer, str):
         raise InputError(f"optimizer: expected a registered optimizer name (str), received {type(optimizer).__name__}")
     if lr is not None:
@@ -333,6 +334,25 @@ def _method(optimizer: str, ranking: Ranking) -> tuple[type[Optimizer], str | No
         return get_optimizer(optimizer), None
     pick = ranking.best()
     return pick.cls, pick.fit.reason  # type: ignore[union-attr]
+
+
+def _outside_inference(problem: Problem) -> Problem:
+    """``problem`` with its inference tensors (made under ``torch.inference_mode()``) cloned into normal ones,
+    which autograd may use; rebuilt from its recorded constructor arguments."""
+    if not any(value.is_inference() for value in problem._data().values()):
+        return problem
+    recorded = problem.__dict__.get("_constructor_arguments")
+    if recorded is None:
+        raise InputError(
+            f"problem: expected data that autograd may use, received problem {problem.name!r} holding tensors made "
+            "under torch.inference_mode(); build the problem outside inference mode, or from cloned tensors"
+        )
+    cloned = {
+        key: value.clone()
+        for key, value in recorded.items()
+        if isinstance(value, torch.Tensor) and value.is_inference()
+    }
+    return problem.rebuild(**cloned)
 
 
 def _identity(params: Params) -> Params:

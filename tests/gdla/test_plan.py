@@ -152,3 +152,13 @@ def test_a_broken_suitability_is_left_out_with_a_warning_naming_it(register_clas
     for words in ("'broken-suitability'", "_Broken", "ZeroDivisionError: oops", "'wrong-suitability'",
                   "returned 3", "left out of the ranking"):
         assert words in text, text
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "newton-schulz", "cg"])
+def test_solve_under_inference_mode_works_as_outside_it(optimizer: str) -> None:
+    A = torch.eye(4, dtype=torch.float64) + 0.1 * torch.arange(16, dtype=torch.float64).reshape(4, 4) / 16
+    outside = gdla.solve(gdla.get_problem("inverse")(A), optimizer=optimizer)
+    with torch.inference_mode():
+        inside = gdla.solve(gdla.get_problem("inverse")(A.clone()), optimizer=optimizer)
+    assert inside.stop_reason == outside.stop_reason == "converged"
+    assert inside.losses == outside.losses and torch.equal(inside.solution, outside.solution)
