@@ -31,7 +31,31 @@ ALLOCATION_MESSAGES = ("can't allocate memory", "defaultcpuallocator", "out of m
 
 
 def available_bytes() -> int | None:
-    """Memory available to new allocations: ``MemAvailable`` from ``/proc/meminfo`` (Linux), else ``None``."""
+    """Memory available to new allocations: the machine's (``MemAvailable`` from ``/proc/meminfo`` on Linux, free
+    physical pages elsewhere), or less where this process's address-space limit (``ulimit -v``, ``RLIMIT_AS``)
+    leaves less room; ``None`` if neither is known."""
+    machine = _machine_available()
+    room = _address_space_room()
+    known = [value for value in (machine, room) if value is not None]
+    return min(known) if known else None
+
+
+def _address_space_room() -> int | None:
+    """Bytes this process may still map under its ``RLIMIT_AS`` soft limit, or ``None`` without a limit."""
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if limit == resource.RLIM_INFINITY:
+            return None
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            mapped = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (ImportError, OSError, ValueError, IndexError, AttributeError):
+        return None
+    return max(0, limit - mapped)
+
+
+def _machine_available() -> int | None:
     try:
         with open("/proc/meminfo", encoding="ascii") as meminfo:
             for line in meminfo:

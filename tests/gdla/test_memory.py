@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -117,3 +119,16 @@ def test_the_refusal_quotes_a_sparse_operator(monkeypatch: pytest.MonkeyPatch) -
         memory.check_method_fits(DenseSolve, problem, params, {})
     monkeypatch.setattr(memory, "available_bytes", lambda: None)  # unknown memory: nothing to check against
     memory.check_method_fits(DenseSolve, problem, params, {})
+
+
+def test_available_memory_respects_the_address_space_limit() -> None:
+    """Under ``ulimit -v`` the room left in the address space, not the machine's free memory, is what is available."""
+    code = (
+        "import resource, gdla.memory as m; "
+        "limit = 6 * 2**30; resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY)); "
+        "print(m.available_bytes(), m._machine_available(), limit)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    available, machine, limit = (int(value) for value in out)
+    assert available <= limit and available <= machine
+    assert available < limit  # the interpreter and torch already occupy part of it
