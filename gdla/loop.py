@@ -9,6 +9,7 @@ No built-in name appears here.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -236,7 +237,8 @@ def _blame_problem(problem: Problem, exc: Exception) -> None:
 
 
 def _progress_bar(total: int, *, enabled: bool) -> Any:
-    if not enabled:
+    """A tqdm bar on ``sys.stderr``; none where there is no stderr to draw on (``None`` or closed)."""
+    if not enabled or sys.stderr is None or getattr(sys.stderr, "closed", False):
         return None
     from tqdm.auto import tqdm
 

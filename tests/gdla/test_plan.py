@@ -162,3 +162,16 @@ def test_solve_under_inference_mode_works_as_outside_it(optimizer: str) -> None:
         inside = gdla.solve(gdla.get_problem("inverse")(A.clone()), optimizer=optimizer)
     assert inside.stop_reason == outside.stop_reason == "converged"
     assert inside.losses == outside.losses and torch.equal(inside.solution, outside.solution)
+
+
+@pytest.mark.parametrize("stderr", [None, "closed"])
+def test_a_progress_bar_without_a_stderr_is_left_out(monkeypatch: pytest.MonkeyPatch, stderr: Any) -> None:
+    import io
+    import sys
+
+    if stderr == "closed":
+        stderr = io.StringIO()
+        stderr.close()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    result = gdla.solve(gdla.get_problem("inverse").example(), optimizer="newton-schulz", progress=True)
+    assert result.converged
