@@ -62,6 +62,48 @@ def _matrix(op: str, value: object, name: str, like: torch.Tensor | None = None,
     return tensor
 
 
+def _extent(tensor: torch.Tensor) -> tuple[int, int, int]:
+    """``(storage pointer, first byte, one past the last byte)`` of the memory ``tensor`` can reach."""
+    span = 1 + sum((size - 1) * abs(stride) for size, stride in zip(tensor.shape, tensor.stride(), strict=True))
+    first = tensor.storage_offset() * tensor.element_size()
+    return tensor.untyped_storage().data_ptr(), first, first + (span if tensor.numel() else 0) * tensor.element_size()
+
+
+def _in_place(
+    op: str, written: dict[str, torch.Tensor], read: dict[str, torch.Tensor], *, elementwise: bool = False
+) -> None:
+    """The arguments of a kernel that writes ``written`` in place: those contiguous (unless ``elementwise``), and no
+    written tensor sharing memory with another argument, as torch refuses an overlapping ``out=``: an aliased
+    output computes garbage. An ``elementwise`` kernel may read the very tensor it writes (``U`` as ``G``), as
+    ``a.add_(a)`` may; two written tensors may never share memory. Skipped while ``torch.compile`` traces."""
+    if torch.compiler.is_compiling():
+        return
+    everything = {**read, **written}
+    for name, tensor in written.items():  # read tensors the wrappers pass on .contiguous()
+        if not elementwise and not tensor.is_contiguous():
+            back = " and copy the result back" if name in written else ""
+            raise InputError(
+                f"{op}: {name} must be contiguous, received strides {tensor.stride()} for shape "
+                f"{tuple(tensor.shape)}; pass {name}.contiguous(){back}"
+            )
+    pointers = [tensor.untyped_storage().data_ptr() for tensor in everything.values()]
+    if len(set(pointers)) == len(pointers):  # no two share a storage: the common case, decided cheaply
+        return
+    extents = {name: _extent(tensor) for name, tensor in everything.items()}
+    for name in written:
+        pointer, first, last = extents[name]
+        for other, (other_pointer, other_first, other_last) in extents.items():
+            if other == name or other_pointer != pointer or not (first < other_last and other_first < last):
+                continue
+            same = everything[other].shape == everything[name].shape and (first, last) == (other_first, other_last)
+            if elementwise and same and other not in written:
+                continue
+            raise InputError(
+                f"{op}: {name} is written in place and must not share memory with {other}, received "
+                f"overlapping tensors; pass separate tensors (e.g. {other}.clone())"
+            )
+
+
 def _shape(op: str, tensor: torch.Tensor, name: str, expected: tuple[int, ...], why: str) -> None:
     if tuple(tensor.shape) != tuple(expected):
         raise ShapeError(f"{op}: {name} must have shape {tuple(expected)} {why}, received {tuple(tensor.shape)}")

@@ -85,7 +85,11 @@ def info(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def solve(args: argparse.Namespace, out: TextIO) -> int:
-    """``gdla solve PROBLEM ...``: build the problem, solve it, report; exit 1 if the run diverged."""
+    """``gdla solve PROBLEM ...``: build the problem, solve it, report; exit 1 if the run diverged.
+
+    ``--save`` writes only the answer of a successful run (:func:`_unsaved_reason`), and atomically:
+    a failed run, or a write cut short, leaves an existing file as it was (exit 1).
+    """
     from gdla.building import build_problem
     from gdla.memory import allocation_error
     from gdla.registry import get_problem
@@ -126,8 +130,8 @@ def solve(args: argparse.Namespace, out: TextIO) -> int:
         raise error from None
     if args.distributed and not is_reporting_rank():  # every rank holds the whole result: rank 0 reports it
         return 0 if result.stop_reason != "diverged" else 1
-    _report(args, result, out)
-    return 0 if result.stop_reason != "diverged" else 1
+    saved = _report(args, result, out)
+    return 0 if result.stop_reason != "diverged" and saved else 1
 
 
 def _checked_optimizer(args: argparse.Namespace) -> Any:
@@ -165,8 +169,8 @@ def _run(args: argparse.Namespace, problem: Any) -> Any:
     )
 
 
-def _report(args: argparse.Namespace, result: Any, out: TextIO) -> None:
-    """The summary (or ``--json``), then the ``--plot`` figure and the ``--save`` file."""
+def _report(args: argparse.Namespace, result: Any, out: TextIO) -> bool:
+    """The summary (or ``--json``), then the ``--plot`` figure and the ``--save`` file; whether all asked was saved."""
     if args.plot is not None:
         from gdla.plotting import plot_losses
 
@@ -177,12 +181,48 @@ def _report(args: argparse.Namespace, result: Any, out: TextIO) -> None:
         print(result.summary(), file=out)
         if args.plot is not None:
             print(f"  loss plot saved to {args.plot}", file=out)
-    if args.save is not None:  # after the report: a file that cannot be written does not lose the result
-        from gdla.io import save_matrix
+    if args.save is None:
+        return True
+    reason = _unsaved_reason(result)
+    if reason is not None:  # a failed run's answer never replaces a file
+        note = f"solution not saved: {reason}, so {args.save} was not written (an existing file keeps its contents)"
+        if args.json:
+            import warnings
 
-        save_matrix(result.solution, args.save)
-        if not args.json:
-            print(f"  solution saved to {args.save}", file=out)
+            from gdla.errors import GdlaWarning
+
+            warnings.warn(f"--save: {note}", GdlaWarning, stacklevel=2)
+        else:
+            print(f"  {note}", file=out)
+        return False
+    from gdla.io import save_matrix
+
+    save_matrix(result.solution, args.save)  # after the report: a file that cannot be written does not lose the result
+    if not args.json:
+        print(f"  solution saved to {args.save}", file=out)
+    return True
+
+
+def _unsaved_reason(result: Any) -> str | None:
+    """Why ``--save`` must not write this run's answer, or ``None``.
+
+    Saved: the answer of every run that exits 0 (``converged``, ``max_steps``, ``stalled``,
+    ``callback``) when all its entries are finite. Not saved: a ``diverged`` run, or an answer
+    with NaN or infinite entries.
+    """
+    import torch
+
+    if result.stop_reason == "diverged":
+        return "the run diverged"
+    parts = result.solution if isinstance(result.solution, (tuple, list)) else (result.solution,)
+    for part in parts:
+        if isinstance(part, torch.Tensor):
+            if part.layout == torch.sparse_coo:
+                part = part.coalesce()
+            stored = part if part.layout == torch.strided else part.values()  # a sparse answer: its stored entries
+            if not bool(torch.isfinite(stored).all()):
+                return "the answer has NaN or infinite entries"
+    return None
 
 
 def demo(args: argparse.Namespace, out: TextIO) -> int:

@@ -7,15 +7,19 @@ coordinate-format ``.mtx`` (or a sparse ``.pt`` tensor) stays a torch sparse ten
 200,000 × 200,000 file with a million entries never becomes ``n²`` numbers.
 
 :func:`save_matrix` writes an answer (``gdla solve --save``): dense or sparse, ``.pt``, ``.npy``
-or ``.mtx``.
+or ``.mtx``, atomically (a temporary file renamed over the target once it is complete).
 """
 
 from __future__ import annotations
 
+import errno
 import os
-from collections.abc import Callable
+import secrets
+import stat
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -153,6 +157,14 @@ def _from_numpy(array: np.ndarray) -> torch.Tensor:
 
 #: File suffixes :func:`save_matrix` writes.
 SAVE_SUFFIXES = (".pt", ".pth", ".npy", ".mtx")
+#: What an existing path that is not a regular file is, by the kind bits of its mode.
+_SPECIAL_FILES = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
 
 
 def check_save_path(path: str | os.PathLike[str], what: str = "path") -> Path:
@@ -166,14 +178,25 @@ def check_save_path(path: str | os.PathLike[str], what: str = "path") -> Path:
         The path.
 
     Raises:
-        MatrixFileError: an unsupported suffix, or a folder that does not exist.
+        MatrixFileError: an unsupported suffix, a folder that does not exist, or an existing path
+            that is not a regular file (a folder, a FIFO, a device: a write there would block or
+            go nowhere).
     """
     file = Path(path)
     if file.suffix.lower() not in SAVE_SUFFIXES:
         raise MatrixFileError(f"{what}: expected a file ending in {', '.join(SAVE_SUFFIXES)}, received {str(file)!r}")
     if not file.parent.is_dir():
         raise MatrixFileError(f"{what}: the folder {str(file.parent)!r} of {str(file)!r} does not exist")
-    return file
+    try:
+        mode = file.stat().st_mode  # follows a link: what matters is what a write would reach
+    except OSError:  # nothing there yet (or a dangling link): a new file
+        return file
+    if stat.S_ISREG(mode):
+        return file
+    kind = next((name for test, name in _SPECIAL_FILES if test(mode)), "not a regular file")
+    raise MatrixFileError(
+        f"{what}: expected a new file or a regular file to replace, received {str(file)!r}, which is {kind}"
+    )
 
 
 def save_matrix(value: Any, path: str | os.PathLike[str]) -> None:
@@ -182,7 +205,13 @@ def save_matrix(value: Any, path: str | os.PathLike[str]) -> None:
     ``.pt``/``.pth`` keep everything as it is (a sparse tensor stays sparse, a tuple stays a
     tuple); ``.npy`` takes one dense tensor; ``.mtx`` takes one matrix, dense (Matrix Market
     ``array``) or sparse (``coordinate``, only the stored entries: what :func:`load_matrix` reads
-    back with ``keep_sparse=True``).
+    back with ``keep_sparse=True``). The file written is the file named, whatever the case of its
+    suffix (``up.NPY`` stays ``up.NPY``).
+
+    The write is atomic: the data goes to a temporary file in the same folder, is flushed to disk
+    and then renamed over ``path``, so ``path`` holds either its old contents or the whole new
+    file, never a part; a write that fails (a full disk, a file-size limit) removes the temporary
+    file and leaves ``path`` as it was. A ``path`` that is a link to a file replaces that file.
 
     Args:
         value: the tensor(s).
@@ -190,44 +219,76 @@ def save_matrix(value: Any, path: str | os.PathLike[str]) -> None:
 
     Raises:
         MatrixFileError: a format that cannot hold ``value`` (a sparse tensor as ``.npy``, a
-            tuple or a batch of matrices as ``.npy``/``.mtx``), or a file that cannot be written.
+            tuple or a batch of matrices as ``.npy``/``.mtx``; refused before anything is written),
+            or a file that cannot be written (an existing one is then left as it was).
     """
     file = check_save_path(path)
+    write = _writer(value, file)
+    try:
+        with _replacing(file) as stream:
+            try:
+                write(stream)
+            except RuntimeError:  # torch.save turns a failed write into "unexpected pos": say what failed
+                if stream.failure is None:
+                    raise
+                raise stream.failure from None
+    except OSError as exc:  # a full disk, a file-size limit, permissions...
+        raise MatrixFileError(f"path {str(file)!r}: cannot be written ({exc.strerror or exc})") from None
+    except RuntimeError as exc:  # torch.save's own failures
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MatrixFileError(f"path {str(file)!r}: cannot be written ({detail})") from None
+
+
+class _Stream:
+    """A binary file that remembers its first failed write (a writer may report it only as its own error)."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self.failure: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._raw.write(data)
+        except OSError as exc:
+            self.failure = self.failure or exc
+            raise
+
+    def flush(self) -> None:
+        self._raw.flush()
+
+
+def _writer(value: Any, file: Path) -> Callable[[_Stream], None]:
+    """What writes ``value`` in ``file``'s format to an open stream; raises first if the format cannot hold it."""
     suffix = file.suffix.lower()
     tensors = tuple(value) if isinstance(value, (tuple, list)) else (value,)
     if not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):
         raise MatrixFileError(
             f"path {str(file)!r}: expected a tensor or a tuple of tensors to save, received {type(value).__name__}"
         )
-    try:
-        if suffix in (".pt", ".pth"):
-            detached = tuple(t.detach().cpu() for t in tensors)
-            torch.save(detached if isinstance(value, (tuple, list)) else detached[0], file)
-            return
-        if len(tensors) != 1:
-            shapes = ", ".join(str(tuple(t.shape)) for t in tensors)
+    if suffix in (".pt", ".pth"):
+        detached = tuple(t.detach().cpu() for t in tensors)
+        kept = detached if isinstance(value, (tuple, list)) else detached[0]
+        return lambda stream: torch.save(kept, stream)
+    if len(tensors) != 1:
+        shapes = ", ".join(str(tuple(t.shape)) for t in tensors)
+        raise MatrixFileError(
+            f"path {str(file)!r}: the answer is {len(tensors)} tensors (shapes {shapes}); "
+            f"{suffix} holds one matrix, save it as .pt"
+        )
+    tensor = tensors[0].detach().cpu()
+    if suffix == ".npy":
+        if tensor.layout != torch.strided:
             raise MatrixFileError(
-                f"path {str(file)!r}: the answer is {len(tensors)} tensors (shapes {shapes}); "
-                f"{suffix} holds one matrix, save it as .pt"
+                f"path {str(file)!r}: the answer is a sparse {tuple(tensor.shape)} tensor with "
+                f"{tensor.to_sparse_coo().coalesce().values().numel()} stored entries; .npy stores "
+                "dense arrays only, save it as .mtx (coordinate) or .pt (sparse tensor)"
             )
-        tensor = tensors[0].detach().cpu()
-        if suffix == ".npy":
-            if tensor.layout != torch.strided:
-                raise MatrixFileError(
-                    f"path {str(file)!r}: the answer is a sparse {tuple(tensor.shape)} tensor with "
-                    f"{tensor.to_sparse_coo().coalesce().values().numel()} stored entries; .npy stores "
-                    "dense arrays only, save it as .mtx (coordinate) or .pt (sparse tensor)"
-                )
-            np.save(file, tensor.numpy(), allow_pickle=False)
-            return
-        _write_mtx(tensor, file)
-    except MatrixFileError:
-        raise
-    except OSError as exc:
-        raise MatrixFileError(f"path {str(file)!r}: cannot be written ({exc.strerror or type(exc).__name__})") from None
+        # to a stream, np.save writes where it is told (given a name, it would append .npy to up.NPY)
+        return lambda stream: np.save(stream, tensor.numpy(), allow_pickle=False)
+    return _mtx_writer(tensor, file)
 
 
-def _write_mtx(tensor: torch.Tensor, file: Path) -> None:
+def _mtx_writer(tensor: torch.Tensor, file: Path) -> Callable[[_Stream], None]:
     import scipy.io
     import scipy.sparse
 
@@ -241,5 +302,51 @@ def _write_mtx(tensor: torch.Tensor, file: Path) -> None:
         data: Any = scipy.sparse.coo_matrix((coo.values().numpy(), (rows, cols)), shape=tuple(coo.shape))
     else:
         data = tensor.numpy()
-    with open(file, "wb") as stream:
-        scipy.io.mmwrite(stream, data)
+    return lambda stream: scipy.io.mmwrite(stream, data)
+
+
+@contextmanager
+def _replacing(file: Path) -> Iterator[_Stream]:
+    """A stream to a new file beside ``file`` that replaces ``file`` once the block has written all of it.
+
+    The new file is flushed and synced before the rename (so a crash right after leaves the whole
+    new file or the whole old one), takes the old file's permissions (a new file: the umask's), and
+    is removed if the block raises, whatever it raises.
+    """
+    target = Path(os.path.realpath(file)) if file.is_symlink() else file
+    if target.exists() and not os.access(target, os.W_OK):  # a rename would get past a read-only file
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(file))
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:  # a fresh name: never another writer's temporary file
+        temporary = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            descriptor = os.open(temporary, flags, 0o666)
+            break
+        except FileExistsError:
+            continue
+    try:
+        with os.fdopen(descriptor, "wb") as raw:
+            yield _Stream(raw)
+            raw.flush()
+            os.fsync(raw.fileno())
+        if target.exists():
+            os.chmod(temporary, stat.S_IMODE(target.stat().st_mode))
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _sync_folder(target.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable, where the system allows it (a best effort: the data is already synced)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)

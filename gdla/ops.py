@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.graph import increment_version
 
-from gdla._op_checks import CUDA_KERNELS, SIDES, _mask, _matrix, _shape, _side, _tensor
+from gdla._op_checks import CUDA_KERNELS, SIDES, _in_place, _mask, _matrix, _shape, _side, _tensor
 from gdla._op_checks import OPS as _ops
 from gdla.errors import InputError, ShapeError
 from gdla.limits import RUN_MAX_COLUMNS, RUN_MAX_HOPS, RUN_MAX_N, SMALL_MAX_N
@@ -211,6 +211,7 @@ def masked_update_(
         _shape(op, tensor, name, tuple(U.shape), "to match U")
     lr = check_nonnegative(lr, f"{op}: lr")
     momentum = check_probability(momentum, f"{op}: momentum")
+    _in_place(op, {"U": U} if buf is None else {"U": U, "buf": buf}, {"omega": omega, "G": G}, elementwise=True)
     if momentum != 0.0 and buf is None:
         raise InputError(f"{op}: momentum={momentum} needs buf, a tensor like U holding the velocity; received None")
     _ops.masked_update_(U, omega, G, lr, momentum, buf)

@@ -10,7 +10,7 @@ import torch
 from torch.autograd.graph import increment_version
 
 from gdla._op_checks import OPS as _ops
-from gdla._op_checks import _matrix, _shape, _side, _tensor
+from gdla._op_checks import _in_place, _matrix, _shape, _side, _tensor
 from gdla.errors import InputError, ShapeError
 from gdla.limits import RUN_MAX_COLUMNS, RUN_MAX_HOPS, RUN_MAX_N, SMALL_MAX_N
 from gdla.validation import check_int, check_nonnegative, check_positive, check_probability
@@ -196,8 +196,9 @@ def inverse_momentum_run(
         raise ShapeError(f"{op}: A must hold square n x n matrices with n <= {RUN_MAX_N}, received {tuple(A.shape)}")
     for name, value in (("X", X), ("buf", buf)):
         _shape(op, _tensor(op, value, name, A, "A"), name, tuple(A.shape), "to match A")
+    _in_place(op, {"X": X, "buf": buf}, {"A": A})
     return _written((X, buf), _ops.inverse_momentum_run(
-        A,
+        A.contiguous(),
         X,
         buf,
         _side(op, side),
@@ -262,8 +263,9 @@ def inverse_adam_run(
     _check_rates(op, lrs)
     beta1 = check_probability(betas[0], f"{op}: betas[0]")
     beta2 = check_probability(betas[1], f"{op}: betas[1]")
+    _in_place(op, {"X": X, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}, {"A": A})
     return _written((X, exp_avg, exp_avg_sq), _ops.inverse_adam_run(
-        A, X, exp_avg, exp_avg_sq, _side(op, side), lrs, beta1, beta2, check_positive(eps, f"{op}: eps"),
+        A.contiguous(), X, exp_avg, exp_avg_sq, _side(op, side), lrs, beta1, beta2, check_positive(eps, f"{op}: eps"),
         check_int(step0, f"{op}: step0", minimum=0), float(first_loss), check_positive(blow_up, f"{op}: blow_up"),
         _stop_loss(op, stop_loss),
     ))
@@ -318,8 +320,12 @@ def svd_sgd_run(
     if M.dim() != 2 or max(M.shape) > SMALL_MAX_N:
         raise ShapeError(f"{op}: M must be one m x n matrix with m, n <= {SMALL_MAX_N}, received {tuple(M.shape)}")
     _check_rates(op, lrs)
+    written = {"U": U, "s": s, "V": V, **{f"buffers[{i}]": b for i, b in enumerate(buffers)}}
+    for name, value in written.items():
+        _tensor(op, value, name, M, "M")
+    _in_place(op, written, {"M": M})
     return _written((U, s, V, *buffers), _ops.svd_sgd_run(
-        M, U, s, V, *buffers, lrs, check_nonnegative(weight_u, f"{op}: weight_u"),
+        M.contiguous(), U, s, V, *buffers, lrs, check_nonnegative(weight_u, f"{op}: weight_u"),
         check_nonnegative(weight_v, f"{op}: weight_v"), check_probability(momentum, f"{op}: momentum"),
         check_probability(dampening, f"{op}: dampening"), bool(nesterov), bool(started), bool(sign_fix),
         float(first_loss), check_positive(blow_up, f"{op}: blow_up"),
@@ -384,8 +390,13 @@ def masked_sgd_run(
     if U.dim() != 2 or U.shape[0] != U.shape[1] or U.shape[0] > SMALL_MAX_N:
         raise ShapeError(f"{op}: U must be one square n x n matrix with n <= {SMALL_MAX_N}, received {tuple(U.shape)}")
     _check_rates(op, lrs)
+    read = {"init": init, "omega": omega, "X": X, "Y": Y}
+    for name, value in {**read, "buf": buf}.items():
+        _tensor(op, value, name, U, "U")
+    _in_place(op, {"U": U, "buf": buf}, read)
     return _written((U, buf), _ops.masked_sgd_run(
-        init, omega, X, Y, U, buf, lrs, check_int(hops, f"{op}: hops", minimum=1), activation or "identity", loss,
+        *(tensor.contiguous() for tensor in read.values()), U, buf, lrs, check_int(hops, f"{op}: hops", minimum=1),
+        activation or "identity", loss,
         check_probability(momentum, f"{op}: momentum"), check_probability(dampening, f"{op}: dampening"),
         bool(nesterov), bool(started), float(first_loss), check_positive(blow_up, f"{op}: blow_up"),
     ))

@@ -6,6 +6,11 @@ may point to one module), and a listing imports all of them: one that fails to i
 its hook or registers something invalid is skipped with a :class:`~gdla.errors.PluginWarning`
 naming its distribution, entry point and the reason, and the rest still load.
 ``GDLA_STRICT_PLUGINS=1`` turns that warning into a :class:`~gdla.errors.PluginError`.
+
+Loading is thread-safe: one re-entrant lock guards every load and every change, and the registry
+counts as loaded only once a load has finished, so a lookup from another thread waits for it
+instead of seeing a half-filled registry; a plugin whose import itself looks a name up (in the
+loading thread) does not deadlock.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import difflib
 import inspect
 import os
 import re
+import threading
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -84,9 +90,14 @@ class Registry:
 
     def __init__(self, entry_points: Callable[[], Iterable[metadata.EntryPoint]] | None = None) -> None:
         self._entry_points = entry_points or (lambda: metadata.entry_points(group=GROUP))
+        self._lock = threading.RLock()  # kept by _reset: a thread waiting on it must find the registry it guards
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget everything loaded or registered (a failed load's partial state), so the next lookup starts over."""
         self._pm = pluggy.PluginManager(hookspecs.PROJECT)
         self._pm.add_hookspecs(hookspecs)
-        self._loaded = False
+        self._loaded = False  # True only after a complete load
         self._read: list[metadata.EntryPoint] | None = None  # the entry points, read once
         self._imported: set[tuple[str, str]] = set()  # (distribution, module) already loaded
         self._visited: set[int] = set()  # indexes into _read already handled
@@ -96,26 +107,32 @@ class Registry:
 
     # -- loading ------------------------------------------------------------------------------
     def load(self) -> None:
-        """Load every entry point of group ``gdla`` (only the first call does anything)."""
-        if self._loaded:
+        """Load every entry point of group ``gdla`` (only the first complete call does anything).
+
+        Another thread calling meanwhile waits for this load to finish.
+        """
+        if self._loaded:  # set last, after a complete load: safe to read without the lock
             return
-        self._loaded = True
-        try:
-            self._load_entry_points()
-        except BaseException:
-            # strict mode (or warnings turned into errors) stopped the load half way: forget it
-            # all, so the next lookup tries again instead of seeing a partial registry
-            self.__init__(self._entry_points)  # type: ignore[misc]
-            raise
+        with self._lock:
+            if self._loaded:
+                return
+            self._load_guarded(None)
+            self._loaded = True
 
     def _load_named(self, name: str) -> None:
         """Load only the entry points named ``name`` (the convention: an entry point per registered name)."""
-        if self._loaded:
-            return
+        with self._lock:
+            if not self._loaded:
+                self._load_guarded(name)
+
+    def _load_guarded(self, only: str | None) -> None:
+        """:meth:`_load_entry_points`, under the lock; a load stopped half way is forgotten."""
         try:
-            self._load_entry_points(only=name)
+            self._load_entry_points(only=only)
         except BaseException:
-            self.__init__(self._entry_points)  # type: ignore[misc]
+            # strict mode (or warnings turned into errors) stopped the load half way: forget it
+            # all, so the next lookup tries again instead of seeing a partial registry
+            self._reset()
             raise
 
     def _load_entry_points(self, only: str | None = None) -> None:
@@ -143,21 +160,22 @@ class Registry:
 
     def register_plugin(self, plugin: Any, *, name: str | None = None, dist: str = "local", version: str = "0") -> str:
         """Register a plugin object directly (no entry point); errors raise. Returns its name."""
-        self.load()
-        plugin_name = name or getattr(plugin, "__name__", None) or repr(plugin)
-        self._add(
-            plugin, plugin_name=plugin_name, dist=dist, version=version, where=f"plugin {plugin_name!r}", strict=True
-        )
+        with self._lock:
+            self.load()
+            plugin_name = name or getattr(plugin, "__name__", None) or repr(plugin)
+            where = f"plugin {plugin_name!r}"
+            self._add(plugin, plugin_name=plugin_name, dist=dist, version=version, where=where, strict=True)
         return plugin_name
 
     def unregister_plugin(self, name: str) -> None:
         """Remove a plugin and everything it registered."""
-        self._pm.unregister(name=name)
-        for entry in self._plugin_items.pop(name, []):
-            bucket = self._items[entry.kind]
-            bucket[entry.name] = [e for e in bucket.get(entry.name, []) if e is not entry]
-            if not bucket[entry.name]:
-                del bucket[entry.name]
+        with self._lock:
+            self._pm.unregister(name=name)
+            for entry in self._plugin_items.pop(name, []):
+                bucket = self._items[entry.kind]
+                bucket[entry.name] = [e for e in bucket.get(entry.name, []) if e is not entry]
+                if not bucket[entry.name]:
+                    del bucket[entry.name]
 
     def _add(self, plugin: Any, *, plugin_name: str, dist: str, version: str, where: str, strict: bool) -> None:
         strict = strict or os.environ.get("GDLA_STRICT_PLUGINS", "") not in ("", "0")
@@ -238,8 +256,9 @@ class Registry:
         """
         found = None
         if isinstance(name, str) and not self._loaded:
-            self._load_named(name)
-            found = self._items[kind].get(name)
+            with self._lock:  # the named load and its lookup as one step: no other thread's reset in between
+                self._load_named(name)
+                found = self._items[kind].get(name)
         if not found:
             self.load()
             found = self._items[kind].get(name) if isinstance(name, str) else None

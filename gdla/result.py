@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from gdla.stopping import Losses
+
 __all__ = ["BATCH_STATUS", "STOP_REASONS", "Metrics", "Result"]
 
 #: Why a run ended, with the sentence shown to people.
@@ -122,12 +124,13 @@ class Result:
 
     ``solution`` is the problem's answer (the inverse; ``(U, S, V)`` for ``svd``; the learned
     operator for ``sparse``; the band parameters for ``toeplitz``) and ``params`` the raw
-    parameter tensors. ``losses[i]`` is the loss evaluated at step ``i + 1``.
+    parameter tensors. ``losses[i]`` is the loss evaluated at step ``i + 1``: a read-only, list-like
+    :class:`~gdla.stopping.Losses` over packed float64 (8 bytes a step); a list given here becomes one.
     """
 
     solution: Any
     params: dict[str, torch.Tensor]
-    losses: list[float]
+    losses: Losses
     steps: int
     stop_reason: str
     seconds: float
@@ -150,6 +153,10 @@ class Result:
     #: (shape: the batch), and each member's final relative residual.
     batch_status: torch.Tensor | None = None
     member_residuals: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.losses, Losses):
+            self.losses = Losses(self.losses)
 
     @property
     def converged(self) -> bool:

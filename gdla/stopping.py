@@ -4,13 +4,18 @@ A run stops on the first of: a non-finite loss or one that grew far beyond its s
 (``diverged``), the callback (``callback``), the relative residual at or below ``tol``
 (``converged``), ``patience`` steps in which neither the best loss nor the best residual improved
 by 0.1% (``stalled``), or the step budget (``max_steps``).
+
+The losses of the steps taken are kept packed (:class:`LossHistory`, 8 bytes a step) and handed
+back as :class:`Losses`, a read-only list-like view of the same memory (``Result.losses``).
 """
 
 from __future__ import annotations
 
 import math
+import operator
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -20,6 +25,7 @@ __all__ = [
     "MAX_PATIENCE",
     "STALL_IMPROVEMENT",
     "LossHistory",
+    "Losses",
     "StopRules",
     "default_patience",
     "default_tol",
@@ -159,3 +165,90 @@ class LossHistory:
 
     def to_list(self) -> list[float]:
         return self._values.tolist()
+
+    def view(self) -> Losses:
+        """The history as a read-only :class:`Losses`, sharing its memory (take it once the run is over)."""
+        return Losses(self._values)
+
+
+class Losses(Sequence[float]):
+    """``Result.losses``: the loss of each step (``losses[i]`` is step ``i + 1``'s), read-only, packed float64.
+
+    It reads as the list of floats it replaces (``len``, indexing, slicing to a ``list``, iteration,
+    ``min``/``max``, ``==`` against a list, a tuple or another ``Losses``) at 8 bytes a step
+    (:attr:`nbytes`) instead of a Python float's 32. :meth:`numpy` (and ``np.asarray``) is a
+    read-only view of the same memory; :meth:`tensor` is a float64 copy (a tensor cannot be
+    read-only). It pickles compactly; ``Result.to_dict()`` turns it into a JSON list.
+    """
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: Iterable[float] = ()) -> None:
+        """Wrap packed float64 ``values`` (an ``array('d')``, shared, not copied) or copy any iterable of floats."""
+        self._values = values if isinstance(values, array) and values.typecode == "d" else array("d", values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    @overload
+    def __getitem__(self, index: int) -> float: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[float]: ...
+
+    def __getitem__(self, index: int | slice) -> float | list[float]:
+        if isinstance(index, slice):
+            return self._values[index].tolist()
+        return self._values[index]
+
+    def __iter__(self) -> Iterator[float]:
+        return iter(self._values)
+
+    def __reversed__(self) -> Iterator[float]:
+        return reversed(self._values)
+
+    def __eq__(self, other: object) -> bool:
+        if other is self:
+            return True
+        if isinstance(other, Losses):
+            return self._values == other._values
+        if isinstance(other, (list, tuple)):  # as list == list: same length, equal items in order
+            return len(other) == len(self._values) and all(map(operator.eq, self._values, other))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # compares by value, as a list
+
+    def __repr__(self) -> str:
+        shown = self._values.tolist() if len(self._values) <= 6 else [*self._values[:3], ..., *self._values[-2:]]
+        items = ", ".join("…" if value is ... else repr(value) for value in shown)
+        return f"Losses([{items}], steps={len(self._values)})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Losses, (self._values,))
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes the losses take: 8 a step."""
+        return len(self._values) * self._values.itemsize
+
+    def tolist(self) -> list[float]:
+        """A plain list of Python floats (a copy, 32 bytes a step)."""
+        return self._values.tolist()
+
+    def numpy(self) -> np.ndarray:
+        """The losses as a read-only float64 NumPy array sharing this memory (no copy)."""
+        view = np.frombuffer(self._values, dtype=np.float64) if self._values else np.empty(0, dtype=np.float64)
+        view.flags.writeable = False
+        return view
+
+    def tensor(self) -> torch.Tensor:
+        """The losses as a new float64 CPU tensor (a copy: torch has no read-only tensors)."""
+        return torch.from_numpy(self.numpy().copy())
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        view = self.numpy()
+        if copy is False and dtype is not None and np.dtype(dtype) != view.dtype:
+            raise ValueError(f"Losses.__array__: dtype {dtype} needs a copy, but copy=False was given")
+        if dtype is not None or copy:
+            return view.astype(view.dtype if dtype is None else dtype, copy=True)
+        return view

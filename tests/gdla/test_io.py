@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
 from pathlib import Path
@@ -167,6 +168,23 @@ def test_check_save_path(tmp_path: Path) -> None:
         check_save_path(tmp_path / "a.csv", "--save")
     with pytest.raises(MatrixFileError, match=r"--save: the folder .*missing.* does not exist"):
         check_save_path(tmp_path / "missing" / "a.pt", "--save")
+    assert check_save_path(tmp_path / "UP.NPY") == tmp_path / "UP.NPY"  # suffixes in any case
+
+
+def test_check_save_path_refuses_what_is_not_a_regular_file(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.npy")
+    (tmp_path / "folder.pt").mkdir()
+    (tmp_path / "file.mtx").write_text("old")
+    (tmp_path / "link.pt").symlink_to(tmp_path / "pipe.npy")
+    assert check_save_path(tmp_path / "file.mtx") == tmp_path / "file.mtx"  # a regular file is replaced
+    refused = [("pipe.npy", "a FIFO (named pipe)"), ("folder.pt", "a folder"), ("link.pt", "a FIFO (named pipe)")]
+    for name, kind in refused:
+        with pytest.raises(MatrixFileError) as info:
+            check_save_path(tmp_path / name, "--save")
+        assert str(info.value) == (
+            f"--save: expected a new file or a regular file to replace, received {str(tmp_path / name)!r}, "
+            f"which is {kind}"
+        )
 
 
 def test_supported_suffixes() -> None:

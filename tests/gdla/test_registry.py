@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
+import threading
 from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
@@ -371,3 +372,70 @@ def test_register_plugin_duplicate_raises() -> None:
     with pytest.raises(DuplicateNameError, match="'dup' is registered twice"):
         reg.register_plugin(_plugin_object("dup"), name="two", dist="b")
     assert len(reg.entries("problem")) == 1
+
+
+# -- threads ------------------------------------------------------------------------------------
+def _in_threads(count: int, work: Callable[[int], object]) -> list[object]:
+    """``work(index)`` in ``count`` threads released together; what each returned or raised (joined with a timeout)."""
+    barrier = threading.Barrier(count)
+    outcomes: list[object] = [None] * count
+
+    def run(index: int) -> None:
+        barrier.wait()
+        try:
+            outcomes[index] = work(index)
+        except BaseException as exc:  # noqa: BLE001 - the test compares what each thread saw
+            outcomes[index] = exc
+
+    threads = [threading.Thread(target=run, args=(index,), daemon=True) for index in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads), "a thread is stuck: the registry deadlocked"
+    return outcomes
+
+
+SLOW_IMPORT = "import time\ntime.sleep(0.3)  # a slow plugin import: the other threads arrive meanwhile\n"
+
+
+def test_threads_wait_for_the_first_load(dists: Distributions) -> None:
+    dists.add("slow-dist", "1.0", {"slow-problem": SLOW_IMPORT + good_plugin(problem="slow-problem")})
+    dists.add("gd-dist", "1.0", {"slow-gd": SLOW_IMPORT + good_plugin(optimizer="slow-gd")})
+    reg = dists.registry()
+    work = [
+        lambda: reg.entry("problem", "slow-problem").name,
+        lambda: reg.names("optimizer"),
+        lambda: [e.name for e in reg.entries("problem")],
+        lambda: reg.entry("optimizer", "slow-gd").name,
+    ]
+    outcomes = _in_threads(8, lambda index: work[index % 4]())
+    expected = ["slow-problem", ["slow-gd"], ["slow-problem"], "slow-gd"]
+    assert outcomes == expected * 2
+    assert dists.loads == ["called"], "entry points are read once, by one thread"
+
+
+def test_a_failed_load_stays_retryable_from_threads(dists: Distributions, monkeypatch: pytest.MonkeyPatch) -> None:
+    dists.add("broken-dist", "2.0", {"x": SLOW_IMPORT + BROKEN_PLUGINS["import-error"][0]})
+    monkeypatch.setenv("GDLA_STRICT_PLUGINS", "1")
+    reg = dists.registry()
+    outcomes = _in_threads(4, lambda index: reg.names("problem"))
+    assert all(isinstance(outcome, PluginError) and "broken-dist" in str(outcome) for outcome in outcomes), outcomes
+    monkeypatch.delenv("GDLA_STRICT_PLUGINS")
+    with pytest.warns(PluginWarning, match="import failed"):
+        assert reg.names("problem") == []  # nothing half-loaded was kept: this load starts over and succeeds
+    assert reg.failures and not reg.names("optimizer")
+
+
+def test_a_plugin_import_that_looks_a_name_up_does_not_deadlock(
+    dists: Distributions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the importing plugin asks the process-wide registry (here: this one) for another plugin's problem
+    looks_up = "import gdla\nOTHER = gdla.get_problem('base-problem')\n" + good_plugin(problem="derived-problem")
+    dists.add("a-dist", "1.0", {"derived-problem": looks_up})
+    dists.add("b-dist", "1.0", {"base-problem": good_plugin(problem="base-problem")})
+    reg = dists.registry()
+    monkeypatch.setattr(registry_module, "registry", reg)
+    outcomes = _in_threads(2, lambda index: gdla.get_problem(("derived-problem", "base-problem")[index]).name)
+    assert outcomes == ["derived-problem", "base-problem"]
+    assert sys.modules[dists.modules[0]].OTHER is reg.entry("problem", "base-problem").obj

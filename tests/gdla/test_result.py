@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 from typing import Any
 
 import pytest
 import torch
 
+import gdla
 from gdla.result import STOP_REASONS, Result
+from gdla.stopping import Losses
 
 
 def make_result(**overrides: Any) -> Result:
@@ -181,3 +184,17 @@ def test_solve_leaves_the_reference_error_pending_until_read() -> None:
     assert set(result.metrics.pending) == {"residual", "error"}  # nothing computed by the solve itself
     assert result.metrics["error"] < 1e-12 and "error" not in result.metrics.pending
     assert result.to_dict()["metrics"]["residual"] <= 1e-12
+
+
+def test_losses_become_a_packed_read_only_view() -> None:
+    result = make_result()
+    assert type(result.losses) is Losses and result.losses == [1.0, 0.25, 1e-12] and result.losses.nbytes == 24
+    back = pickle.loads(pickle.dumps(result))
+    assert type(back.losses) is Losses and back.losses == result.losses and back.to_dict() == result.to_dict()
+
+
+def test_a_solve_keeps_eight_bytes_a_step() -> None:
+    result = gdla.solve("inverse", optimizer="momentum", lr=0.5, max_steps=300, tol=0)
+    assert type(result.losses) is Losses and len(result.losses) == result.steps == 300
+    assert result.losses.nbytes == 8 * 300
+    assert result.to_dict()["losses"] == result.losses.tolist() and type(result.to_dict()["losses"]) is list

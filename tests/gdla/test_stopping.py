@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+import pickle
 
+import numpy as np
+import pytest
 import torch
 
-from gdla.stopping import MAX_PATIENCE, LossHistory, StopRules, default_patience, default_tol
+from gdla.stopping import MAX_PATIENCE, Losses, LossHistory, StopRules, default_patience, default_tol
 
 
 def test_default_tol_per_dtype() -> None:
@@ -85,3 +88,80 @@ def test_on_bulk_counts_blow_up_from_the_first_step_of_the_run_only() -> None:
     # a later chunk: its first entry is not the run's first step, so it is tested against the first loss
     assert rules.on_bulk(torch.tensor([2e12, 1.0], dtype=torch.float64), first_step=4) == 1
     assert rules.on_bulk(torch.tensor([1.0, math.inf], dtype=torch.float64), first_step=6) == 2
+
+
+def _view(values: list[float]) -> Losses:
+    history = LossHistory()
+    history.extend(np.array(values, dtype=np.float64))
+    return history.view()
+
+
+def test_losses_read_as_the_list_they_replace() -> None:
+    values = [4.0, 2.0, math.nan, 1.0, 0.5, 0.25, 0.125]
+    losses = _view(values)
+    assert len(losses) == 7 and losses[0] == 4.0 and losses[-1] == 0.125 and math.isnan(losses[2])
+    assert type(losses[1]) is float and type(losses[np.int64(1)]) is float
+    assert losses[3:] == [1.0, 0.5, 0.25, 0.125] and type(losses[3:]) is list and losses[::3] == [4.0, 1.0, 0.125]
+    assert [x for x in losses if not math.isnan(x)] == [4.0, 2.0, 1.0, 0.5, 0.25, 0.125]
+    assert list(reversed(losses))[0] == 0.125 and losses.index(0.5) == 4 and 0.25 in losses
+    assert min(losses[3:]) == 0.125 and max(losses[:2]) == 4.0 and bool(losses) and not Losses()
+    assert losses[3:] == losses.tolist()[3:] and str(losses.tolist()) == str(values)
+    with pytest.raises(IndexError):
+        losses[7]
+    with pytest.raises(TypeError):
+        losses[0] = 1.0  # type: ignore[index]
+
+
+def test_losses_compare_as_lists() -> None:
+    losses = _view([1.0, 0.5])
+    assert losses == [1.0, 0.5] and [1.0, 0.5] == losses and losses == (1.0, 0.5) and losses == _view([1.0, 0.5])
+    assert losses != [1.0, 0.25] and losses != [1.0] and losses != [1.0, 0.5, 0.0] and losses != _view([1.0])
+    assert losses == losses and _view([math.nan]) != [math.nan]  # NaN is equal to nothing, as a float in a list
+    assert losses == pytest.approx([1.0, 0.5 + 1e-15], rel=1e-12)
+    assert (losses == np.array([1.0, 0.0])).tolist() == [True, False]  # numpy compares element-wise, as for a list
+    with pytest.raises(TypeError, match="unhashable"):
+        hash(losses)
+
+
+def test_losses_repr_is_short() -> None:
+    assert repr(_view([1.0, 0.5])) == "Losses([1.0, 0.5], steps=2)"
+    many = _view([float(i) for i in range(10**6)])
+    assert repr(many) == "Losses([0.0, 1.0, 2.0, …, 999998.0, 999999.0], steps=1000000)"
+
+
+def test_losses_cost_eight_bytes_a_step_and_convert_without_copies() -> None:
+    history = LossHistory()
+    history.extend(torch.arange(100_000, dtype=torch.float32))
+    losses = history.view()
+    assert losses.nbytes == 8 * 100_000 == 8 * len(losses)
+    array = losses.numpy()
+    assert array.dtype == np.float64 and not array.flags.writeable and array[99_999] == 99_999.0
+    assert np.shares_memory(array, np.asarray(losses)) and np.shares_memory(array, losses.numpy())
+    with pytest.raises(ValueError, match="read-only"):
+        array[0] = 1.0
+    assert np.asarray(losses, dtype=np.float32).dtype == np.float32
+    copied = np.array(losses)  # np.array copies by default: a writable array of its own
+    assert copied.flags.writeable and not np.shares_memory(copied, array)
+    with pytest.raises(ValueError, match="copy"):
+        np.asarray(losses, dtype=np.float32, copy=False)
+    tensor = losses.tensor()
+    assert tensor.dtype == torch.float64 and tensor.shape == (100_000,) and float(tensor[-1]) == 99_999.0
+    tensor[0] = -1.0  # a copy: the history is untouched
+    assert losses[0] == 0.0
+    assert torch.tensor(losses[:2]).tolist() == [0.0, 1.0]
+    assert Losses().numpy().shape == (0,) and Losses().nbytes == 0
+
+
+def test_losses_pickle_as_packed_doubles() -> None:
+    losses = _view([float(i) for i in range(10_000)])
+    payload = pickle.dumps(losses)
+    back = pickle.loads(payload)
+    assert type(back) is Losses and back == losses and len(payload) < 8 * 10_000 + 200
+
+
+def test_losses_copy_an_iterable_and_share_a_packed_array() -> None:
+    assert Losses([1, 2.5]) == [1.0, 2.5] and type(Losses([1, 2.5])[0]) is float
+    history = LossHistory()
+    history.append(3.0)
+    view = history.view()
+    assert view._values is history._values  # shared, no copy
