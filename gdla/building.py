@@ -14,6 +14,7 @@ whatever the problem says about its data keeps its type (for a file, with the fi
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Callable, Mapping
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 
 from gdla.errors import InputError, UsageError
-from gdla.io import load_matrix
+from gdla.io import load_matrix, matrix_file_size
 from gdla.memory import check_fits
 from gdla.options import check_names
 from gdla.problem import Problem
@@ -142,7 +143,9 @@ def _from_file(
 ) -> Problem:
     """``cls.from_matrix`` on the file's matrix; the problem's refusal of the data names the file."""
     # a problem that declares it takes a sparse matrix gets a coordinate file as one: never n² numbers
-    matrix = load_matrix(path, keep_sparse=bool(getattr(cls, "accepts_sparse_matrix", False)))
+    keep_sparse = bool(getattr(cls, "accepts_sparse_matrix", False))
+    _check_file_fits(cls, name, path, options, dtype, keep_sparse)
+    matrix = load_matrix(path, keep_sparse=keep_sparse)
     positions_only = matrix.layout != torch.strided and matrix.dtype == torch.bool
     if not (matrix.is_floating_point() or matrix.is_complex() or positions_only):
         matrix = matrix.to(dtype or torch.float64)  # integer and dense pattern files hold exact values
@@ -153,6 +156,35 @@ def _from_file(
     except InputError as exc:
         # the problem names its argument ("A: ..."); say which file that argument came from
         raise type(exc)(f"matrix file {os.fspath(path)!r} for problem {name!r}: {exc}") from None
+
+
+def _check_file_fits(
+    cls: type[Problem],
+    name: str,
+    path: str | os.PathLike[str],
+    options: dict[str, Any],
+    dtype: torch.dtype | None,
+    keep_sparse: bool,
+) -> None:
+    """The memory check of ``--size``, for a file, from its header, before anything is read.
+
+    A square matrix is checked with the problem's own estimate for that size (what a solve of it needs);
+    otherwise, or without an estimate, with three dense copies (the file's values, the problem's, the answer).
+    """
+    size = matrix_file_size(path)
+    if size is None:
+        return
+    shape, entries = size
+    itemsize = torch.finfo(dtype or torch.float64).bits // 8
+    if keep_sparse and entries is not None:
+        needed: int | None = 3 * entries * (itemsize + 16)  # values and two int64 indices, a few copies
+    else:
+        needed = None
+        if len(shape) == 2 and shape[0] == shape[1]:
+            needed = _estimate(cls, shape[0], dtype or torch.float64, options)
+        if needed is None:
+            needed = 3 * math.prod(shape) * itemsize
+    check_fits(needed, f"matrix file {os.fspath(path)!r} ({' × '.join(map(str, shape))}) for problem {name!r}")
 
 
 def _construct(

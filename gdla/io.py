@@ -56,6 +56,27 @@ def _read_pt(path: Path, keep_sparse: bool = False) -> torch.Tensor:
     return data.detach()
 
 
+def matrix_file_size(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], int | None] | None:
+    """``(shape, stored entries)`` of a matrix file read from its header alone (``None`` entries: dense), or
+    ``None`` where the format has no header to read (``.pt``) or the file cannot be read (the reader says why).
+
+    What the memory check before loading a file reads: an 84-byte ``.mtx`` may declare a 16000 × 16000 matrix.
+    """
+    file = Path(path)
+    suffix = file.suffix.lower()
+    try:
+        if suffix == ".mtx":
+            import scipy.io
+
+            rows, cols, entries, layout, _, _ = scipy.io.mminfo(file)
+            return (int(rows), int(cols)), (int(entries) if layout == "coordinate" else None)
+        if suffix == ".npy":
+            return tuple(int(side) for side in np.load(file, mmap_mode="r").shape), None
+    except (OSError, ValueError, TypeError):
+        return None
+    return None
+
+
 def _read_mtx(path: Path, keep_sparse: bool = False) -> torch.Tensor:
     import scipy.io
 

@@ -158,3 +158,19 @@ def test_building_imports_nothing_above_the_registry() -> None:
     code = f"import sys, gdla.building; print(sorted(m for m in {above!r} if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_a_matrix_file_is_checked_against_memory_from_its_header(tmp_path: Any, monkeypatch: Any) -> None:
+    """An 84-byte .mtx may declare a huge matrix: refused before anything is read, as --size is."""
+    import gdla.building as building
+    from gdla import memory
+    from gdla.errors import ResourceError
+
+    path = tmp_path / "huge.mtx"
+    path.write_text("%%MatrixMarket matrix coordinate real general\n60000 60000 1\n1 1 1.0\n")
+    read: list[Any] = []
+    monkeypatch.setattr(building, "load_matrix", lambda *args, **kwargs: read.append(args))
+    monkeypatch.setattr(memory, "available_bytes", lambda: 2**34)  # 16 GiB, whatever this machine has
+    with pytest.raises(ResourceError, match=r"matrix file .*huge.mtx' \(60000 × 60000\) for problem 'inverse' needs"):
+        building.build_problem("inverse", matrix=str(path))
+    assert read == []  # nothing was read
