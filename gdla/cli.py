@@ -73,7 +73,10 @@ def _warning_printer(fallback: Callable[..., None]) -> Callable[..., None]:
         line: str | None = None,
     ) -> None:
         if issubclass(category, GdlaWarning):
-            print(f"gdla: warning: {message}", file=sys.stderr)
+            try:
+                print(f"gdla: warning: {message}", file=sys.stderr)
+            except (AttributeError, OSError, ValueError):  # no stderr to warn on
+                pass
         else:
             fallback(message, category, filename, lineno, file, line)
 
@@ -81,7 +84,11 @@ def _warning_printer(fallback: Callable[..., None]) -> Callable[..., None]:
 
 
 def _print_error(message: str) -> None:
-    print(f"gdla: error: {message}", file=sys.stderr)
+    """The error paragraph on stderr; where there is none (closed, ``None``), the exit code alone tells."""
+    try:
+        print(f"gdla: error: {message}", file=sys.stderr)
+    except (AttributeError, OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

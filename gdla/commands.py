@@ -163,7 +163,7 @@ def _run(args: argparse.Namespace, problem: Any) -> Any:
         dtype=args.dtype,
         device=args.device,
         patience=args.patience,
-        progress=not args.json and sys.stderr.isatty(),
+        progress=not args.json and sys.stderr is not None and not sys.stderr.closed and sys.stderr.isatty(),
         distributed=args.distributed,
         **dict(args.option),
     )
