@@ -330,13 +330,16 @@ def test_other_problems_still_get_a_coordinate_file_dense(cli: CliRun, tmp_path:
 
 def test_solve_with_stderr_closed_still_solves_and_exits_by_its_codes(tmp_path: Any) -> None:
     """``gdla solve ... 2>&-``: no stderr for a progress bar, warnings or errors; the run and exit codes stand."""
+    import os
     import subprocess
     import sys
 
-    ok = subprocess.run([sys.executable, "-m", "gdla", "solve", "inverse", "--size", "8"], stderr=subprocess.DEVNULL,
-                        stdout=subprocess.PIPE, text=True, cwd=tmp_path, close_fds=True,
-                        preexec_fn=lambda: __import__("os").close(2))
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "gdla", *argv], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            cwd=tmp_path, preexec_fn=lambda: os.close(2),
+        )
+
+    ok = run("solve", "inverse", "--size", "8")
     assert ok.returncode == 0 and "converged" in ok.stdout
-    bad = subprocess.run([sys.executable, "-m", "gdla", "solve", "nonsense"], stdout=subprocess.PIPE,
-                         stderr=subprocess.DEVNULL, text=True, cwd=tmp_path, preexec_fn=lambda: __import__("os").close(2))
-    assert bad.returncode == 2
+    assert run("solve", "nonsense").returncode == 2
