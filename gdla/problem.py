@@ -4,9 +4,8 @@ A problem owns its data (tensors), knows how to start (``init_params``), what to
 (``loss``), what its answer is (``solution``) and how good an answer is (``residual``, ``error``
 against the exact ``torch.linalg`` reference). The solve loop knows nothing else about it.
 
-The base class records the arguments each problem's constructor was called with, so a problem
-can be built again from them: :meth:`Problem.to`, :meth:`Problem.batch_slice` and
-:meth:`Problem.rebuild` are derived from that record, as ``linear_operator`` derives ``to()``.
+The base class records the arguments each problem's constructor was called with, so :meth:`Problem.to`,
+:meth:`Problem.batch_slice` and :meth:`Problem.rebuild` derive from that record (as ``linear_operator``'s).
 """
 
 from __future__ import annotations
@@ -72,7 +71,7 @@ def _recording(init: Callable[..., None]) -> Callable[..., None]:
         init(self, *args, **kwargs)
 
     __init__._gdla_recording = True  # type: ignore[attr-defined]
-    __init__._gdla_signature = signature  # type: ignore[attr-defined]  # for rebuild(), computed once
+    __init__._gdla_signature = signature  # type: ignore[attr-defined]
     return __init__
 
 
@@ -224,9 +223,8 @@ class Problem(abc.ABC):
                 f"received {', '.join(unknown)}"
             )
         merged = {**arguments, **changes}
-        init = type(self).__init__
-        signature = getattr(init, "_gdla_signature", None) or inspect.signature(init)
-        parameters = list(signature.parameters.values())[1:]
+        init = type(self).__init__  # the recording wrapper keeps its signature: computed once per class
+        parameters = list((getattr(init, "_gdla_signature", None) or inspect.signature(init)).parameters.values())[1:]
         args = [merged[p.name] for p in parameters if p.kind is not inspect.Parameter.KEYWORD_ONLY]
         kwargs = {p.name: merged[p.name] for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
         return type(self)(*args, **kwargs)
