@@ -19,13 +19,18 @@ is Moré's scaling, the running maximum of ``diag(JᵀJ)`` (``scipy.optimize.lea
 Two paths:
 
 * dense (``≤ 2000`` unknowns or residuals on the smaller side and at most ``4·10¹⁰``
-  multiply-adds to form the smaller Gram matrix, seconds per step on two cores): ``J`` from
-  :func:`torch.func.jacrev`, then a Cholesky solve of ``JᵀJ + λD`` (or, with
+  multiply-adds to form the smaller Gram matrix, seconds per step on two cores): ``J`` by reverse
+  mode, one batched backward over the rows of the identity (:func:`jacobian`: what
+  :func:`torch.func.jacrev` computes), then a Cholesky solve of ``JᵀJ + λD`` (or, with
   fewer residuals than unknowns, of ``JJᵀ + λI``, whose solution ``δ = −Jᵀ(JJᵀ + λI)⁻¹ r`` is the
   same damped step with ``D = I``);
 * matrix-free: conjugate gradients on ``JᵀJ + λI`` with ``J v`` from :func:`torch.func.jvp` and
-  ``Jᵀ u`` from :func:`torch.func.vjp`, truncated at a relative residual ``min(0.1, √(‖g‖/‖g₀‖))``
+  ``Jᵀ u`` by reverse mode (:func:`pullback`), truncated at a relative residual ``min(0.1, √(‖g‖/‖g₀‖))``
   (inexact Newton: superlinear near the answer).
+
+Both reverse-mode products go through :func:`torch.autograd.grad`, not ``torch.func``: the same
+numbers, without the ``torch._dynamo`` import that ``torch.func``'s reverse mode makes on its first
+call (2 s in a fresh process).
 
 Anchors: ``scipy.optimize.least_squares`` (``method="lm"``), Ceres Solver's trust-region
 strategy, pytorch-minimize.
@@ -38,7 +43,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from torch.func import jacrev, jvp, vjp
+from torch.func import jvp
 
 import gdla
 from gdla.capabilities import SumOfSquares
@@ -47,7 +52,7 @@ from gdla.options import Option, choice, count, optional_count
 from gdla.problem import Params, Problem
 from gdla.validation import check_positive
 
-__all__ = ["LevenbergMarquardt"]
+__all__ = ["LevenbergMarquardt", "jacobian", "pullback"]
 
 METHODS = ("auto", "dense", "cg")
 #: The dense path's limits: the smaller side of ``J`` and the multiply-adds of its smaller Gram matrix.
@@ -80,7 +85,7 @@ class LevenbergMarquardt(Optimizer):
         "cg_iterations": Option(optional_count, None, "CG iterations per solve on the matrix-free path"),
         "max_retries": Option(count, 20, "damped solves per step before giving up on it"),
     }
-    kernel_free = "evaluates the declared residuals and their Jacobian products with torch.func (no fused kernel)"
+    kernel_free = "evaluates the declared residuals and their Jacobian products with autograd (no fused kernel)"
     state_attributes = ("_lambda", "_nu", "_scale", "_count", "_first_gradient")
 
     def __init__(self, problem: Problem, params: Params, **options: Any) -> None:
@@ -118,7 +123,7 @@ class LevenbergMarquardt(Optimizer):
 
     @classmethod
     def estimated_bytes(cls, problem: Problem, params: Params, options: Mapping[str, Any]) -> int | None:
-        """The dense path's ``J`` (residuals × unknowns, twice: ``jacrev`` builds it from a batch of
+        """The dense path's ``J`` (residuals × unknowns, twice: :func:`jacobian` builds it from a batch of
         rows) and its smaller Gram matrix with its Cholesky factor; ``None`` on the matrix-free path.
 
         ``method="auto"`` picks the dense path only for small systems, so this matters for
@@ -176,21 +181,21 @@ class LevenbergMarquardt(Optimizer):
             return loss
         cost = float(r @ r)
         if self.method == "dense":
-            J = jacrev(f)(x).detach()  # shape: (residuals, unknowns)
+            J = jacobian(f, x)  # shape: (residuals, unknowns)
             solve, g, top = self._dense_solver(J, r)
 
             def linear(d: torch.Tensor) -> torch.Tensor:
                 return J @ d
 
         else:
-            _, pullback = vjp(f, x)
+            transpose = pullback(f, x)
 
             def linear(d: torch.Tensor) -> torch.Tensor:
                 return jvp(f, (x,), (d,))[1].detach()
 
-            g = pullback(r)[0].detach()
+            g = transpose(r)
             top = float(linear(g).square().sum()) / max(float(g @ g), 1e-300)  # Rayleigh quotient of JᵀJ at g
-            solve = self._cg_solver(linear, pullback, g)
+            solve = self._cg_solver(linear, transpose, g)
         gnorm = float(g.abs().max()) if g.numel() else 0.0
         if gnorm == 0.0 or cost == 0.0:
             self._count += 1
@@ -247,7 +252,7 @@ class LevenbergMarquardt(Optimizer):
     def _cg_solver(
         self,
         linear: Callable[[torch.Tensor], torch.Tensor],
-        pullback: Callable[[torch.Tensor], tuple[torch.Tensor, ...]],
+        transpose: Callable[[torch.Tensor], torch.Tensor],
         g: torch.Tensor,
     ) -> Callable[[float], torch.Tensor]:
         gnorm = float(g.norm())
@@ -262,7 +267,7 @@ class LevenbergMarquardt(Optimizer):
             p = residual.clone()
             rr = float(residual @ residual)
             for _ in range(self.cg_iterations):
-                Ap = pullback(linear(p))[0].detach() + lam * p
+                Ap = transpose(linear(p)) + lam * p
                 curvature = float(p @ Ap)
                 if curvature <= 0:
                     break
@@ -295,6 +300,44 @@ def _path(method: str, unknowns: int, residuals: int) -> str:
     side = min(unknowns, residuals)
     small = side <= DENSE_SIDE and side * side * max(unknowns, residuals) <= DENSE_WORK
     return "dense" if small else "cg"
+
+
+def jacobian(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``∂f/∂x`` at ``x`` (``f``: vector to vector), rows by one batched backward over the identity's rows.
+
+    The computation of :func:`torch.func.jacrev` (a vectorised ``vjp`` of each basis row), bit for
+    bit, through :func:`torch.autograd.grad`; an output that does not depend on ``x`` gives zeros.
+    """
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        r = f(x)
+    if not r.requires_grad:
+        return torch.zeros(r.numel(), x.numel(), dtype=r.dtype, device=r.device)
+    basis = torch.eye(r.numel(), dtype=r.dtype, device=r.device)
+    (J,) = torch.autograd.grad(r, x, basis, is_grads_batched=True, allow_unused=True)
+    return torch.zeros(r.numel(), x.numel(), dtype=r.dtype, device=r.device) if J is None else J.detach()
+
+
+def pullback(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``u ↦ Jᵀu`` with ``J = ∂f/∂x`` at ``x``, ``f`` evaluated once: what :func:`torch.func.vjp`'s pullback gives,
+    bit for bit.
+
+    Each call differentiates the scalar ``f(x) · u``, whose backward hands ``1 · u = u`` exactly to
+    ``f``'s graph: the numbers of a backward seeded with ``u``, without :func:`torch.autograd.grad`'s
+    check of a tensor seed's shape (which imports ``sympy``, 0.6 s in a fresh process).
+    """
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        r = f(x)
+
+    def transpose(u: torch.Tensor) -> torch.Tensor:
+        if not r.requires_grad:
+            return torch.zeros_like(x)
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(torch.dot(r, u), x, retain_graph=True, allow_unused=True)
+        return torch.zeros_like(x) if g is None else g.detach()
+
+    return transpose
 
 
 def _spd_solve(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ from gdla.capabilities import InverseMSE
 from gdla.stopping import BLOW_UP
 from gdla.validation import check_positive, check_probability
 from gdla_plugins.optimizers._whole_run import WholeRun
-from gdla_plugins.optimizers.torch_optim import Option, TorchOptimizer, unit_interval
+from gdla_plugins.optimizers.torch_optim import EagerOptimizer, Option, TorchOptimizer, unit_interval
 
 __all__ = ["Momentum", "SeedMomentum"]
 
@@ -42,10 +42,11 @@ SEED_LR = 0.9
 SEED_MOMENTUM = 0.9
 
 
-class SeedMomentum(torch.optim.Optimizer):
+class SeedMomentum(EagerOptimizer, torch.optim.Optimizer):
     r"""Heavy-ball momentum as seed 000 wrote it: :math:`v \leftarrow \mu v + g,\ x \leftarrow x - \mathrm{lr}\,v`.
 
-    The buffer (``state[p]["velocity"]``) starts as the first gradient, undamped.
+    The buffer (``state[p]["velocity"]``) starts as the first gradient, undamped. Built without importing
+    ``torch._dynamo`` (:class:`~gdla_plugins.optimizers.torch_optim.EagerOptimizer`).
 
     Args:
         params: tensors (or parameter groups) to update in place.

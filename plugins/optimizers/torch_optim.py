@@ -4,7 +4,9 @@ Each one is a row of declarations (:class:`TorchOptimizer`): the ``torch.optim``
 it accepts with a validator and a default each, and a rule for its default learning rate. Options
 are checked once, against that schema and with gdla's wording, before torch sees them. ``sgd`` and
 ``adam`` also run whole runs in one kernel call under ``backend="fused"``
-(:mod:`gdla_plugins.optimizers._whole_run`).
+(:mod:`gdla_plugins.optimizers._whole_run`). The ``torch.optim`` classes are used through
+:class:`EagerOptimizer`, which spares a fresh process the ``torch._dynamo`` import (1.5-2.5 s) that
+torch's own guards make on first use; the steps are torch's, bit for bit.
 
 Default learning rates come from a cheap probe of the problem at its starting point
 (:func:`gdla_plugins.optimizers._scales.estimate_scales`): ``sgd`` uses ``lr = 1 / L``, ``momentum``
@@ -13,6 +15,8 @@ Default learning rates come from a cheap probe of the problem at its starting po
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -28,6 +32,7 @@ from gdla_plugins.optimizers._whole_run import AdamWholeRun, SGDWholeRun
 
 __all__ = [
     "SGD",
+    "EagerOptimizer",
     "LBFGS",
     "Adagrad",
     "Adam",
@@ -55,6 +60,99 @@ def betas(value: Any, name: str) -> tuple[float, float]:
 def line_search(value: Any, name: str) -> str | None:
     """``"strong_wolfe"`` or ``None`` (the two line searches ``torch.optim.LBFGS`` knows)."""
     return check_choice(value, name, ("strong_wolfe", None))
+
+
+# -- torch.optim without torch._dynamo --------------------------------------------------------------
+def _dynamo_loaded() -> bool:
+    return "torch._dynamo" in sys.modules
+
+
+def _use_grad_code() -> Any:
+    """The code of the wrapper ``torch.optim``'s ``@_use_grad_for_differentiable`` puts around ``step``
+    (``None`` where this torch has no such decorator: then every step goes through torch's own path)."""
+    try:
+        from torch.optim.optimizer import _use_grad_for_differentiable
+    except ImportError:
+        return None
+    return _use_grad_for_differentiable(lambda: None).__code__
+
+
+_USE_GRAD = _use_grad_code()
+
+
+def _torch_step(cls: type, unguarded: bool) -> Callable[..., Any]:
+    """The ``step`` that ``cls`` (a ``torch.optim`` class) defines, without the profiler hook an earlier instance
+    put on the class, and with ``unguarded`` also without its ``_use_grad`` wrapper where it has one
+    (``LBFGS``'s is ``torch.no_grad``, which imports nothing)."""
+    step = next(klass.__dict__["step"] for klass in cls.__mro__ if "step" in klass.__dict__)
+    while getattr(step, "hooked", False):
+        step = step.__wrapped__
+    if unguarded and _USE_GRAD is not None and getattr(step, "__code__", None) is _USE_GRAD:
+        return step.__wrapped__
+    return step
+
+
+class EagerOptimizer:
+    """Mixin, before a ``torch.optim.Optimizer`` class in the bases: its methods without torch's dynamo guards.
+
+    ``torch.optim`` wraps ``add_param_group`` (hence the constructor), ``state_dict``,
+    ``load_state_dict``, ``zero_grad`` and each method's ``step`` in guards that import ``torch._dynamo`` on their
+    first call (1.5-2.5 s in a fresh process) only to tell a ``torch.compile`` trace to leave them
+    alone. While ``torch._dynamo`` is not loaded nothing is being traced, so the guards are the
+    identity: these overrides call the guarded functions directly, with the grad mode ``step``'s guard
+    sets (``defaults["differentiable"]``). Once ``torch._dynamo`` is loaded they call torch's own.
+    Same steps, same bits; ``isinstance`` of the ``torch.optim`` class still holds.
+    """
+
+    defaults: dict[str, Any]
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        _unguarded(torch.optim.Optimizer.add_param_group)(self, param_group)
+
+    def state_dict(self) -> dict[str, Any]:
+        return _unguarded(torch.optim.Optimizer.state_dict)(self)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        _unguarded(torch.optim.Optimizer.load_state_dict)(self, state_dict)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        _unguarded(torch.optim.Optimizer.zero_grad)(self, set_to_none)
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        mro = type(self).__mro__
+        torch_class = mro[mro.index(EagerOptimizer) + 1]
+        guarded = _torch_step(torch_class, unguarded=False)
+        plain = guarded if _dynamo_loaded() else _torch_step(torch_class, unguarded=True)
+        if plain is guarded:
+            return guarded(self, closure)
+        with torch.set_grad_enabled(self.defaults["differentiable"]):
+            return plain(self, closure)
+
+
+def _unguarded(method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` (a ``torch.optim.Optimizer`` method under ``@torch._disable_dynamo``) without the guard while
+    ``torch._dynamo`` is not loaded; the guarded method otherwise."""
+    return method if _dynamo_loaded() else getattr(method, "__wrapped__", method)
+
+
+class EagerSGD(EagerOptimizer, torch.optim.SGD):
+    """``torch.optim.SGD`` behind :class:`EagerOptimizer`."""
+
+
+class EagerAdam(EagerOptimizer, torch.optim.Adam):
+    """``torch.optim.Adam`` behind :class:`EagerOptimizer`."""
+
+
+class EagerAdagrad(EagerOptimizer, torch.optim.Adagrad):
+    """``torch.optim.Adagrad`` behind :class:`EagerOptimizer`."""
+
+
+class EagerRMSprop(EagerOptimizer, torch.optim.RMSprop):
+    """``torch.optim.RMSprop`` behind :class:`EagerOptimizer`."""
+
+
+class EagerLBFGS(EagerOptimizer, torch.optim.LBFGS):
+    """``torch.optim.LBFGS`` behind :class:`EagerOptimizer`."""
 
 
 # -- the shared adapter ---------------------------------------------------------------------------
@@ -143,7 +241,7 @@ class SGD(SGDWholeRun, TorchOptimizer):
     name = "sgd"
     summary = "torch.optim.SGD: gradient descent, optional (Nesterov) momentum; default lr 1/L from a curvature probe"
     default_lr = 1e-2
-    torch_class = torch.optim.SGD
+    torch_class = EagerSGD
     fixed_step = True
     accepted = {
         "momentum": Option(unit_interval, 0.0),
@@ -177,7 +275,7 @@ class Adam(AdamWholeRun, TorchOptimizer):
     name = "adam"
     summary = "torch.optim.Adam (seed 003's method), exponential lr decay by default; lr from the problem's scale"
     default_lr = 1e-2
-    torch_class = torch.optim.Adam
+    torch_class = EagerAdam
     accepted = {
         "betas": Option(betas, (0.9, 0.999)),
         "eps": _EPS,
@@ -203,7 +301,7 @@ class Adagrad(TorchOptimizer):
     name = "adagrad"
     summary = "torch.optim.Adagrad: per-entry rates from accumulated squared gradients (seed 004's method)"
     default_lr = 0.1
-    torch_class = torch.optim.Adagrad
+    torch_class = EagerAdagrad
     accepted = {
         "lr_decay": Option(check_nonnegative, 0.0),
         "eps": Option(check_positive, 1e-10),
@@ -227,7 +325,7 @@ class RMSprop(TorchOptimizer):
     name = "rmsprop"
     summary = "torch.optim.RMSprop (alpha 0.999, momentum 0.9 by default, so it converges on deterministic losses)"
     default_lr = 1e-3
-    torch_class = torch.optim.RMSprop
+    torch_class = EagerRMSprop
     accepted = {
         "alpha": Option(unit_interval, 0.999),
         "eps": _EPS,
@@ -263,7 +361,7 @@ class LBFGS(TorchOptimizer):
     name = "lbfgs"
     summary = "torch.optim.LBFGS with a strong-Wolfe line search; one gdla step = max_iter (1) L-BFGS iterations"
     default_lr = 1.0
-    torch_class = torch.optim.LBFGS
+    torch_class = EagerLBFGS
     accepted = {
         "history_size": Option(count, 20),
         "line_search_fn": Option(line_search, "strong_wolfe"),
