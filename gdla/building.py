@@ -159,11 +159,7 @@ def _from_file(
 
 
 def _check_file_fits(
-    cls: type[Problem],
-    name: str,
-    path: str | os.PathLike[str],
-    options: dict[str, Any],
-    dtype: torch.dtype | None,
+    cls: type[Problem], name: str, path: str | os.PathLike[str], options: dict[str, Any], dtype: torch.dtype | None,
     keep_sparse: bool,
 ) -> None:
     """The memory check of ``--size``, for a file, from its header, before anything is read.
