@@ -7,8 +7,9 @@ Prints the ratio table of the performance issue and writes it to
 
 The cold-start table (:func:`cold_start_rows`) times fresh processes instead: ``import torch``,
 ``import gdla``, each built-in method's first solve, and the ``gdla solve`` command against
-``python -c "import torch"`` (``--cold-only`` runs just that table, into
-``benchmarks/results/cold-start.md``).
+``python -c "import torch"``, at the default thread count and at ``OMP_NUM_THREADS=1`` side by side (``--cold-only``:
+just that table, into ``benchmarks/results/cold-start.md``). ``--setup-only``: the set-up rows (:func:`setup_rows`)
+and that table, into ``benchmarks/results/setup-and-cold-start.md``.
 
 Every row of the main table times the eager loop, then gdla, each as the median of back-to-back calls after a
 warm-up (:func:`median_seconds`: at least ``--repeats`` calls, more where they fill half a
@@ -270,46 +271,42 @@ COLD_COMMAND = ["-m", "gdla", "solve", "inverse", "--size", "8", "--optimizer", 
 TORCH_ONLY = ["-c", "import torch"]
 
 
-def _fresh_env() -> dict[str, str]:
-    """The environment of the fresh interpreters: compiled bytecode cached (as an installed package has it), in
-    a folder of the temporary directory rather than beside the sources."""
-    env = dict(os.environ)
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
+def _fresh(args: list[str], threads: int | None = None) -> tuple[float, str]:
+    """Wall seconds of ``python ARGS`` in a fresh interpreter (``OMP_NUM_THREADS=threads`` where given: torch's
+    intra-op threads), and what it printed last; compiled bytecode cached (as an installed package has it), in a
+    folder of the temporary directory rather than beside the sources."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
     env["PYTHONPYCACHEPREFIX"] = str(Path(tempfile.gettempdir()) / "gdla-bench-pycache")
-    return env
-
-
-def _fresh(args: list[str]) -> tuple[float, str]:
-    """Wall seconds of ``python ARGS`` in a fresh interpreter, and what it printed last."""
+    env |= {"OMP_NUM_THREADS": str(threads)} if threads else {}
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=_fresh_env(), check=True)
+    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, check=True)
     lines = out.stdout.strip().splitlines()
     return time.perf_counter() - start, lines[-1] if lines else ""
 
 
-def cold_start_rows(repeats: int) -> list[tuple[str, str, str]]:
+def cold_start_rows(repeats: int, threads: int | None = None) -> list[tuple[str, str, str]]:
     """``(measure, seconds, target)`` rows, each the median of ``repeats`` fresh interpreters (after one unmeasured
-    run of each script, which caches its bytecode).
+    run of each script, which caches its bytecode), at ``threads`` intra-op threads (default: torch's own).
 
     A method's first solve is timed in-process after ``import torch; import gdla``, and "beyond the
     imports" is that first solve less the same solve again in the same process: what only the first
     call pays (lazy imports, the extension's loading, first-call set-up), not the method's arithmetic.
     """
     rows = []
-    _fresh(TORCH_ONLY)
-    _fresh(COLD_COMMAND)
+    _fresh(TORCH_ONLY, threads)
+    _fresh(COLD_COMMAND, threads)
     command, alone = [], []
     for _ in range(repeats):  # interleaved: the machine's load falls on both alike
-        alone.append(_fresh(TORCH_ONLY)[0])
-        command.append(_fresh(COLD_COMMAND)[0])
+        alone.append(_fresh(TORCH_ONLY, threads)[0])
+        command.append(_fresh(COLD_COMMAND, threads)[0])
     ratios = [c / a for c, a in zip(command, alone, strict=True)]
     rows.append(("`python -c \"import torch\"` (wall)", f"{statistics.median(alone):.2f} s", ""))
     rows.append((f"`gdla {' '.join(COLD_COMMAND[2:])}` (wall)", f"{statistics.median(command):.2f} s",
                  f"≤ 1.3× the line above: {statistics.median(ratios):.2f}× (median of the runs' ratios)"))
     for method, problem in COLD_METHODS:
         script = COLD_SOLVE.format(problem=problem, method=method)
-        _fresh(["-c", script])
-        runs = [json.loads(_fresh(["-c", script])[1]) for _ in range(repeats)]
+        _fresh(["-c", script], threads)
+        runs = [json.loads(_fresh(["-c", script], threads)[1]) for _ in range(repeats)]
         if method == COLD_METHODS[0][0]:
             rows.append(("`import torch` (in-process)", f"{statistics.median(r['torch'] for r in runs):.2f} s", ""))
             rows.append(("`import gdla` after torch", f"{statistics.median(r['gdla'] for r in runs) * 1e3:.1f} ms", ""))
@@ -322,11 +319,68 @@ def cold_start_rows(repeats: int) -> list[tuple[str, str, str]]:
     return rows
 
 
-def cold_start_table(rows: list[tuple[str, str, str]], repeats: int) -> str:
-    lines = [f"Cold start: fresh interpreters, medians of {repeats}, bytecode cached.", "",
-             "| measure | seconds | target |", "| --- | --- | --- |"]
-    lines += [f"| {measure} | {value} | {target} |" for measure, value, target in rows]
+def cold_start_table(repeats: int) -> str:
+    """The cold-start rows at the default thread count and at one thread, side by side (one run each)."""
+    lines = [f"Cold start: fresh interpreters, medians of {repeats}, bytecode cached; default threads "
+             f"({torch.get_num_threads()} here) and `OMP_NUM_THREADS=1`.", "",
+             "| measure | default threads | 1 thread |", "| --- | --- | --- |"]
+    for (measure, *default), (_, *one) in zip(cold_start_rows(repeats), cold_start_rows(repeats, 1), strict=True):
+        lines.append(f"| {measure} | {' — '.join(filter(None, default))} | {' — '.join(filter(None, one))} |")
     return "\n".join(lines)
+
+
+# -- set-up in proportion to the data -----------------------------------------------------------------
+class Lyapunov(gdla.Problem):
+    """A plugin problem with no Gram factor: ``A X + X Aᵀ = C`` declared quadratic (its Hessian by autograd)."""
+
+    name, summary, quadratic = "bench-lyapunov", "A X + X A^T = C", True
+
+    def __init__(self, A: torch.Tensor, C: torch.Tensor) -> None:
+        self.A, self.C = A, C
+
+    @classmethod
+    def example(cls, size: int | None = None, **_: object) -> Lyapunov:
+        n, g = size or 100, torch.Generator().manual_seed(0)  # A = 2I + a little noise: κ(Hessian) ≈ 3
+        A, C = torch.randn(2, n, n, generator=g, dtype=torch.float64)
+        return cls(2 * torch.eye(n, dtype=torch.float64) + A * 0.3 / math.sqrt(n), C)
+
+    def init_params(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return {"X": torch.zeros_like(self.C)}
+
+    def loss(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        return (self.A @ params["X"] + params["X"] @ self.A.mT - self.C).square().sum()
+
+    def residual(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.loss(params).sqrt() / torch.linalg.matrix_norm(self.C)  # ‖A X + X Aᵀ − C‖_F / ‖C‖_F
+
+    def solution(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        return params["X"]
+
+    reference = error = staticmethod(lambda *_: torch.tensor(math.nan))  # no reference here; no row reads one
+
+
+def setup_rows(repeats: int) -> list[tuple[str, str, str]]:
+    """``(measure, default threads, 1 thread)``: the set-up targets, at both thread counts in one process."""
+    inverse = gdla.get_problem("inverse")
+    A, M0 = inverse.well_conditioned(1024, dtype=torch.float64).A, torch.rand(1024, 1024, dtype=torch.float64)
+    lyapunov = Lyapunov.example()
+    columns, default = [], torch.get_num_threads()
+    for threads in (default, 1):
+        torch.set_num_threads(threads)
+        floor = median_seconds(lambda: [A.mT @ (A @ M0) for _ in range(5)], repeats)
+        built = median_seconds(lambda: solved(inverse(A), optimizer="sgd", max_steps=5, tol=0), repeats)
+        alone = median_seconds(lambda: inverse(A), repeats)
+        runs = [gdla.solve(lyapunov, optimizer="cg") for _ in range(max(repeats, 5))]
+        share = statistics.median(r.setup_seconds / (r.setup_seconds + r.seconds + r.summary_seconds) for r in runs)
+        columns.append((_time(floor), f"{_time(built)} ({built / floor:.2f}× the floor)",
+                        f"{_time(alone)} ({alone / floor * 10:.2f} GEMMs)",
+                        f"{share:.0%} (set-up {_time(statistics.median(r.setup_seconds for r in runs))})"))
+    torch.set_num_threads(default)
+    measures = ("n = 1024 float64: 5 × the two-GEMM floor",
+                "n = 1024 float64: `InverseProblem(A)` + 5 SGD steps by `gdla.solve` (target ≤ 1.1× the floor)",
+                "n = 1024 float64: `InverseProblem(A)` alone",
+                f"100 × 100 Lyapunov plugin (no Gram factor), `cg`, {runs[0].steps} steps: set-up share (target ≤ 20%)")
+    return list(zip(measures, *columns, strict=True))
 
 
 def table(results: list[tuple[str, float, float, str]]) -> str:
@@ -338,7 +392,7 @@ def table(results: list[tuple[str, float, float, str]]) -> str:
 
 def _time(seconds: float) -> str:
     if seconds >= 1e-3:
-        return f"{seconds * 1e3:.3g} ms"
+        return f"{seconds * 1e3:.3g} ms" if seconds < 1 else f"{seconds:.3g} s"
     return f"{seconds * 1e6:.3g} µs"
 
 
@@ -348,19 +402,31 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--cold-only", action="store_true", help="only the cold-start table (fresh processes)")
+    parser.add_argument("--setup-only", action="store_true", help="only the set-up rows and the cold-start table")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the fresh interpreters' thread count
-    cold = cold_start_table(cold_start_rows(args.repeats), args.repeats)
+    flags = f"--repeats {args.repeats}" + (f" --threads {args.threads}" if args.threads else "")
+    machine = f"Machine: {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads by default"
+    if args.setup_only:
+        setup = [f"| {measure} | {default} | {one} |" for measure, default, one in setup_rows(args.repeats)]
+        text = "\n".join(["| measure | default threads | 1 thread |", "| --- | --- | --- |", *setup])
+        print(text, flush=True)  # the fresh interpreters take longer
+        text += "\n\n" + cold_start_table(args.repeats)
+        out = args.out or HERE / "results" / "setup-and-cold-start.md"
+        out.write_text(f"# Set-up in proportion to the data, and the cold start\n\nCommand: `.venv/bin/python "
+                       f"benchmarks/notebooks.py --setup-only {flags}`  \n{machine}; in-process rows: medians of at "
+                       f"least {args.repeats} calls after {WARM_UP} s of warm-up, both thread counts in one process."
+                       f"\n\n{text}\n")
+        print(f"written to {out}")
+        return
+    cold = cold_start_table(args.repeats)
     if args.cold_only:
         out = args.out or HERE / "results" / "cold-start.md"
-        flags = f"--repeats {args.repeats}" + (f" --threads {args.threads}" if args.threads else "")
         out.write_text(f"# Cold start\n\nCommand: `.venv/bin/python benchmarks/notebooks.py --cold-only {flags}`  \n"
-                       f"Machine: {platform.machine()}, torch {torch.__version__}, {args.threads or 'default'} threads."
-                       f"\n\n{cold}\n")
-        print(cold)
-        print(f"written to {out}")
+                       f"{machine}.\n\n{cold}\n")
+        print(cold, f"written to {out}", sep="\n")
         return
     args.out = args.out or HERE / "results" / "notebooks.md"
     results = rows(args.repeats)

@@ -126,6 +126,25 @@ def test_masked_hadamard(benchmark, run, device, dtype, n, impl, batched) -> Non
     bench(benchmark, run, group, impl, fns, lambda: hadamard_forward_backward(ops_of["eager"], *doubles))
 
 
+FLOORS = ("harness", "aten-op", "custom-op")
+
+
+@pytest.mark.parametrize("part", FLOORS)
+def test_masked_hadamard_floor(benchmark, run, device, dtype, n, part) -> None:
+    """What :func:`test_masked_hadamard`'s fused side cannot go below: the harness (``torch.autograd.grad`` of a
+    leaf with a tensor seed, no op at all), one aten op under it (``torch.add``), and a call of the custom op
+    through the dispatcher without autograd (``torch.ops.gdla.masked_hadamard``: schema parsing, the C++
+    autograd function, the output's allocation), each in group ``masked_hadamard floor n=<n>``."""
+    omega, init, U, weight = _masked_tensors((n, n), device, dtype)
+    fns = {
+        "harness": lambda: (lambda leaf: torch.autograd.grad(leaf, leaf, weight))(U.detach().requires_grad_(True)),
+        "aten-op": lambda: hadamard_forward_backward(lambda i, o, u: torch.add(i, u), init, omega, U, weight),
+        "custom-op": lambda: torch.ops.gdla.masked_hadamard(init, omega, U),
+    }
+    benchmark.group = f"masked_hadamard floor n={n}"
+    run(fns[part])
+
+
 def eager_masked_update_(U, omega, G, lr: float, momentum: float, buf) -> tuple[torch.Tensor, torch.Tensor]:
     buf.mul_(momentum).add_(omega * G)
     U.sub_(lr * buf)

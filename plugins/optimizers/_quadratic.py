@@ -25,7 +25,9 @@ from gdla.errors import InputError
 from gdla.optimizer import Optimizer
 from gdla.problem import Params, Problem
 from gdla_plugins.optimizers._spectral import (
+    HESSIAN_STEPS,
     Spectrum,
+    declares_gram,
     flatten,
     gram_extremes,
     hessian_extremes,
@@ -59,8 +61,16 @@ class QuadraticView:
         """The quadratic's Hessian applied to ``d``."""
         raise NotImplementedError
 
-    def spectrum(self) -> Spectrum:
-        """Extreme eigenvalues of the Hessian (per independent operator where known)."""
+    def spectrum(self, steps: int | None = None) -> Spectrum:
+        """Extreme eigenvalues of the Hessian (per independent operator where known).
+
+        ``steps``: the Lanczos steps on the Hessian itself where no Gram factor is declared (default
+        :data:`~gdla_plugins.optimizers._spectral.HESSIAN_STEPS`); a declared factor's estimate ignores it.
+        """
+        raise NotImplementedError
+
+    def declared_spectrum(self) -> bool:
+        """Whether :meth:`spectrum` reads a declared Gram factor (cheap) rather than running Lanczos on the Hessian."""
         raise NotImplementedError
 
     def block_size(self, x: torch.Tensor) -> int:
@@ -90,7 +100,7 @@ class LeastSquaresView(QuadraticView):
     def hvp(self, d: Params) -> Params:
         return {self.form.key: self.form.gram(d[self.form.key])}
 
-    def spectrum(self) -> Spectrum:
+    def spectrum(self, steps: int | None = None) -> Spectrum:
         if self.form.gram_factor is not None:
             return gram_extremes(self.form.gram_factor)
         x = self._template
@@ -100,7 +110,10 @@ class LeastSquaresView(QuadraticView):
         def matvec(v: torch.Tensor) -> torch.Tensor:
             return self.form.gram(v.view_as(x)).reshape(-1)
 
-        return lanczos_extremes(matvec, start, 120)
+        return lanczos_extremes(matvec, start, HESSIAN_STEPS if steps is None else steps)
+
+    def declared_spectrum(self) -> bool:
+        return self.form.gram_factor is not None
 
     def block_size(self, x: torch.Tensor) -> int:
         return self.form.block_size(x)
@@ -129,8 +142,13 @@ class HessianView(QuadraticView):
     def hvp(self, d: Params) -> Params:
         return unflatten(self._hvp(flatten(d)), d)
 
-    def spectrum(self) -> Spectrum:
-        return hessian_extremes(self.problem, self.params)
+    def spectrum(self, steps: int | None = None) -> Spectrum:
+        if steps is None or self.declared_spectrum():
+            return hessian_extremes(self.problem, self.params)
+        return hessian_extremes(self.problem, self.params, steps=steps, operator=self._hvp)
+
+    def declared_spectrum(self) -> bool:
+        return declares_gram(self.problem)
 
 
 def quadratic_view(

@@ -28,11 +28,13 @@ __all__ = [
     "flatten",
     "gram_extremes",
     "declared_hessian_extremes",
+    "declares_gram",
     "hessian_extremes",
     "hessian_operator",
     "is_quadratic",
     "lanczos_extremes",
     "quadratic_reason",
+    "settled_condition",
     "unflatten",
 ]
 
@@ -45,6 +47,8 @@ BREAKDOWN = 100.0
 HESSIAN_STEPS = 120
 #: Most vector entries kept by full reorthogonalisation (steps x parameters); fewer steps beyond.
 LANCZOS_MEMORY = 10_000_000
+#: Krylov dimensions of the successive Lanczos runs of :func:`settled_condition` (each about doubling).
+SETTLING_ROUNDS = (2, 4, 8, 16, 32, 64, HESSIAN_STEPS)
 
 
 class Spectrum:
@@ -225,28 +229,68 @@ def declared_hessian_extremes(
     Lanczos on ``F`` (two small products a step, :func:`gram_extremes`) instead of on the Hessian
     (two backward passes a step); one global operator, so the blocks' largest and smallest count.
     """
-    form = problem.least_squares()
-    scale = None if form is None or form.gram_factor is None or not form.gram_exact else form.hessian_scale()
-    if scale is None:
+    if not declares_gram(problem):
         return None
-    F = form.gram_factor
+    form = problem.least_squares()
+    scale, F = form.hessian_scale(), form.gram_factor
     spectrum = gram_extremes(F, steps=steps, seed=seed, dtype=dtype)
     largest, smallest = spectrum.largest.max().double(), spectrum.smallest.min().double()
     return Spectrum(largest * scale, smallest * scale, spectrum.matvecs)
 
 
-def hessian_extremes(problem: Problem, params: Params, steps: int = HESSIAN_STEPS, seed: int = 0) -> Spectrum:
+def declares_gram(problem: Problem) -> bool:
+    """Whether the loss's Hessian is ``c·FᵀF`` by declaration (:func:`declared_hessian_extremes` reads ``F``)."""
+    form = problem.least_squares()
+    return form is not None and form.gram_factor is not None and form.gram_exact and form.hessian_scale() is not None
+
+
+def settled_condition(
+    estimate: Callable[[int], Spectrum],
+    size: int,
+    enough: Callable[[float], bool],
+    affordable: Callable[[float], float],
+) -> float:
+    """The worst condition number by Lanczos runs of growing Krylov dimension (:data:`SETTLING_ROUNDS`), stopping
+    as soon as more would cost more than the estimate is worth.
+
+    Ritz values lie inside the spectrum, so a run's condition number ``κ_k`` never exceeds the true one and grows
+    with ``k``: every figure is a lower estimate. The search stops after the run of ``k`` steps when
+    ``enough(κ_k)`` (a larger value would not change the caller's verdict, e.g. a budget already exceeded), when
+    the next run would take the products spent past ``affordable(κ_k)`` (what the caller may spend before a run
+    that ``κ_k`` predicts: a share of that run's own products), or when ``k`` reaches ``size`` (the Krylov space
+    holds every direction). A well-conditioned operator so costs 6 products instead of :data:`HESSIAN_STEPS`; an
+    ill-conditioned one whose small eigenvalues the first runs do not see yet gets a low figure, never a high one.
+
+    Args:
+        estimate: ``k ↦`` the spectrum by ``k`` Lanczos steps (from one fixed start).
+        size: the operator's dimension.
+        enough: whether a condition number already decides the caller's question.
+        affordable: the operator products an estimate may cost, given the condition number it found.
+    """
+    kappa, spent = math.inf, 0
+    for steps, following in zip(SETTLING_ROUNDS, (*SETTLING_ROUNDS[1:], 0), strict=True):
+        kappa = estimate(steps).worst_condition()
+        spent += min(steps, size)
+        if steps >= size or not math.isfinite(kappa) or enough(kappa) or spent + following > affordable(kappa):
+            break
+    return kappa
+
+
+def hessian_extremes(
+    problem: Problem, params: Params, steps: int = HESSIAN_STEPS, seed: int = 0, operator: Matvec | None = None
+) -> Spectrum:
     """Extreme eigenvalues of the loss's Hessian at ``params`` (one global operator).
 
     For a quadratic loss the Hessian is the same everywhere, so this is its spectrum. Directions
     along which the loss does not change (a masked entry, a null space) are skipped. ``steps`` is
     lowered for huge problems so the Lanczos basis stays within ``LANCZOS_MEMORY`` entries.
-    Where the problem declares its Gram factor (:func:`declared_hessian_extremes`), from that.
+    Where the problem declares its Gram factor (:func:`declared_hessian_extremes`), from that. ``operator``: the
+    Hessian's :func:`hessian_operator` at ``params`` where the caller has built it already.
     """
     declared = declared_hessian_extremes(problem, steps, seed)
     if declared is not None:
         return declared
-    matvec = hessian_operator(problem, params)
+    matvec = hessian_operator(problem, params) if operator is None else operator
     template = flatten(params)
     steps = max(2, min(steps, LANCZOS_MEMORY // max(template.numel(), 1)))
     # a random start: premultiplying by H to leave out a null space would also bury the

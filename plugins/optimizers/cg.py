@@ -32,11 +32,14 @@ from gdla.optimizer import Suitability
 from gdla.options import Option, choice, optional_count
 from gdla.problem import Params, Problem
 from gdla_plugins.optimizers._quadratic import HessianView, QuadraticMethod, QuadraticView, view_reason
-from gdla_plugins.optimizers._spectral import Spectrum
+from gdla_plugins.optimizers._spectral import Spectrum, settled_condition
 
 __all__ = ["ConjugateGradient"]
 
 BLOCKS = ("independent", "global")
+#: The share of a run's operator products its step estimate may cost where it runs Lanczos on the Hessian itself
+#: (a CG step costs about two: the gradient and one Hessian product).
+ESTIMATE_SHARE = 0.2
 
 
 class ConjugateGradient(QuadraticMethod):
@@ -86,10 +89,24 @@ class ConjugateGradient(QuadraticMethod):
 
     @classmethod
     def suitability(cls, problem: Problem) -> Suitability | None:
-        if problem.least_squares() is None:
+        """Rank 20 for a declared ``least_squares()``; 25 for a loss declared ``quadratic = True`` in one parameter
+        tensor (what this method runs on: its Hessian by double backward); otherwise not suitable."""
+        from gdla_plugins.optimizers._spectral import is_quadratic
+
+        if problem.least_squares() is not None:
+            return Suitability(
+                20, "least-squares problem: conjugate gradients with exact steps, at most one step per unknown"
+            )
+        if not is_quadratic(problem):
+            return None
+        try:  # one tensor or several: only the parameters tell (a problem declares no shapes)
+            tensors = len(problem.init_params(torch.Generator().manual_seed(0)))
+        except Exception:  # noqa: BLE001 - the run's own init_params call reports a broken one, naming the problem
+            return None
+        if tensors != 1:
             return None
         return Suitability(
-            20, "least-squares problem: conjugate gradients with exact steps, at most one step per unknown"
+            25, "loss declared quadratic: conjugate gradients with exact steps, at most one step per unknown"
         )
 
     def _dot(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -128,15 +145,37 @@ class ConjugateGradient(QuadraticMethod):
         return self._spectrum
 
     def expected_steps(self, tol: float) -> float | None:
-        """``min(√κ/2 · ln(2/tol), 2 × block size)``: the CG bound, or finite termination with slack for rounding."""
+        """``min(√κ/2 · ln(2/tol), 2 × block size)``: the CG bound, or finite termination with slack for rounding.
+
+        ``κ`` from :meth:`spectrum` where the problem declares a Gram factor (Lanczos on the factor: cheap). Without
+        one, Lanczos runs on the Hessian itself (each product about half a CG step), in runs of growing length
+        (:func:`~gdla_plugins.optimizers._spectral.settled_condition`) until one predicts a run whose products
+        would be fewer than ``1 / ESTIMATE_SHARE`` times those spent, or one already exceeds the budget
+        (``max_steps``): a well-conditioned problem pays 6 products before its run, not 120. The figure is then a
+        lower estimate: it may miss small eigenvalues the short runs do not see (the run then stops at
+        ``max_steps`` and says so), never warn of a budget the run would not need.
+        """
         if not 0 < tol < 1:
             return None
-        kappa = self.spectrum().worst_condition()
-        bound = math.sqrt(kappa) / 2 * math.log(2 / tol) if math.isfinite(kappa) else math.inf
         x = self.params[self.form.key]  # type: ignore[index]
         independent = self._dims is not None or self._index is not None
         size = self.form.block_size(x) * (1 if independent else self.form.distinct_blocks(x))
-        return float(math.ceil(min(bound, 2 * size)))
+
+        def steps(kappa: float) -> float:
+            bound = math.sqrt(kappa) / 2 * math.log(2 / tol) if math.isfinite(kappa) else math.inf
+            return float(math.ceil(min(bound, 2 * size)))
+
+        if self._spectrum is not None or self.form.declared_spectrum():
+            return steps(self.spectrum().worst_condition())
+        budget = math.inf if self.max_steps is None else self.max_steps
+        return steps(
+            settled_condition(
+                self.form.spectrum,
+                x.numel(),
+                enough=lambda kappa: steps(kappa) > budget,
+                affordable=lambda kappa: 2 * ESTIMATE_SHARE * steps(kappa),
+            )
+        )
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -23,14 +23,17 @@ Two paths:
   mode, one batched backward over the rows of the identity (:func:`jacobian`: what
   :func:`torch.func.jacrev` computes), then a Cholesky solve of ``JᵀJ + λD`` (or, with
   fewer residuals than unknowns, of ``JJᵀ + λI``, whose solution ``δ = −Jᵀ(JJᵀ + λI)⁻¹ r`` is the
-  same damped step with ``D = I``);
+  same damped step with ``D = I``). A problem holding sparse tensors (``-p storage=sparse``) gets
+  ``J`` a pass per row or column instead (vmap has no batching rules for sparse ops), and ``auto``
+  takes the matrix-free path for it;
 * matrix-free: conjugate gradients on ``JᵀJ + λI`` with ``J v`` from :func:`torch.func.jvp` and
   ``Jᵀ u`` by reverse mode (:func:`pullback`), truncated at a relative residual ``min(0.1, √(‖g‖/‖g₀‖))``
   (inexact Newton: superlinear near the answer).
 
 Both reverse-mode products go through :func:`torch.autograd.grad`, not ``torch.func``: the same
 numbers, without the ``torch._dynamo`` import that ``torch.func``'s reverse mode makes on its first
-call (2 s in a fresh process).
+call (2 s in a fresh process), and without the ``sympy`` import of autograd's check of a tensor seed's
+shape (:func:`batched_vjp`, :func:`pullback`).
 
 Anchors: ``scipy.optimize.least_squares`` (``method="lm"``), Ceres Solver's trust-region
 strategy, pytorch-minimize.
@@ -52,7 +55,7 @@ from gdla.options import Option, choice, count, optional_count
 from gdla.problem import Params, Problem
 from gdla.validation import check_positive
 
-__all__ = ["LevenbergMarquardt", "jacobian", "pullback"]
+__all__ = ["LevenbergMarquardt", "batched_vjp", "holds_sparse", "jacobian", "pullback"]
 
 METHODS = ("auto", "dense", "cg")
 #: The dense path's limits: the smaller side of ``J`` and the multiply-adds of its smaller Gram matrix.
@@ -102,7 +105,9 @@ class LevenbergMarquardt(Optimizer):
         with torch.no_grad():
             residuals = int(self.form.residuals(params).numel())
         self.unknowns, self.residual_count = unknowns, residuals
-        self.method = _path(self.options["method"], unknowns, residuals)
+        #: Whether the Jacobian's rows come from one vmapped backward (not through sparse operands: no batching rules).
+        self._batched = not holds_sparse(problem)
+        self.method = _path(self.options["method"], unknowns, residuals, sparse=not self._batched)
         cg_iterations = self.options["cg_iterations"]
         self.cg_iterations = min(unknowns, 500) if cg_iterations is None else cg_iterations
         self._lambda: float | None = None  # set from the first Jacobian (Nielsen's τ · max diag(JᵀJ))
@@ -136,7 +141,7 @@ class LevenbergMarquardt(Optimizer):
         unknowns = sum(value.numel() for value in params.values() if value.is_floating_point())
         with torch.no_grad():
             residuals = int(form.residuals(params).numel())
-        if _path(method, unknowns, residuals) != "dense":
+        if _path(method, unknowns, residuals, sparse=holds_sparse(problem)) != "dense":
             return None
         itemsize = max((value.element_size() for value in params.values() if value.is_floating_point()), default=8)
         side = min(unknowns, residuals)
@@ -181,7 +186,7 @@ class LevenbergMarquardt(Optimizer):
             return loss
         cost = float(r @ r)
         if self.method == "dense":
-            J = jacobian(f, x)  # shape: (residuals, unknowns)
+            J = jacobian(f, x, batched=self._batched)  # shape: (residuals, unknowns)
             solve, g, top = self._dense_solver(J, r)
 
             def linear(d: torch.Tensor) -> torch.Tensor:
@@ -293,20 +298,36 @@ class LevenbergMarquardt(Optimizer):
         }
 
 
-def _path(method: str, unknowns: int, residuals: int) -> str:
-    """``"dense"`` or ``"cg"``: ``method`` itself, or for ``"auto"`` dense when the system is small (see the module)."""
+def _path(method: str, unknowns: int, residuals: int, sparse: bool = False) -> str:
+    """``"dense"`` or ``"cg"``: ``method`` itself, or for ``"auto"`` dense when the system is small (see the module)
+    and the problem holds no sparse tensors (``sparse``: its dense Jacobian would take a pass per row or column, and
+    the matrix-free path keeps the storage's savings)."""
     if method != "auto":
         return method
+    if sparse:
+        return "cg"
     side = min(unknowns, residuals)
     small = side <= DENSE_SIDE and side * side * max(unknowns, residuals) <= DENSE_WORK
     return "dense" if small else "cg"
 
 
-def jacobian(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+def holds_sparse(problem: Problem) -> bool:
+    """Whether ``problem`` holds a sparse tensor (``-p storage=sparse``): its residuals then run sparse ops, which
+    torch's vmap (the batched Jacobian of :func:`jacobian`) cannot batch."""
+    return any(
+        isinstance(value, torch.Tensor) and value.layout != torch.strided
+        for value in getattr(problem, "__dict__", {}).values()
+    )
+
+
+def jacobian(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batched: bool = True) -> torch.Tensor:
     """``∂f/∂x`` at ``x`` (``f``: vector to vector), rows by one batched backward over the identity's rows.
 
     The computation of :func:`torch.func.jacrev` (a vectorised ``vjp`` of each basis row), bit for
-    bit, through :func:`torch.autograd.grad`; an output that does not depend on ``x`` gives zeros.
+    bit, through :func:`batched_vjp`; an output that does not depend on ``x`` gives zeros. ``batched=False``:
+    one pass per row (a backward, :func:`_vjp`) or per column (a forward-mode ``jvp``), whichever side is
+    smaller, the same numbers up to rounding: for an ``f`` through sparse tensors, whose ops have no batching
+    rules.
     """
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
@@ -314,8 +335,35 @@ def jacobian(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torc
     if not r.requires_grad:
         return torch.zeros(r.numel(), x.numel(), dtype=r.dtype, device=r.device)
     basis = torch.eye(r.numel(), dtype=r.dtype, device=r.device)
-    (J,) = torch.autograd.grad(r, x, basis, is_grads_batched=True, allow_unused=True)
+    if not batched and r.numel() <= x.numel():
+        return torch.stack([_vjp(r, x, row) for row in basis])
+    if not batched:
+        columns = torch.eye(x.numel(), dtype=x.dtype, device=x.device)
+        return torch.stack([jvp(f, (x.detach(),), (column,))[1].detach() for column in columns], dim=-1)
+    J = batched_vjp(r, x, basis)
     return torch.zeros(r.numel(), x.numel(), dtype=r.dtype, device=r.device) if J is None else J.detach()
+
+
+def batched_vjp(r: torch.Tensor, x: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor | None:
+    """``seeds[i] · ∂r/∂x`` for every row ``i`` of ``seeds`` (shape ``(k, *r.shape)``), one vmapped backward; ``None``
+    where ``r`` does not depend on ``x``.
+
+    What ``torch.autograd.grad(r, x, seeds, is_grads_batched=True, allow_unused=True)`` computes, through the same
+    two calls it makes after checking its arguments (:func:`torch._vmap_internals._vmap` over the autograd
+    engine's backward), without that check: its comparison of a tensor seed's shape imports ``sympy``, 0.6–2 s
+    in a fresh process. The seeds here are built to ``r``'s shape and dtype. Where a torch release lacks those
+    private entry points, the public call (and its import).
+    """
+    try:
+        from torch._vmap_internals import _vmap
+        from torch.autograd.graph import _engine_run_backward
+    except ImportError:  # pragma: no cover - another torch release
+        return torch.autograd.grad(r, x, seeds, is_grads_batched=True, allow_unused=True)[0]
+
+    def vjp(seed: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor | None, ...]:
+        return _engine_run_backward((r,), seed, False, False, (x,), True, accumulate_grad=False)
+
+    return _vmap(vjp, 0, 0, allow_none_pass_through=True)((seeds,))[0]
 
 
 def pullback(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -331,13 +379,16 @@ def pullback(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Call
         r = f(x)
 
     def transpose(u: torch.Tensor) -> torch.Tensor:
-        if not r.requires_grad:
-            return torch.zeros_like(x)
-        with torch.enable_grad():
-            (g,) = torch.autograd.grad(torch.dot(r, u), x, retain_graph=True, allow_unused=True)
-        return torch.zeros_like(x) if g is None else g.detach()
+        return _vjp(r, x, u) if r.requires_grad else torch.zeros_like(x)
 
     return transpose
+
+
+def _vjp(r: torch.Tensor, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``Jᵀu`` for ``r = f(x)`` (a graph that reaches ``x``, kept for the next call): the backward of ``r · u``."""
+    with torch.enable_grad():
+        (g,) = torch.autograd.grad(torch.dot(r, u), x, retain_graph=True, allow_unused=True)
+    return torch.zeros_like(x) if g is None else g.detach()
 
 
 def _spd_solve(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,13 @@ from gdla.errors import InputError
 from gdla.mesh import is_dtensor
 from gdla.options import Option
 from gdla.problem import Params, Problem
-from gdla.scaling import Normalization, check_representable, power_of_two_scale, scale_by_power_of_two
+from gdla.scaling import (
+    Normalization,
+    answer_exponent_limits,
+    check_representable,
+    power_of_two_scale,
+    scale_by_power_of_two,
+)
 from gdla.validation import check_choice, check_matrix
 from gdla_plugins.problems._common import (
     as_working_float,
@@ -46,7 +52,7 @@ from gdla_plugins.problems._common import (
     uniform,
     worst,
 )
-from gdla_plugins.problems._inverse_analysis import analyse, check_side
+from gdla_plugins.problems._inverse_analysis import InverseFacts, check_side
 from gdla_plugins.problems._inverse_examples import InverseExamples
 from gdla_plugins.problems._inverse_mesh import MeshInverseMethods
 
@@ -125,9 +131,11 @@ class InverseProblem(InverseExamples, Problem):
         self._reference: torch.Tensor | None = None
         #: ``(A, A._version, normalized())``: the last answer, kept while ``A`` stays the same
         self._normalization: tuple[torch.Tensor, int, Normalization | None] | None = None
-        facts = analyse(dense, side, pseudo, self._k)
-        self._sigma_max, self._cond, self._attainable = facts.sigma_max, facts.cond, facts.attainable
-        self._projector = None if facts.projector is None else self._placed(facts.projector)
+        # a large square A is screened (an LU factorisation, about one product), its singular values computed
+        # only when a figure needs them; a DTensor's gathered copy is analysed now and not kept
+        self._facts = InverseFacts(dense, side, pseudo, self._k, lazy=dense is A)
+        self._attainable = self._facts.attainable
+        self._projector = None if self._facts.projector is None else self._placed(self._facts.projector)
 
     def __getstate__(self) -> dict[str, Any]:
         """The instance's attributes without the kept :meth:`normalized` (its ``restore`` is a closure: no pickle)."""
@@ -136,6 +144,16 @@ class InverseProblem(InverseExamples, Problem):
         return state
 
     # -- construction -------------------------------------------------------------------------
+    @property
+    def _sigma_max(self) -> torch.Tensor:
+        """The largest singular value of each matrix, exact (computed when first read, then kept).  # shape: batch"""
+        return self._facts.sigma_max
+
+    @property
+    def _cond(self) -> torch.Tensor:
+        """``σ_max / σ_min`` of each matrix, exact (computed when first read, then kept).  # shape: batch"""
+        return self._facts.cond
+
     @staticmethod
     def _matrix(A: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """``(A, A)`` checked: the matrix the problem holds, and the plain one its analysis runs on."""
@@ -253,7 +271,7 @@ class InverseProblem(InverseExamples, Problem):
         and the condition numbers, ranks and the least-norm projector do not change."""
         work = copy.copy(self)
         work.A = scale_by_power_of_two(self.A, exponent)
-        work._sigma_max = scale_by_power_of_two(self._sigma_max, exponent)
+        work._facts = self._facts.scaled(exponent)
         work._reference = None
         work._normalization = None
         work._constructor_arguments = {**self._constructor_arguments, "A": work.A}  # rebuilt from the scaled A
@@ -279,18 +297,19 @@ class InverseProblem(InverseExamples, Problem):
         """:meth:`normalized`, computed."""
         exponent = power_of_two_scale(self._full(self.A.abs().amax()))
         work = self if exponent == 0 else self._scaled(-exponent)
-        if not bool((work._sigma_max > 0).any()):  # A = 0: its pseudo-inverse is 0, nothing to scale
+        # entries of A'^{-1} lie between 1/σ_max(A') and 1/σ_min(A') = cond/σ_max(A'), up to √k factors (a zero
+        # member's pseudo-inverse is zero: it bounds nothing); the screen's bounds on them serve where their
+        # whole span fits the dtype, else the singular values decide
+        spans = work._facts.answer_exponents(self._k)
+        if spans is None:  # A = 0: its pseudo-inverse is 0, nothing to scale
             return None
-        # entries of A'^{-1} lie between 1/σ_max(A') and 1/σ_min(A') = cond/σ_max(A'), up to √k factors;
-        # a zero member's pseudo-inverse is zero: it bounds nothing
-        sigma_max = work._sigma_max[work._sigma_max > 0]
-        cond = work._cond[torch.isfinite(work._cond)]
-        top = float(cond.max()) if cond.numel() else 1.0
+        lowest, highest = answer_exponent_limits(self.dtype)
+        if not all(lowest <= -exponent + span <= highest for span in spans):
+            work._facts.settle()
+            spans = work._facts.answer_exponents(self._k) or spans
         what = "the pseudo-inverse of A" if self.pseudo or self._m != self._n else "the inverse of A"
-        high = -exponent + math.ceil(math.log2(top / float(sigma_max.min())))
-        low = -exponent - math.ceil(math.log2(float(sigma_max.max()) * math.sqrt(self._k)))
-        for estimate in (high, low):
-            check_representable("A", estimate, self.dtype, what)
+        for estimate in (spans[1], spans[2]):  # the largest entry's, the smallest's (equal pairs once exact)
+            check_representable("A", -exponent + estimate, self.dtype, what)
         if exponent == 0:
             return None
 
@@ -385,7 +404,12 @@ class InverseProblem(InverseExamples, Problem):
         return worst(relative_frobenius(self._full(params["M"]) - reference, reference))
 
     def condition_estimate(self) -> float:
-        """Largest 2-norm condition number ``σ_max / σ_min`` over the batch (``inf`` if singular)."""
+        """Largest 2-norm condition number ``σ_max / σ_min`` over the batch (``inf`` if singular).
+
+        Exact: the singular values, computed at the first call where construction only screened ``A`` (an LU
+        factorisation and 1-norm estimates, :class:`~gdla_plugins.problems._inverse_analysis.InverseFacts`), then
+        kept.
+        """
         return float(worst(self._cond))
 
     def describe(self) -> dict[str, Any]:

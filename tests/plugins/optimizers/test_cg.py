@@ -170,3 +170,36 @@ def test_backend_is_decided_before_the_run() -> None:
         with pytest.raises(gdla.BackendError, match="'cg' computes with the problem's least-squares operator"):
             gdla.solve(problem, optimizer="cg", backend="fused")
         assert gdla.solve(problem, optimizer="sgd", backend="fused", max_steps=5, tol=0).backend == "fused"
+
+
+def _with_singular_values(sigma: torch.Tensor) -> LeastSquares:
+    """:class:`LeastSquares` (no Gram factor: its Hessian only by double backward) with ``B``'s singular values."""
+    n = len(sigma)
+    left, _ = torch.linalg.qr(seeded_rand(2 * n, n, seed=1) - 0.5)
+    right, _ = torch.linalg.qr(seeded_rand(n, n, seed=2) - 0.5)
+    return LeastSquares((left * sigma) @ right.T, seeded_rand(2 * n, seed=3))
+
+
+@pytest.mark.parametrize(
+    ("sigma", "rounds", "expected"),
+    [
+        # κ(BᵀB) = 2.25: a 2-step run sees κ ≈ 1.62 and predicts a run of 13 steps, whose fifth (5 products) the
+        # next run (4) would exceed; the 120-step estimate says 15 (the run takes 12)
+        (torch.linspace(1.0, 1.5, 60, dtype=torch.float64), [2], 13.0),
+        # two distinct values, κ = 1e6: 2 steps find both, and the prediction (capped at 2 × 60) already exceeds
+        # the budget of 50
+        (torch.cat([torch.full((30,), 1e-3, dtype=torch.float64), torch.ones(30, dtype=torch.float64)]), [2], 120.0),
+    ],
+)
+def test_steps_estimate_without_a_gram_factor_costs_a_share_of_its_run(
+    sigma: torch.Tensor, rounds: list[int], expected: float
+) -> None:
+    problem = _with_singular_values(sigma)
+    opt = ConjugateGradient(problem, problem.init_params(torch.Generator()), max_steps=50)
+    asked: list[int | None] = []
+    spectrum = opt.form.spectrum
+    opt.form.spectrum = lambda steps=None: asked.append(steps) or spectrum(steps)  # type: ignore[method-assign]
+    assert opt.expected_steps(1e-8) == expected
+    assert asked == rounds
+    kappa = spectrum(2).worst_condition()
+    assert expected == min(math.ceil(math.sqrt(kappa) / 2 * math.log(2 / 1e-8)), 120)
