@@ -37,6 +37,7 @@ _EXPORTS: dict[str, str] = {
     "PluginError": "gdla.errors",
     "PluginWarning": "gdla.errors",
     "Problem": "gdla.problem",
+    "RankError": "gdla.errors",
     "ResourceError": "gdla.errors",
     "Result": "gdla.result",
     "ShapeError": "gdla.errors",
@@ -56,6 +57,9 @@ _EXPORTS: dict[str, str] = {
     "hookimpl": "gdla.hookspecs",
     "optimizers": "gdla.registry",
     "problems": "gdla.registry",
+    "relative_gap": "gdla.norms",
+    "relative_norm": "gdla.norms",
+    "scaled_norm": "gdla.norms",
     "solve": "gdla.loop",
 }
 
@@ -80,6 +84,7 @@ __all__ = [
     "PluginError",
     "PluginWarning",
     "Problem",
+    "RankError",
     "ResourceError",
     "Result",
     "ShapeError",
@@ -101,6 +106,9 @@ __all__ = [
     "optimizers",
     "problems",
     "registry",
+    "relative_gap",
+    "relative_norm",
+    "scaled_norm",
     "solve",
 ]
 
@@ -153,6 +161,7 @@ if TYPE_CHECKING:  # the names for type checkers and IDEs
         MatrixFileError,
         PluginError,
         PluginWarning,
+        RankError,
         ResourceError,
         ShapeError,
         SingularMatrixError,
@@ -161,6 +170,7 @@ if TYPE_CHECKING:  # the names for type checkers and IDEs
     )
     from gdla.hookspecs import hookimpl
     from gdla.loop import solve
+    from gdla.norms import relative_gap, relative_norm, scaled_norm
     from gdla.optimizer import GradientOptimizer, Optimizer, Stretch, Suitability, TestedRun
     from gdla.panels import DemoPanel, DemoRun
     from gdla.problem import Params, Problem

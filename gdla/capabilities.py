@@ -16,6 +16,7 @@ the capability they need and never read a problem's private attributes or its na
                              :class:`MaskedOperatorLoss`
 ``update_masks()``           0/1 masks                       the fused masked momentum step
 ``quadratic``                ``True``/``False``/``None``     Hessian-based step estimates
+                                                             (and ``cg`` for ``auto``, the loss in one tensor)
 ===========================  ==============================  =============================================
 
 ``singular_value_decomposition()`` returns a :class:`SingularValueDecomposition` and unlocks

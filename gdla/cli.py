@@ -6,21 +6,25 @@ problem too large for the memory, a diverged run); 2 bad usage (unknown option, 
 value, unknown problem or optimizer name); 130 interrupted (Ctrl-C, anywhere). Bad usage is told
 by type: a command line that does not parse, :class:`~gdla.errors.UsageError` and
 :class:`~gdla.errors.UnknownNameError`. Errors are one ``gdla: error: ...`` paragraph on stderr,
-never a traceback: only :class:`gdla.GdlaError` is caught, so anything else is a bug and surfaces
-as one. gdla's own warnings (a skipped plugin, a backend fallback) are one ``gdla: warning: ...``
-line.
+never a traceback: :class:`gdla.GdlaError` is caught, and so is an exception raised inside a
+plugin's method (a :class:`~gdla.errors.PluginError` naming it, exit 1:
+:func:`gdla.plugin_checks.blame`); anything else is a bug in gdla and surfaces as a traceback.
+``--debug`` adds the traceback after the paragraph. gdla's own warnings (a skipped plugin, a
+backend fallback) are one ``gdla: warning: ...`` line.
 """
 
 from __future__ import annotations
 
 import sys
+import traceback
 import warnings
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from gdla.cli_parse import CommandLineError, build_parser, parse_option
 from gdla.commands import COMMANDS
-from gdla.errors import GdlaError, GdlaWarning, UnknownNameError, UsageError
+from gdla.errors import GdlaError, GdlaWarning, PluginError, UnknownNameError, UsageError
+from gdla.interrupts import INTERRUPTED_EXIT, prompt_interrupts
 
 __all__ = ["main", "parse_option"]
 
@@ -28,10 +32,12 @@ __all__ = ["main", "parse_option"]
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``gdla`` command with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     try:
-        return _main(argv)
+        # inside one long torch call too: the watchdog ends the process if the call holds Ctrl-C off
+        with prompt_interrupts(lambda: _print_error("interrupted")):
+            return _main(argv)
     except KeyboardInterrupt:  # anywhere: parsing, importing torch, loading plugins, solving
         _print_error("interrupted")
-        return 130
+        return INTERRUPTED_EXIT
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -50,17 +56,32 @@ def _main(argv: Sequence[str] | None) -> int:
         # each, not Python's file:line form. Other warnings keep their usual form and filters.
         warnings.simplefilter("always", GdlaWarning)
         warnings.showwarning = _warning_printer(warnings.showwarning)
+        debug = bool(getattr(args, "debug", False))
         try:
             return COMMANDS[args.command](args, sys.stdout)
         except (UnknownNameError, UsageError) as exc:
-            _print_error(str(exc))
-            return 2
+            return _failed(exc, 2, debug)
         except GdlaError as exc:
-            _print_error(str(exc))
-            return 1
+            return _failed(exc, 1, debug)
         except BrokenPipeError:  # `gdla plugins --json | head -1`: the reader left, nothing to say
             sys.stderr.close()
             return 0
+        except Exception as exc:  # raised in a plugin's method: a PluginError naming it; anywhere else, a bug
+            from gdla.plugin_checks import blame
+
+            blamed = blame(exc)
+            if blamed is None:
+                raise
+            return _failed(blamed, 1, debug)
+
+
+def _failed(exc: BaseException, code: int, debug: bool) -> int:
+    """The error's paragraph (then, with ``--debug``, its traceback and its cause's) and the exit code."""
+    raised_inside = isinstance(exc, PluginError) and exc.__cause__ is not None  # a plugin's exception, wrapped
+    _print_error(f"{exc} (--debug shows the traceback)" if raised_inside and not debug else str(exc))
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    return code
 
 
 def _warning_printer(fallback: Callable[..., None]) -> Callable[..., None]:

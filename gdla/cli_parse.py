@@ -28,6 +28,8 @@ RESERVED_OPTIONS = {
     "dtype": "--dtype",
     "device": "--device",
     "patience": "--patience",
+    "init": "--init",
+    "backward": "the Python API (the command line's answers are detached)",
     "progress": "--json (which turns the progress bar off)",
     "callback": "the Python API",
 }
@@ -203,6 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(one matrix; a sparse answer as coordinate entries)",
     )
     solve.add_argument(
+        "--init",
+        metavar="FILE",
+        help="start from these parameters: a .pt dict of named tensors (a Result's params), or for a problem with "
+        "one parameter a saved answer (.npy, .pt or .mtx, e.g. a previous run's --save)",
+    )
+    solve.add_argument(
         "--option",
         "-o",
         action="append",
@@ -224,4 +232,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run every built-in problem and draw one figure")
     demo.add_argument("--out", default="gdla-demo.png", metavar="FILE", help="figure file (default: gdla-demo.png)")
     demo.add_argument("--quick", action="store_true", help="fewer steps, for a smoke test")
+    for command in (plugins, info, solve, demo):
+        command.add_argument("--debug", action="store_true", help="after an error's paragraph, show its traceback")
     return parser

@@ -40,6 +40,8 @@ def plugins(args: argparse.Namespace, out: TextIO) -> int:
     print(f"\ncompiled extension gdla._C: {'loaded' if loaded else 'unavailable'} ({detail})", file=out)
     if registry.failures:
         print(f"{len(registry.failures)} plugin(s) skipped; see `gdla info`", file=out)
+    for clash in registry.clashes():  # listed twice above: usable only as DIST:NAME
+        print(f"clash: {clash}", file=out)
     return 0
 
 
@@ -66,6 +68,7 @@ def info(args: argparse.Namespace, out: TextIO) -> int:
         "problems": sorted(e.name for e in entries if e.kind == "problem"),
         "optimizers": sorted(e.name for e in entries if e.kind == "optimizer"),
         "plugin_failures": list(registry.failures),
+        "name_clashes": registry.clashes(),
     }
     if args.json:
         print(json.dumps(facts, indent=2), file=out)
@@ -80,6 +83,7 @@ def info(args: argparse.Namespace, out: TextIO) -> int:
         f"plugin load failures: {len(registry.failures)}",
     ]
     lines += [f"  {failure}" for failure in registry.failures]
+    lines += [f"clash: {clash}" for clash in facts["name_clashes"]]
     print("\n".join(lines), file=out)
     return 0
 
@@ -117,12 +121,19 @@ def solve(args: argparse.Namespace, out: TextIO) -> int:
             dtype=args.dtype,
             options_name="--problem-option",
         )
+        init = None
+        if args.init is not None:  # read before the run: a bad file fails before any work
+            from gdla.io import load_params
+
+            init = load_params(args.init)
         if args.save is not None and problem.sparse_storage() is not None and args.save.lower().endswith(".npy"):
             raise MatrixFileError(
                 f"--save: problem {args.problem!r} stores its operator sparse, so its answer is a sparse tensor; "
                 f".npy stores dense arrays only, received {args.save!r}: use .mtx (coordinate) or .pt"
             )
-        result = _run(args, problem)
+        if args.save is not None:
+            _check_savable(problem, args.save)
+        result = _run(args, problem, init)
     except (MemoryError, RuntimeError) as exc:
         error = allocation_error(exc, f"gdla solve {args.problem}")
         if error is None:
@@ -132,6 +143,26 @@ def solve(args: argparse.Namespace, out: TextIO) -> int:
         return 0 if result.stop_reason != "diverged" else 1
     saved = _report(args, result, out)
     return 0 if result.stop_reason != "diverged" and saved else 1
+
+
+def _check_savable(problem: Any, path: str) -> None:
+    """Refuse, before the run, a ``--save`` format that cannot hold the answer (an SVD's three tensors as
+    ``.npy``): the answer at the starting point has the final answer's form, and the writer's own check reads it."""
+    from pathlib import Path
+
+    import torch
+
+    from gdla.io import _writer
+
+    try:
+        with torch.no_grad():
+            sample = problem.solution(problem.init_params(torch.Generator().manual_seed(0)))
+    except Exception:  # noqa: BLE001 - a broken plugin method: the run reports it, naming the method
+        return
+    try:
+        _writer(sample, Path(path))
+    except MatrixFileError as exc:
+        raise MatrixFileError(f"--save: {exc} (refused before the run)") from None
 
 
 def _checked_optimizer(args: argparse.Namespace) -> Any:
@@ -148,7 +179,7 @@ def _checked_optimizer(args: argparse.Namespace) -> Any:
     return optimizer_cls
 
 
-def _run(args: argparse.Namespace, problem: Any) -> Any:
+def _run(args: argparse.Namespace, problem: Any, init: Any = None) -> Any:
     """``gdla.solve`` with the parsed settings (the run plan calls a method's refusal of ``-o``/``--lr`` usage)."""
     from gdla.loop import solve as solve_problem
 
@@ -165,8 +196,21 @@ def _run(args: argparse.Namespace, problem: Any) -> Any:
         patience=args.patience,
         progress=not args.json and sys.stderr is not None and not sys.stderr.closed and sys.stderr.isatty(),
         distributed=args.distributed,
+        init=_in_dtype(init, problem.dtype),
         **dict(args.option),
     )
+
+
+def _in_dtype(init: Any, dtype: Any) -> Any:
+    """A start read from a file in the problem's dtype (where it is floating: a file's dtype is the writer's)."""
+    import torch
+
+    target = dtype
+    if isinstance(init, torch.Tensor):
+        return init.to(target) if init.is_floating_point() else init
+    if isinstance(init, dict):
+        return {key: value.to(target) if value.is_floating_point() else value for key, value in init.items()}
+    return init
 
 
 def _report(args: argparse.Namespace, result: Any, out: TextIO) -> bool:

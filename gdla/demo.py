@@ -6,7 +6,9 @@ Each problem plugin says what to show through :meth:`gdla.Problem.demo`, a list 
 are drawn large on top; every problem's small panel below. The demo itself names no problem or
 optimizer.
 
-Every run has a wall-clock budget, so the demo ends in well under a minute on two cores.
+Every run has a step budget (the ``max_steps`` its problem declares; ``--quick``: its
+``quick_steps``, else at most 300), never a clock: the table (steps, stop reason, residual, error)
+is the same on any machine, however busy; only the seconds differ.
 """
 
 from __future__ import annotations
@@ -86,51 +88,24 @@ def _sci(value: float) -> str:
     return f"{value:.2e}" if math.isfinite(value) else "nan"
 
 
-class _Clock:
-    """Shares the demo's total time among its runs: each gets at most ``per_run`` seconds and at
-    most its fair share of what is left, so the whole demo ends in about ``total`` seconds."""
+class _Recorder:
+    """A ``solve`` callback that records ``record(params)`` after every step and never stops the run."""
 
-    def __init__(self, total: float, per_run: float, runs: int) -> None:
-        self.deadline = time.perf_counter() + total
-        self.per_run = per_run
-        self.runs_left = max(1, runs)
-
-    def budget(self, record: Callable[[Params], float] | None = None) -> _TimeBudget:
-        left = max(0.0, self.deadline - time.perf_counter())
-        share = min(self.per_run, max(0.2, left / self.runs_left))
-        self.runs_left = max(1, self.runs_left - 1)
-        return _TimeBudget(share, record)
-
-
-class _TimeBudget:
-    """A ``solve`` callback that stops a run ``seconds`` after its first step (so one-time set-up
-    costs, such as torch's first linear-algebra call, do not eat the budget) and, optionally,
-    records a history."""
-
-    def __init__(self, seconds: float, record: Callable[[Params], float] | None = None) -> None:
-        self.seconds = seconds
-        self.deadline = math.inf
+    def __init__(self, record: Callable[[Params], float]) -> None:
         self.record = record
         self.history: list[float] = []
-        self.expired = False
 
     def __call__(self, step: int, loss: float, params: Params) -> bool:
-        if step == 1:
-            self.deadline = time.perf_counter() + self.seconds
-        if self.record is not None:
-            self.history.append(self.record(params))
-        if time.perf_counter() > self.deadline:
-            self.expired = True
-        return self.expired
+        self.history.append(self.record(params))
+        return False
 
 
-def _row(result: Result, budget: _TimeBudget) -> DemoRow:
-    stop = "time limit" if result.stop_reason == "callback" and budget.expired else result.stop_reason
+def _row(result: Result) -> DemoRow:
     return DemoRow(
         problem=result.problem,
         optimizer=result.method,
         steps=result.steps,
-        stop_reason=stop,
+        stop_reason=result.stop_reason,
         residual=float(result.metrics.get("residual", math.nan)),
         error=float(result.metrics.get("error", math.nan)),
         seconds=result.seconds,
@@ -152,39 +127,40 @@ def _panels(report: DemoReport, quick: bool) -> list[DemoPanel]:
     return panels
 
 
-def _solve_run(run: DemoRun, clock: _Clock, quick: bool) -> tuple[Result, _TimeBudget, str]:
-    """Solve one demo run within its time share; returns the result, its budget and a legend suffix."""
+def _solve_run(run: DemoRun, quick: bool) -> tuple[Result, list[float] | None, str]:
+    """Solve one demo run within its step budget; returns the result, the residual history (for a run that
+    plots it) and a legend suffix."""
     options = dict(run.options)
     if quick:
         options["max_steps"] = run.quick_steps or min(options.get("max_steps") or 300, 300)
     problem = run.problem
     for _attempt in range(6):
-        budget = clock.budget(record=(lambda params: float(problem.residual(params))) if run.plot_residual else None)
+        recorder = _Recorder(lambda params: float(problem.residual(params))) if run.plot_residual else None
         with warnings.catch_warnings():
             # slow methods are shown on purpose, to be compared: no "will not converge" warning
             warnings.simplefilter("ignore", ConvergenceWarning)
-            result = solve(problem, callback=budget, **options)
+            result = solve(problem, callback=recorder, **options)
         if result.stop_reason != "diverged" or not run.halve_lr_on_divergence or options.get("lr") is None:
             break
         options["lr"] = options["lr"] / 2
     changed = ""
     if options.get("lr") != run.options.get("lr"):
         changed = f"; lr {run.options['lr']:g} diverged, lr {options['lr']:g} shown"
-    return result, budget, changed
+    return result, recorder.history if recorder is not None else None, changed
 
 
-def _draw(report: DemoReport, panel: DemoPanel, clock: _Clock, quick: bool) -> Panel | None:
+def _draw(report: DemoReport, panel: DemoPanel, quick: bool) -> Panel | None:
     curves = []
     for run in panel.runs:
         try:
-            result, budget, changed = _solve_run(run, clock, quick)
+            result, residuals, changed = _solve_run(run, quick)
         except GdlaError as exc:
             report.notes.append(f"{panel.title}, {run.label}: skipped ({exc})")
             continue
-        row = _row(result, budget)
+        row = _row(result)
         row.problem = run.row or row.problem
         report.rows.append(row)
-        history = budget.history if run.plot_residual else result.losses
+        history = residuals if residuals is not None else result.losses
         label = f"{run.label}: {row.stop_reason}, {result.steps} steps{changed}" if run.label else row.stop_reason
         curves.append(Curve(label, history))
     if not curves:
@@ -200,7 +176,7 @@ def run_demo(
 
     Args:
         out: figure file (``.png``, ``.pdf`` or ``.svg``); checked before anything runs.
-        quick: smaller step and time budgets (a smoke test of a few seconds).
+        quick: smaller step budgets (a smoke test).
         stream: where the table goes (default ``sys.stdout``).
     """
     stream = sys.stdout if stream is None else stream
@@ -209,9 +185,7 @@ def run_demo(
     start = time.perf_counter()
     report = DemoReport()
     panels = _panels(report, quick)
-    runs = sum(len(panel.runs) for panel in panels)
-    clock = _Clock(total=8.0 if quick else 40.0, per_run=1.0 if quick else 6.0, runs=runs)
-    drawn = [(panel.headline, _draw(report, panel, clock, quick)) for panel in panels]
+    drawn = [(panel.headline, _draw(report, panel, quick)) for panel in panels]
     headline = [figure for top, figure in drawn if top and figure is not None]
     small = [figure for top, figure in drawn if not top and figure is not None]
     report.seconds = time.perf_counter() - start

@@ -2,14 +2,12 @@ r"""A batched problem split over the ranks of a ``torch.distributed`` process gr
 
 A batched problem is a sum of independent members, :math:`L(M) = \sum_b L_b(M_b)`. Rank ``r`` of
 ``W`` solves the contiguous members ``start_r:stop_r`` (the first ``B mod W`` ranks take one
-extra) and the ranks agree, after every step, on
-
-* the loss: the **sum** of the shards' losses (the full batch's loss),
-* the residual used by the stop test: the **max** over the shards (the worst member),
-
-so every rank takes the same number of steps and stops for the same reason. At the end
-:meth:`Sharding.gather_params` concatenates the shards' parameters on every rank, which then
-computes the metrics of the whole problem: every rank returns the full :class:`~gdla.Result`.
+extra) and the ranks agree, after every step, on the loss (the sum of the shards'), the residual of
+the stop test (the worst shard's) and a callback's stop, and on a failure of any rank
+(:mod:`gdla.agreement`): every rank takes the same number of steps and stops for the same reason,
+or raises. At the end :meth:`Sharding.gather_params` concatenates the shards' parameters on every
+rank, which then computes the metrics of the whole problem: every rank returns the full
+:class:`~gdla.Result`.
 
 Equal per member to one process: the local problem's starting point is the slice of the whole
 problem's (drawn from the same generator), so optimizers that treat members independently
@@ -27,10 +25,12 @@ command line does it for ``--distributed``).
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Any
 
 import torch
 
+from gdla.agreement import Agreement, torch_distributed
 from gdla.errors import InputError
 from gdla.mesh import is_dtensor, mesh_summary
 from gdla.problem import Params, Problem
@@ -45,8 +45,9 @@ def shard_bounds(batch: int, world: int, rank: int) -> tuple[int, int]:
     return start, start + quotient + (1 if rank < remainder else 0)
 
 
-class Sharding:
-    """Splits a batched problem over the ranks of the default process group (or ``group``).
+class Sharding(Agreement):
+    """Splits a batched problem over the ranks of the default process group (or ``group``), whose collectives
+    (:class:`~gdla.agreement.Agreement`) complete on every rank or raise on every rank.
 
     Args:
         problem: a problem whose :meth:`~gdla.Problem.batch_size` is set, the same on every rank.
@@ -60,14 +61,13 @@ class Sharding:
     Raises:
         InputError: no initialised process group, an unbatched problem, a problem whose data is a
             DTensor (it runs on its own mesh), fewer members than ranks, or ranks that disagree on the
-            problem's shapes or dtype.
+            problem's shapes, dtype or data.
+        RankError: a rank did not arrive at the comparison within the process group's timeout.
     """
 
     def __init__(self, problem: Problem, group: Any = None) -> None:
-        dist = _dist()
-        self.group = group
-        self.rank = dist.get_rank(group)
-        self.world_size = dist.get_world_size(group)
+        dist = torch_distributed()
+        super().__init__(group, dist.get_rank(group), dist.get_world_size(group), _collective_device(dist, group))
         self.full = problem
         batch = problem.batch_size()
         mesh = next((mesh_summary(v) for v in problem._data().values() if is_dtensor(v)), None)
@@ -81,8 +81,7 @@ class Sharding:
                 f"distributed: expected a batched problem (one whose batch_size() is set, e.g. 'inverse' with a "
                 f"batch of matrices), received the unbatched problem {problem.name!r}; there is nothing to shard"
             )
-        self.device = _collective_device(dist, group)
-        self._check_agreement(dist, problem, batch)
+        self._check_agreement(problem, batch)
         if batch < self.world_size:
             raise InputError(
                 f"distributed: expected at least one batch member per rank, received a batch of {batch} "
@@ -102,8 +101,9 @@ class Sharding:
         self.local: Problem = local
 
     # -- agreement -----------------------------------------------------------------------------
-    def _check_agreement(self, dist: Any, problem: Problem, batch: int) -> None:
-        """All ranks hold the same problem: name, batch size, dtype, parameter shapes and a digest of the data."""
+    def _check_agreement(self, problem: Problem, batch: int) -> None:
+        """All ranks hold the same problem: name, batch size, dtype, parameter shapes and a digest of the data; the
+        ranks take rank 0's token as the run's key in the store."""
         # the shapes of one member's parameters (cheap), not of the whole batch's
         params = problem.batch_slice(0, 1).init_params(torch.Generator().manual_seed(0))
         signature = {
@@ -113,8 +113,12 @@ class Sharding:
             "params": {key: [batch, *value.shape[1:]] for key, value in sorted(params.items())},
             "data": data_digest(problem),
         }
-        everyone: list[Any] = [None] * self.world_size
-        dist.all_gather_object(everyone, signature, group=self.group)
+        gathered: list[Any] = [None] * self.world_size
+        mine = (signature, os.urandom(8).hex())
+        where = "the comparison of the problems before the run"
+        self.collective(where, torch_distributed().all_gather_object, gathered, mine)
+        everyone = [other for other, _ in gathered]
+        self.token = gathered[0][1]
         if all(other == everyone[0] for other in everyone):
             return
         differ = [r for r, other in enumerate(everyone) if other != everyone[0]]
@@ -125,31 +129,9 @@ class Sharding:
             f"0 and {', '.join(map(str, differ))} ({shown}); build the same problem on every rank"
         )
 
-    # -- reductions ----------------------------------------------------------------------------
-    def reduce_loss(self, loss: float) -> float:
-        """The full batch's loss: the sum of the ranks' losses (the batched loss is a sum over members)."""
-        return self._all_reduce(loss, "sum")
-
-    def reduce_residual(self, residual: float) -> float:
-        """The stop test's residual: the max over the ranks (the worst member decides); NaN anywhere wins."""
-        value = float(residual)
-        # max drops NaN on some backends: carry "any NaN" separately so that a NaN stops every rank alike
-        nan = self._all_reduce(1.0 if value != value else 0.0, "max")
-        return float("nan") if nan > 0 else self._all_reduce(value, "max")
-
-    def any_rank(self, flag: bool) -> bool:
-        """Whether ``flag`` is true on any rank: a stop one rank asks for (its callback) stops every rank."""
-        return self._all_reduce(1.0 if flag else 0.0, "max") > 0
-
-    def _all_reduce(self, value: float, op: str) -> float:
-        dist = _dist()
-        tensor = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX, group=self.group)
-        return float(tensor.item())
-
     def gather_params(self, params: Params) -> Params:
         """The full batch's parameters on every rank: the shards concatenated along dim 0, in rank order."""
-        dist = _dist()
+        dist = torch_distributed()
         largest = max(self._counts)
         out: Params = {}
         for key in sorted(params):  # the same order on every rank: the collectives pair up
@@ -160,7 +142,7 @@ class Sharding:
             padded = torch.zeros((largest, *moved.shape[1:]), dtype=moved.dtype, device=self.device)
             padded[: moved.shape[0]] = moved
             pieces = [torch.empty_like(padded) for _ in range(self.world_size)]
-            dist.all_gather(pieces, padded, group=self.group)
+            self.collective("the gathering of the answer", dist.all_gather, pieces, padded)
             out[key] = torch.cat([piece[:count] for piece, count in zip(pieces, self._counts, strict=True)]).to(home)
         return out
 
@@ -180,21 +162,6 @@ def data_digest(problem: Problem) -> str:
         for part in parts:
             digest.update(part.cpu().resolve_conj().resolve_neg().numpy().tobytes())  # numpy copies to C order
     return digest.hexdigest()
-
-
-def _dist() -> Any:
-    """``torch.distributed`` with an initialised default process group, or an :class:`InputError` saying how."""
-    import torch.distributed as dist
-
-    if not dist.is_available():
-        raise InputError("distributed: expected a PyTorch build with torch.distributed, received one without it")
-    if not dist.is_initialized():
-        raise InputError(
-            "distributed: expected an initialised torch.distributed process group, received none; call "
-            "torch.distributed.init_process_group() first (under torchrun: init_process_group('gloo') on CPU, "
-            "'nccl' on GPU), or start the command line with torchrun --nproc-per-node N -m gdla ... --distributed"
-        )
-    return dist
 
 
 def _collective_device(dist: Any, group: Any) -> torch.device:
@@ -217,8 +184,6 @@ def init_from_environment(device: str | None = None) -> bool:
     Raises:
         InputError: not started by torchrun (no ``RANK``/``WORLD_SIZE``/``MASTER_ADDR`` in the environment).
     """
-    import os
-
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -241,12 +206,20 @@ def init_from_environment(device: str | None = None) -> bool:
 
 
 def shutdown() -> None:
-    """Wait for every rank, then destroy the default group (a rank leaving early aborts gloo's peers)."""
+    """Wait for every rank, then destroy the default group (a rank leaving early aborts gloo's peers).
+
+    After a failed collective (a rank gone or timed out) there is nothing to wait for: the group is destroyed
+    all the same, which also spares the process gloo's abort at exit.
+    """
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+        try:
+            dist.barrier()
+        except RuntimeError:
+            pass
+        finally:
+            dist.destroy_process_group()
 
 
 def is_reporting_rank() -> bool:

@@ -16,6 +16,7 @@ __all__ = [
     "MatrixFileError",
     "PluginError",
     "PluginWarning",
+    "RankError",
     "ResourceError",
     "ShapeError",
     "SingularMatrixError",
@@ -72,6 +73,11 @@ class ResourceError(GdlaError, MemoryError):
 
 class BackendError(GdlaError, RuntimeError):
     """A backend that was asked for explicitly and cannot run."""
+
+
+class RankError(GdlaError, RuntimeError):
+    """Another rank of a distributed solve failed, left, or did not reach a collective within the process group's
+    timeout; every rank stops (the rank that failed raises its own error)."""
 
 
 class GdlaWarning(UserWarning):

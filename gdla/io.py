@@ -26,7 +26,7 @@ import torch
 
 from gdla.errors import MatrixFileError
 
-__all__ = ["SUPPORTED_SUFFIXES", "check_save_path", "load_matrix", "save_matrix"]
+__all__ = ["SUPPORTED_SUFFIXES", "check_save_path", "load_matrix", "load_params", "save_matrix"]
 
 
 def _read_npy(path: Path, keep_sparse: bool = False) -> torch.Tensor:
@@ -165,6 +165,30 @@ def load_matrix(
             f"matrix file {str(file)!r}: expected a 2-D array (or a 1-D row), found shape {tuple(matrix.shape)}"
         )
     return matrix
+
+
+def load_params(path: str | os.PathLike[str]) -> dict[str, torch.Tensor] | torch.Tensor:
+    """Read a solve's starting parameters (``gdla solve --init FILE``): a ``.pt`` file holding a dict of named
+    tensors (a ``Result.params`` saved with ``torch.save``) or one tensor; any other file as :func:`load_matrix`
+    reads it (one parameter: a saved answer such as ``--save X.npy``).
+
+    Raises:
+        MatrixFileError: as :func:`load_matrix`, or a ``.pt`` file holding something else than tensors.
+    """
+    file = Path(path)
+    if file.suffix.lower() not in (".pt", ".pth") or not file.is_file():
+        return load_matrix(file)
+    try:
+        data = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a foreign or corrupt file: one clear error
+        raise MatrixFileError(f"parameter file {str(file)!r}: cannot be read as .pt ({type(exc).__name__})") from None
+    if isinstance(data, torch.Tensor):
+        return data.detach()
+    if isinstance(data, dict) and data and all(isinstance(v, torch.Tensor) for v in data.values()):
+        return {str(key): value.detach() for key, value in data.items()}
+    raise MatrixFileError(
+        f"parameter file {str(file)!r}: expected a tensor or a dict of named tensors, found {type(data).__name__}"
+    )
 
 
 def _from_numpy(array: np.ndarray) -> torch.Tensor:

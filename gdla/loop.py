@@ -9,17 +9,21 @@ No built-in name appears here.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 
+from gdla.differentiation import check_unroll
 from gdla.errors import GdlaError, PluginError
 from gdla.memory import allocation_error
 from gdla.optimizer import Optimizer, Stretch
 from gdla.plan import Plan, make_plan
+from gdla.plugin_checks import blame, describe, with_distribution
 from gdla.problem import Params, Problem
 from gdla.report import report
 from gdla.result import Result
@@ -53,6 +57,8 @@ def solve(
     progress: bool = False,
     patience: int | None = None,
     distributed: bool = False,
+    init: Result | Params | torch.Tensor | None = None,
+    backward: str = "auto",
     **optimizer_options: Any,
 ) -> Result:
     """Minimise ``problem``'s loss with ``optimizer`` and return a :class:`~gdla.Result`.
@@ -67,13 +73,23 @@ def solve(
         seed: seeds the starting point; the same seed and inputs give identical results.
         backend: ``"auto"``, ``"autograd"`` or ``"fused"`` (see :mod:`gdla.backend`), decided once before the run.
         dtype, device: convert the problem's data first (``None`` keeps them).
-        callback: ``callback(step, loss, params)`` after every step, with the parameters of the problem the
-            optimizer sees (normalised units: see :meth:`~gdla.Problem.normalized`); a truthy return stops.
+        callback: ``callback(step, loss, params)`` after every step, with the loss and the parameters in the
+            caller's units (those of ``problem``: :meth:`gdla.plan.Plan.caller_view` undoes the normalisation
+            exactly), as ``Result.losses`` records them; a truthy return (``bool(...)``) stops.
         progress: show a progress bar.
         patience: steps without a 0.1% improvement of the best loss or best residual before ``stalled``
             (default ``max(100, max_steps // 10)``, at most 10,000).
         distributed: shard a batched problem over the ranks of the initialised default process group
             (:mod:`gdla.distributed`); every rank gets the whole result.
+        init: start from these parameters instead of the seeded start: a previous :class:`~gdla.Result` (its
+            ``params``), a dict of parameter tensors in the caller's units (same names, shapes, dtype and
+            device as the problem's; see :mod:`gdla.warm_start`), or one tensor for a problem with one parameter.
+            Newton-Schulz uses it as ``X₀`` where ``‖I − A X₀‖ < 1`` and otherwise its safe start, saying so in
+            ``Result.warnings``.
+        backward: how ``Result.params`` and ``Result.solution`` depend on the problem's data that requires grad
+            (see :mod:`gdla.differentiation`): ``"auto"`` (``"implicit"`` where some data requires grad, else
+            ``"none"``), ``"implicit"`` (the optimality condition at the answer: cost independent of the steps),
+            ``"unroll"`` (autograd through the steps taken) or ``"none"`` (detached).
         **optimizer_options: passed to the optimizer (``momentum=0.9``, ``schedule="cosine"``...).
     """
     if torch.is_inference_mode_enabled():  # gradient methods need autograd: leave inference mode for the solve
@@ -81,16 +97,18 @@ def solve(
             return solve(
                 problem, optimizer=optimizer, lr=lr, max_steps=max_steps, tol=tol, seed=seed, backend=backend,
                 dtype=dtype, device=device, callback=callback, progress=progress, patience=patience,
-                distributed=distributed, **optimizer_options,
+                distributed=distributed, init=init, backward=backward, **optimizer_options,
             )
     called = time.perf_counter()
     try:
         plan = make_plan(
             problem, optimizer, lr=lr, max_steps=max_steps, tol=tol, seed=seed, backend=backend, dtype=dtype,
             device=device, callback=callback, progress=progress, patience=patience, distributed=distributed,
-            options=optimizer_options,
+            options=optimizer_options, init=init, backward=backward,
         )
         opt, params = plan.start()
+        if plan.backward == "unroll":
+            check_unroll(opt)
         plan.advise(opt)
         start = time.perf_counter()
         losses, stop = execute(plan, opt, params)
@@ -103,8 +121,9 @@ def solve(
         error = allocation_error(exc, f"solving problem {name!r}")  # an allocation anywhere in the run
         if error is not None:
             raise error from exc
-        if isinstance(problem, Problem):
-            _blame_problem(problem, exc)  # a plugin's broken rule is the likely cause: name it
+        blamed = blame(exc)  # raised in a plugin's method: a PluginError naming the plugin, the method and why
+        if blamed is not None:
+            raise blamed from exc
         raise
 
 
@@ -114,6 +133,20 @@ def execute(plan: Plan, opt: Optimizer, params: Params) -> tuple[LossHistory, st
     watched = plan.watched
     # the optimizer tests the residual itself where it can (not for a shard: the ranks decide together)
     tol = rules.tol if rules.checks_residual and sharding is None else 0.0
+    # a shard's step: a failure on this rank is told to the others (at the agreement they wait in), which raise too
+    guard = sharding.guard if sharding is not None else (lambda step: nullcontext())
+    if sharding is not None:  # the same stop rules and agreements a step on every rank, or an InputError on each
+        settings = {"optimizer": plan.method.name, "max_steps": budget, "tol": rules.tol, "patience": rules.patience}
+        sharding.check_run({**settings, "callback": callback is not None})
+    # after one agreement a step (loss and residual together) where no callback needs the agreed loss first
+    early = sharding is not None and callback is None and rules.checks_residual
+
+    def measured(stretch: Stretch) -> float:
+        """This rank's residual after the step."""
+        if stretch.residuals is not None:
+            return float(loss_array(stretch.residuals)[0])
+        return float(work.residual(params))
+
     losses = LossHistory()
     bar = _progress_bar(budget, enabled=plan.progress)
     unknowns = sum(value.numel() for value in params.values())
@@ -128,7 +161,8 @@ def execute(plan: Plan, opt: Optimizer, params: Params) -> tuple[LossHistory, st
                 else:
                     want = min(budget - taken, cap)
                 began = time.perf_counter()
-                stretch = _checked(opt.advance(want, tol), opt, want, tol)
+                with guard(taken + 1):
+                    stretch = _checked(opt, want, tol)
                 values = loss_array(stretch.losses)
                 count = len(values)
                 if count > 1:  # a bulk call: size the next one to return within STRETCH_SECONDS
@@ -136,8 +170,12 @@ def execute(plan: Plan, opt: Optimizer, params: Params) -> tuple[LossHistory, st
                     cap = max(1, min(2**40, int(STRETCH_SECONDS / max(per_step, 1e-12))))
                 if count == 1:  # the plain float path: a watched run's step costs little
                     loss = float(values[0])
-                    if sharding is not None:
-                        loss = sharding.reduce_loss(loss)
+                    residual = None
+                    if sharding is not None:  # the loss summed over the ranks (and the worst residual, early)
+                        with guard(taken + 1):
+                            local = measured(stretch) if early and math.isfinite(loss) else math.nan
+                        agreed = sharding.agree(taken + 1, loss=loss, residual=local)
+                        loss, residual = agreed.loss, agreed.residual if early else None
                     losses.append(loss)
                     taken += 1
                     if bar is not None:
@@ -146,18 +184,17 @@ def execute(plan: Plan, opt: Optimizer, params: Params) -> tuple[LossHistory, st
                             bar.set_postfix(loss=f"{loss:.3e}", refresh=False)
                     hit = rules.on_loss(taken, loss)
                     if hit is None and callback is not None:
-                        asked = bool(callback(taken, loss, params))
-                        if sharding is not None:  # one rank's stop stops them all (none waits forever)
-                            asked = sharding.any_rank(asked)
+                        with guard(taken):
+                            asked = bool(callback(taken, *plan.caller_view(loss, params)))  # in the caller's units
+                            local = measured(stretch) if sharding is not None and rules.checks_residual else math.nan
+                        if sharding is not None:  # one rank's stop stops them all, with the worst residual
+                            agreed = sharding.agree(taken, residual=local, stop=asked)
+                            asked, residual = agreed.stop, agreed.residual if rules.checks_residual else None
                         if asked:
                             hit = "callback"
                     if hit is None and rules.checks_residual:
-                        if stretch.residuals is not None:
-                            residual = float(loss_array(stretch.residuals)[0])
-                        else:
-                            residual = float(work.residual(params))
-                        if sharding is not None:
-                            residual = sharding.reduce_residual(residual)
+                        if residual is None:
+                            residual = measured(stretch)
                         hit = rules.on_residual(taken, loss, residual)
                     if hit is not None:
                         stop = hit
@@ -191,7 +228,7 @@ def _replay(plan: Plan, opt: Optimizer, stretch: Stretch, values: Any, taken: in
         hit = rules.on_residuals(taken + 1, values[:upto].tolist(), residuals[:upto].tolist())
         if hit is not None and hit[0] + 1 < len(values):  # the parameters are those after the last step
             raise PluginError(
-                f"optimizer {opt.name!r}: advance() ran {len(values)} steps, past step {taken + hit[0] + 1}, "
+                f"{describe(opt)}: advance() ran {len(values)} steps, past step {taken + hit[0] + 1}, "
                 f"where the loop stops ({hit[1]}); it must stop there itself"
             )
     if hit is None and diverged is not None:
@@ -199,10 +236,17 @@ def _replay(plan: Plan, opt: Optimizer, stretch: Stretch, values: Any, taken: in
     return hit
 
 
-def _checked(stretch: Any, opt: Optimizer, want: int, tol: float) -> Stretch:
-    """``stretch`` if it keeps :meth:`~gdla.Optimizer.advance`'s rules, else a :class:`PluginError` naming the rule."""
-    cls = type(opt)
-    where = f"optimizer {opt.name!r} ({cls.__module__}.{cls.__qualname__}): advance({want}, tol={tol:g})"
+def _checked(opt: Optimizer, want: int, tol: float) -> Stretch:
+    """``opt.advance(want, tol)`` if it keeps :meth:`~gdla.Optimizer.advance`'s rules, else a :class:`PluginError`
+    naming the optimizer (its distribution too), the rule and what it returned."""
+    try:
+        stretch = opt.advance(want, tol)
+    except PluginError as exc:  # the default advance's check of step() (in gdla.optimizer) names no distribution
+        named = with_distribution(exc, opt)
+        if named is None:
+            raise
+        raise named from exc
+    where = f"{describe(opt)}: advance({want}, tol={tol:g})"
     if not isinstance(stretch, Stretch):
         raise PluginError(f"{where} must return a gdla.Stretch, returned {stretch!r}")
     count = stretch.losses.numel() if isinstance(stretch.losses, torch.Tensor) else -1
@@ -216,24 +260,6 @@ def _checked(stretch: Any, opt: Optimizer, want: int, tol: float) -> Stretch:
     if stretch.residuals is None and tol > 0 and count > 1:
         raise PluginError(f"{where} ran {count} steps without testing the residual; with tol > 0 it must run one")
     return stretch
-
-
-def _blame_problem(problem: Problem, exc: Exception) -> None:
-    """Raise a :class:`PluginError` if ``problem.loss`` breaks its rule (a scalar), the likely cause of ``exc``."""
-    try:
-        params = problem.init_params(torch.Generator().manual_seed(0))
-        with torch.enable_grad():
-            value = problem.loss(params)
-    except Exception:
-        return
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return
-    shape = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else repr(value)
-    cls = type(problem)
-    raise PluginError(
-        f"problem {problem.name!r} ({cls.__module__}.{cls.__qualname__}): loss() must return a scalar tensor, "
-        f"returned {shape}; the solve failed with {type(exc).__name__}: {exc}"
-    ) from exc
 
 
 def _progress_bar(total: int, *, enabled: bool) -> Any:

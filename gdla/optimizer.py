@@ -299,7 +299,8 @@ def _warn_legacy(cls: type[Optimizer]) -> None:
 def _loss_value(value: Any, opt: Optimizer) -> float:
     """A step's loss as a float, or a :class:`PluginError` naming whose rule was broken."""
     if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return float(value)
+        if not value.is_complex() and value.device.type != "meta":  # what float() reads: a real number, here
+            return float(value)
     if isinstance(value, (float, int)) and not isinstance(value, bool):
         return float(value)
     shape = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else repr(value)

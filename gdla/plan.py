@@ -15,6 +15,7 @@ ranking.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import warnings
@@ -26,13 +27,24 @@ import torch
 
 from gdla.backend import resolve_backend
 from gdla.building import build_problem
-from gdla.errors import ConvergenceWarning, GdlaError, InputError, PluginError, PluginWarning, UsageError
+from gdla.differentiation import resolve_backward
+from gdla.errors import (
+    ConvergenceWarning,
+    DuplicateNameError,
+    GdlaError,
+    InputError,
+    PluginError,
+    PluginWarning,
+    UsageError,
+)
 from gdla.memory import check_method_fits
 from gdla.optimizer import Optimizer, Suitability
+from gdla.plugin_checks import check_start
 from gdla.problem import Params, Problem
 from gdla.registry import get_optimizer, optimizers
 from gdla.stopping import StopRules, default_patience, default_tol
 from gdla.validation import as_device, as_dtype, check_callable, check_int, check_nonnegative, check_positive
+from gdla.warm_start import check_init, given_start
 
 __all__ = ["AUTO", "Candidate", "Plan", "Ranking", "make_plan"]
 
@@ -73,7 +85,8 @@ class Ranking:
                 continue
             try:
                 cls = get_optimizer(name)
-            except GdlaError:  # registered twice, or failed to load: it cannot be picked by name either
+            except DuplicateNameError as exc:  # it cannot be picked by name either: say so, as a broken plugin
+                found.append(Candidate(name, Optimizer, None, exc))
                 continue
             found.append(_ask(name, cls, self.problem))
         return found
@@ -170,7 +183,15 @@ class Plan:
     sharding: Any = None
     #: ``(param_exponent, loss_exponent)`` of the normalisation, to report settings in the data's units.
     units: tuple[int, int] | None = None
+    #: ``j`` such that the work problem's loss is the caller's times ``2^j`` (0: solved as given, or undeclared).
+    loss_exponent: int = 0
     notes: list[str] = field(default_factory=list)
+    #: The caller's start (``init``), in the caller's units, or ``None``: the seeded start.
+    init: dict[str, torch.Tensor] | None = None
+    #: How the answer is differentiated: ``"implicit"``, ``"unroll"`` or ``"none"`` (``"auto"`` decided).
+    backward: str = "none"
+    #: The start as the run began (work units), kept for ``backward="unroll"`` to replay the steps from.
+    start_params: Params | None = None
 
     @property
     def watched(self) -> bool:
@@ -187,12 +208,28 @@ class Plan:
                 torch.default_generator.manual_seed(self.seed)
             else:
                 torch.manual_seed(self.seed)
+            # the plugin's rules, once per problem (gdla.plugin_checks), before a normalised copy calls its methods
+            check_start(self.problem, self.seed, as_run=work is self.problem)
             params = work.init_params(generator)
+            if self.init is not None:  # the caller's start, checked against the problem's own and converted
+                params = given_start(self.init, params, self.restore)
+            if self.backward == "unroll":
+                self.start_params = {key: value.clone() for key, value in params.items()}
             check_method_fits(self.method, work, params, self.options, self._fitting)
+            # with a given start, what the method says when built (a start it cannot use) goes in the Result too
+            hearing = warnings.catch_warnings(record=True) if self.init is not None else contextlib.nullcontext([])
             try:
-                opt = self.method(work, params, lr=self.lr, backend=self.backend, max_steps=self.budget, **self.options)
+                with hearing as said:
+                    if self.init is not None:
+                        warnings.simplefilter("always")  # inside catch_warnings: restored on leaving it
+                    opt = self.method(
+                        work, params, lr=self.lr, backend=self.backend, max_steps=self.budget, **self.options
+                    )
             except InputError as exc:
                 raise self._refused(exc) from exc
+        for warning in said:
+            self.notes.append(str(warning.message))
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
         return opt, params
 
     def _refused(self, exc: InputError) -> InputError:
@@ -249,6 +286,17 @@ class Plan:
             return lr
         return self.method.in_normalized_units(lr, {}, -self.units[0], -self.units[1])[0]
 
+    def caller_view(self, loss: float, params: Params) -> tuple[float, Params]:
+        """What a callback is handed after a step: the work problem's ``loss`` and ``params`` in the caller's units
+        (in the callback's order: ``callback(step, *plan.caller_view(loss, params))``).
+
+        The parameters through :attr:`restore` (exact powers of two; the live tensors themselves where the problem
+        is solved as given) and the loss times ``2^-loss_exponent`` where the normalisation declares it
+        (:attr:`loss_exponent`); a problem normalised without declaring how its loss scales hands on the loss the
+        method sees. Costs one scaling of the parameters: the loop calls it only for a callback.
+        """
+        return math.ldexp(loss, -self.loss_exponent), self.restore(params)
+
 
 def make_plan(
     problem: Problem | str,
@@ -266,6 +314,8 @@ def make_plan(
     patience: int | None,
     distributed: bool,
     options: dict[str, Any],
+    init: Any = None,
+    backward: str = "auto",
 ) -> Plan:
     """Decide a run (see the module docstring); every argument is checked here, before any work."""
     if isinstance(problem, str):
@@ -274,6 +324,7 @@ def make_plan(
         raise InputError(
             f"problem: expected a gdla.Problem instance or a problem name, received {type(problem).__name__}"
         )
+    problem, stale = _built_from_current_data(problem)
     problem = problem.to(dtype=as_dtype(dtype), device=as_device(device))
     as_device(problem.device, f"problem {problem.name!r}: its data's device")  # a 'meta' tensor, an mps one...
     problem = _outside_inference(problem)
@@ -282,7 +333,7 @@ def make_plan(
     if lr is not None:
         check_positive(lr, "lr")
     options = dict(options)
-    given = bool(options) or lr is not None
+    settings_given = bool(options) or lr is not None
     if optimizer == AUTO:
         get_optimizer(AUTO)  # registered like any optimizer: a missing or clashing one is reported as usual
         default_budget = AUTO_MAX_STEPS
@@ -297,11 +348,20 @@ def make_plan(
     patience = default_patience(budget) if patience is None else check_int(patience, "patience", minimum=1)
     if not isinstance(distributed, bool):
         raise InputError(f"distributed: expected True or False, received {distributed!r}")
+    given = check_init(init)
+    backward = resolve_backward(backward, problem)
+    if distributed and (given is not None or backward != "none"):
+        raise UsageError(
+            "distributed: a sharded batch starts from the seeded start and returns detached answers; received "
+            + ("init" if given is not None else f"backward={backward!r} (data that requires grad)")
+            + "; solve without distributed=True, or leave init out and pass backward='none'"
+        )
 
-    work, restore, units = problem, _identity, None
+    work, restore, units, loss_exponent = problem, _identity, None, 0
     normalization = problem.normalized()
     if normalization is not None:
         work, restore = normalization.problem, normalization.restore
+        loss_exponent = normalization.loss_exponent
         if normalization.param_exponent is not None:  # what the caller gave in the data's units
             units = (normalization.param_exponent, normalization.loss_exponent)
     ranking = Ranking(work)  # what the methods will see: the normalised problem
@@ -324,7 +384,8 @@ def make_plan(
     return Plan(
         problem=problem, full=full, work=work, restore=restore, requested=optimizer, method=method, reason=reason,
         lr=lr, options=options, backend=chosen_backend, budget=budget, rules=StopRules(tol, patience), seed=seed,
-        callback=callback, progress=progress, ranking=ranking, settings_given=given, sharding=sharding, units=units,
+        callback=callback, progress=progress, ranking=ranking, settings_given=settings_given, sharding=sharding,
+        units=units, loss_exponent=loss_exponent, init=given, backward=backward, notes=[] if stale is None else [stale],
     )
 
 
@@ -334,6 +395,21 @@ def _method(optimizer: str, ranking: Ranking) -> tuple[type[Optimizer], str | No
         return get_optimizer(optimizer), None
     pick = ranking.best()
     return pick.cls, pick.fit.reason  # type: ignore[union-attr]
+
+
+def _built_from_current_data(problem: Problem) -> tuple[Problem, str | None]:
+    """``problem``, rebuilt from its constructor arguments if the caller changed one of their tensors in place since
+    it was built (what the constructor derived, an analysis or a scale, would describe other data), and a note saying
+    so (``None`` if nothing changed)."""
+    versions = problem.__dict__.get("_constructor_versions") or {}
+    arguments = problem.__dict__.get("_constructor_arguments") or {}
+    changed = sorted(key for key, version in versions.items() if arguments[key]._version != version)
+    if not changed:
+        return problem, None
+    return problem.rebuild(), (
+        f"{', '.join(changed)} changed in place since problem {problem.name!r} was built: solved as rebuilt from "
+        "the current data"
+    )
 
 
 def _outside_inference(problem: Problem) -> Problem:

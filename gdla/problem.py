@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from gdla.errors import InputError
+from gdla.problem_repr import problem_repr
 
 if TYPE_CHECKING:
     from gdla.capabilities import (
@@ -40,8 +41,9 @@ __all__ = ["Params", "Problem"]
 #: Named parameter tensors that the optimizer updates in place.
 Params = dict[str, torch.Tensor]
 
-#: Instance attribute holding the recorded constructor arguments (``None``: not recorded).
-_ARGUMENTS = "_constructor_arguments"
+#: Instance attributes holding the recorded constructor arguments (``None``: not recorded) and their
+#: tensors' version counters after construction.
+_ARGUMENTS, _VERSIONS = "_constructor_arguments", "_constructor_versions"
 
 
 def _recording(init: Callable[..., None]) -> Callable[..., None]:
@@ -69,6 +71,8 @@ def _recording(init: Callable[..., None]) -> Callable[..., None]:
                 arguments = dict(list(bound.arguments.items())[1:])  # without self
         self.__dict__[_ARGUMENTS] = arguments
         init(self, *args, **kwargs)
+        tensors = (arguments or {}).items()  # their versions now: gdla.plan rebuilds if one changes before a solve
+        self.__dict__[_VERSIONS] = {k: v._version for k, v in tensors if torch.is_tensor(v) and not v.is_inference()}
 
     __init__._gdla_recording = True  # type: ignore[attr-defined]
     __init__._gdla_signature = signature  # type: ignore[attr-defined]
@@ -110,6 +114,7 @@ class Problem(abc.ABC):
     fused-kernel path (``backend="fused"``).
     """
 
+    __repr__ = problem_repr  # one line: the class, its name, its arguments' shapes, dtype and device
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     fused: ClassVar[bool] = False
@@ -291,10 +296,7 @@ class Problem(abc.ABC):
 
     # -- declared capabilities (see gdla.capabilities) ------------------------------------------
     def least_squares(self) -> LinearLeastSquares | None:
-        """The loss's linear least-squares form ``r = J x − b`` in one parameter tensor, or ``None``.
-
-        Declaring it unlocks conjugate gradients, exact line search and tuned heavy-ball.
-        """
+        """The loss's linear least-squares form ``r = J x − b`` in one parameter tensor, or ``None`` (unlocks cg)."""
         return None
 
     def sum_of_squares(self) -> SumOfSquares | None:
@@ -324,19 +326,18 @@ class Problem(abc.ABC):
         return None
 
     def fused_reason(self) -> str | None:
-        """Why :meth:`loss_and_grad` has no fused-kernel path here, or ``None`` if it has one.
-
-        The default reads the class attribute ``fused``.
-        """
+        """Why :meth:`loss_and_grad` has no fused-kernel path, or ``None`` if it has one (default: from ``fused``)."""
         return None if self.fused else f"problem {self.name!r} has no fused kernel"
 
     def normalized(self) -> Normalization | None:
         """The same problem in normalised units (data scaled by an exact power of two) and the map back.
 
-        :func:`gdla.solve` runs every method on the normalised problem, so a method behaves the
-        same on ``A`` and ``2ᵏ·A``; ``None`` (the default) solves the problem as given.
+        :func:`gdla.solve` runs every method on it (a method behaves the same on ``A`` and ``2ᵏ·A``); the
+        default derives it from a declared :meth:`least_squares` form (:mod:`gdla.declared_units`), else ``None``.
         """
-        return None
+        from gdla.declared_units import least_squares_units
+
+        return least_squares_units(self, Problem)
 
     def batch_size(self) -> int | None:
         """Length of the leading batch dimension of independent problems, or ``None`` if not batched.
@@ -385,9 +386,7 @@ class Problem(abc.ABC):
         return {}
 
     def project(self, params: Params) -> None:
-        """Map ``params`` back onto the feasible set in place after each step (default: nothing).
-
-        Used for retractions, e.g. keeping SVD factors orthonormal by QR or polar decomposition.
+        """Map ``params`` back onto the feasible set in place after each step (default: nothing), e.g. a retraction.
         """
         return None
 

@@ -1,11 +1,20 @@
 """The plugin registry: one pluggy ``PluginManager`` fed by entry points of group ``gdla``.
 
-Entry points are loaded lazily, once, and each on its own; a lookup by name imports only the
-entry points carrying that name (name an entry point after what its module registers; several
-may point to one module), and a listing imports all of them: one that fails to import, raises in
+Entry points are loaded lazily, once, and each on its own; a lookup by name imports gdla's own
+entry points carrying that name (gdla names each after what its module registers) and every
+third party's entry point, and a listing imports all of them: one that fails to import, raises in
 its hook or registers something invalid is skipped with a :class:`~gdla.errors.PluginWarning`
 naming its distribution, entry point and the reason, and the rest still load.
-``GDLA_STRICT_PLUGINS=1`` turns that warning into a :class:`~gdla.errors.PluginError`.
+``GDLA_STRICT_PLUGINS=1`` turns that warning into a :class:`~gdla.errors.PluginError`. Each
+plugin loads under its own ``warnings.catch_warnings()``: a filter it sets at import (say
+``warnings.simplefilter("error")``) does not reach the plugins loaded after it.
+
+One rule for a name registered twice (by gdla and a third party, or by two third parties): it
+cannot be used by its bare name, on any path (a lookup before or after a listing, every command):
+a :class:`~gdla.errors.DuplicateNameError` names both distributions and entry points and how to
+choose one, ``DIST:NAME`` (``gdla solve gdla:inverse``, ``gdla.get_problem("my-dist:inverse")``)
+or uninstalling one. Because a lookup by name loads every third party, the verdict does not depend
+on what was loaded before. :meth:`Registry.register_plugin` refuses a clashing name at once.
 
 Loading is thread-safe: one re-entrant lock guards every load and every change, and the registry
 counts as loaded only once a load has finished, so a lookup from another thread waits for it
@@ -68,6 +77,9 @@ CALLED_AS: dict[str, dict[str, tuple[int, str]]] = {
 #: Methods that must be classmethods (gdla calls them on the class).
 CLASSMETHODS = {"problem": ("example", "from_matrix", "estimated_bytes", "demo"), "optimizer": ("unsupported_reason",)}
 GROUP = "gdla"
+#: The distribution of gdla's own plugins: the only one a lookup by name trusts to name each entry point after
+#: what its module registers (a test checks it), so that lookup need not import its other modules.
+BUILTIN_DISTRIBUTION = "gdla"
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,8 @@ class Entry:
     plugin: str
     version: str
     source: str
+    #: ``(name, value)`` of the entry point that registered it; ``None`` for :meth:`Registry.register_plugin`.
+    entry_point: tuple[str, str] | None = None
 
     def to_dict(self) -> dict[str, str]:
         return {"name": self.name, "kind": self.kind, "plugin": self.plugin, "version": self.version}
@@ -101,6 +115,7 @@ class Registry:
         self._read: list[metadata.EntryPoint] | None = None  # the entry points, read once
         self._imported: set[tuple[str, str]] = set()  # (distribution, module) already loaded
         self._visited: set[int] = set()  # indexes into _read already handled
+        self._dists: dict[int, tuple[str, str]] = {}  # id(ep.dist) -> (name, version): metadata parsed once
         self._items: dict[str, dict[str, list[Entry]]] = {kind: {} for kind in KINDS}
         self._plugin_items: dict[str, list[Entry]] = {}
         self.failures: list[str] = []
@@ -139,24 +154,43 @@ class Registry:
         if self._read is None:
             self._read = list(self._entry_points())
         for index, ep in enumerate(self._read):
-            if (only is not None and ep.name != only) or index in self._visited:
+            if index in self._visited:
                 continue
-            self._visited.add(index)  # reading ep.dist parses the distribution's metadata: once per entry point
-            dist = ep.dist.name if ep.dist is not None else "unknown distribution"
-            version = ep.dist.version if ep.dist is not None else "unknown"
+            dist, version = self._distribution(ep)
+            if only is not None and ep.name != only and dist == BUILTIN_DISTRIBUTION:
+                continue  # a third party loads on every lookup: one of its names may clash with this one
+            self._visited.add(index)
             if (dist, ep.value) in self._imported:  # several entry points may name one module
                 continue
             self._imported.add((dist, ep.value))
             where = f"distribution {dist!r}, entry point {ep.name!r} ({ep.value})"
             try:
-                plugin = ep.load()
+                with warnings.catch_warnings():  # a filter the plugin sets at import stays with it
+                    plugin = ep.load()
             except KeyboardInterrupt:
                 raise
             except BaseException as exc:  # any import-time failure of foreign code, sys.exit() included
                 code = f" with code {exc.code!r}" if isinstance(exc, SystemExit) else ""
                 self._fail(where, f"import failed: {type(exc).__name__}{code}: {exc}")
                 continue
-            self._add(plugin, plugin_name=f"{dist}:{ep.name}", dist=dist, version=version, where=where, strict=False)
+            self._add(
+                plugin,
+                plugin_name=f"{dist}:{ep.name}",
+                dist=dist,
+                version=version,
+                where=where,
+                strict=False,
+                entry_point=(ep.name, ep.value),
+            )
+
+    def _distribution(self, ep: metadata.EntryPoint) -> tuple[str, str]:
+        """``(name, version)`` of the distribution declaring ``ep`` (its metadata parsed once per distribution)."""
+        if ep.dist is None:
+            return "unknown distribution", "unknown"
+        key = id(ep.dist)  # ep.dist lives as long as self._read, which holds ep
+        if key not in self._dists:
+            self._dists[key] = (ep.dist.name, ep.dist.version)
+        return self._dists[key]
 
     def register_plugin(self, plugin: Any, *, name: str | None = None, dist: str = "local", version: str = "0") -> str:
         """Register a plugin object directly (no entry point); errors raise. Returns its name."""
@@ -177,7 +211,17 @@ class Registry:
                 if not bucket[entry.name]:
                     del bucket[entry.name]
 
-    def _add(self, plugin: Any, *, plugin_name: str, dist: str, version: str, where: str, strict: bool) -> None:
+    def _add(
+        self,
+        plugin: Any,
+        *,
+        plugin_name: str,
+        dist: str,
+        version: str,
+        where: str,
+        strict: bool,
+        entry_point: tuple[str, str] | None = None,
+    ) -> None:
         strict = strict or os.environ.get("GDLA_STRICT_PLUGINS", "") not in ("", "0")
         try:
             self._pm.register(plugin, name=plugin_name)
@@ -202,9 +246,10 @@ class Registry:
                         continue
 
                     def register(obj: Any, _kind: str = kind) -> None:
-                        staged.append(self._validate(obj, _kind, plugin_name=plugin_name, dist=dist, version=version))
+                        staged.append(self._validate(obj, _kind, dist=dist, version=version, entry_point=entry_point))
 
-                    impl.function(register)
+                    with warnings.catch_warnings():  # a filter the hook sets stays with it
+                        impl.function(register)
         except Exception as exc:
             self._pm.unregister(name=plugin_name)
             self._fail(where, f"{type(exc).__name__}: {exc}", strict)
@@ -212,9 +257,8 @@ class Registry:
         for entry in staged:
             clash = self._items[entry.kind].get(entry.name)
             if clash:
-                message = (
-                    f"{entry.kind} name {entry.name!r} is registered twice: by {clash[0].source} and by {entry.source}"
-                )
+                direct = entry.entry_point is None  # register_plugin: the caller can act at once
+                message = clash_message([*clash, entry], direct=direct)
                 if strict:
                     self._pm.unregister(name=plugin_name)
                     raise DuplicateNameError(message)
@@ -222,7 +266,7 @@ class Registry:
             self._items[entry.kind].setdefault(entry.name, []).append(entry)
         self._plugin_items[plugin_name] = staged
 
-    def _validate(self, obj: Any, kind: str, *, plugin_name: str, dist: str, version: str) -> Entry:
+    def _validate(self, obj: Any, kind: str, *, dist: str, version: str, entry_point: tuple[str, str] | None) -> Entry:
         base = KINDS[kind][1]
         if not (isinstance(obj, type) and issubclass(obj, base)):
             raise PluginError(f"register() expected a subclass of gdla.{base.__name__}, received {obj!r}")
@@ -235,8 +279,17 @@ class Registry:
             missing = ", ".join(sorted(obj.__abstractmethods__))
             raise PluginError(f"{obj.__name__} does not implement {missing}")
         _check_signatures(obj, kind)
-        source = f"{dist} {version} ({obj.__module__}.{obj.__qualname__})"
-        return Entry(name=name, kind=kind, obj=obj, plugin=dist, version=version, source=source)  # type: ignore[arg-type]
+        via = f", entry point {entry_point[0]!r}" if entry_point else ""
+        source = f"{dist} {version}{via} ({obj.__module__}.{obj.__qualname__})"
+        return Entry(
+            name=name,
+            kind=kind,
+            obj=obj,
+            plugin=dist,
+            version=version,
+            source=source,  # type: ignore[arg-type]
+            entry_point=entry_point,
+        )
 
     def _fail(self, where: str, reason: str, strict: bool | None = None) -> None:
         if strict is None:
@@ -249,19 +302,29 @@ class Registry:
 
     # -- lookup -------------------------------------------------------------------------------
     def entry(self, kind: Kind, name: str) -> Entry:
-        """The registry entry for ``name``; raises for unknown or duplicated names.
+        """The registry entry for ``name`` (or ``DIST:NAME``, the one distribution ``DIST`` registered).
 
-        Only the entry points named ``name`` are imported first; every other one only if that
-        does not find it (plugins whose entry-point names differ from what they register).
+        Raises for an unknown name and for a name registered twice (the rule in the module docstring). gdla's own
+        entry points named ``name`` and every third party's are imported first; every other one only if that
+        does not find it.
         """
+        dist, bare = _qualified(name)
         found = None
-        if isinstance(name, str) and not self._loaded:
+        if isinstance(bare, str) and not self._loaded:
             with self._lock:  # the named load and its lookup as one step: no other thread's reset in between
-                self._load_named(name)
-                found = self._items[kind].get(name)
+                self._load_named(bare)
+                found = self._items[kind].get(bare)
         if not found:
             self.load()
-            found = self._items[kind].get(name) if isinstance(name, str) else None
+            found = self._items[kind].get(bare) if isinstance(bare, str) else None
+        if found and dist is not None:
+            chosen = [e for e in found if e.plugin == dist]
+            if not chosen:
+                raise UnknownNameError(
+                    f"{kind}: {name!r}: distribution {dist!r} registers no {kind} {bare!r}; "
+                    f"registered by: {', '.join(f'{e.plugin}:{bare}' for e in found)}"
+                )
+            found = chosen
         if not found:
             valid = sorted(self._items[kind])
             hint = difflib.get_close_matches(str(name), valid, n=1)
@@ -270,9 +333,13 @@ class Registry:
                 f"{kind}: unknown name {name!r}{suggestion}; valid {kind}s: {', '.join(valid) or 'none registered'}"
             )
         if len(found) > 1:
-            sources = " and ".join(e.source for e in found)
-            raise DuplicateNameError(f"{kind} name {name!r} is registered twice: by {sources}; uninstall one")
+            raise DuplicateNameError(clash_message(found))
         return found[0]
+
+    def clashes(self) -> list[str]:
+        """One sentence (as :class:`~gdla.errors.DuplicateNameError` says it) for each name registered twice."""
+        self.load()
+        return [clash_message(found) for kind in KINDS for found in self._items[kind].values() if len(found) > 1]
 
     def entries(self, kind: Kind | None = None) -> list[Entry]:
         """All registered entries (of one kind, if given), sorted by kind then name."""
@@ -283,6 +350,26 @@ class Registry:
     def names(self, kind: Kind) -> list[str]:
         self.load()
         return sorted(self._items[kind])
+
+
+def _qualified(name: Any) -> tuple[str | None, Any]:
+    """``(DIST, NAME)`` of ``"DIST:NAME"``; ``(None, name)`` of a bare name (a registered name holds no colon)."""
+    if isinstance(name, str) and ":" in name:
+        dist, _, bare = name.rpartition(":")
+        return dist, bare
+    return None, name
+
+
+def clash_message(found: list[Entry], *, direct: bool = False) -> str:
+    """What a name registered more than once is: who registered it, and how to choose one (or, for ``direct``,
+    a :meth:`Registry.register_plugin` call, how to avoid the clash)."""
+    first = found[0]
+    sources = " and by ".join(e.source for e in found)
+    text = f"{first.kind} name {first.name!r} is registered twice: by {sources}; "
+    if direct:
+        return text + "give the new class another name, or unregister_plugin() the other plugin first"
+    choices = " or ".join(repr(f"{e.plugin}:{first.name}") for e in found)
+    return text + f"choose one by its distribution, {choices} (DIST:NAME wherever a name is taken), or uninstall one"
 
 
 def _check_signatures(cls: type, kind: str) -> None:

@@ -13,10 +13,13 @@ from typing import Any
 
 import torch
 
+from gdla.declared_units import unconfirmed
+from gdla.differentiation import differentiable_params, solution_of
 from gdla.errors import InputError
 from gdla.mesh import full_tensor
 from gdla.optimizer import Optimizer
 from gdla.plan import Plan
+from gdla.plugin_checks import checked_condition, checked_metrics
 from gdla.problem import Params, Problem
 from gdla.result import STOP_REASONS, Metrics, Result
 from gdla.stopping import LossHistory
@@ -32,20 +35,32 @@ def report(
     work_params = {key: value.detach() for key, value in params.items()}
     if plan.sharding is not None:  # every rank reports the whole batch
         work_params = plan.sharding.gather_params(work_params)
+    held = work_params  # as the problem holds them (a DTensor stays one: its loss runs on the mesh)
     work_params = {key: full_tensor(value) for key, value in work_params.items()}  # a DTensor: whole, every rank
     params_out = plan.restore(work_params)
     members, status, finite = _batch_status(plan.full, work_params, plan.rules.tol)
     notes = list(plan.notes)
+    if stop == "converged" and finite and plan.full is plan.problem:  # solved as given: confirm from its form
+        doubt = unconfirmed(plan.full, work_params, plan.rules.tol)
+        if doubt is not None:
+            stop = "stalled"
+            notes.append(doubt)
+    steps = len(losses)
+    differentiable = plan.backward != "none"
+    if differentiable:  # the answer with a grad_fn to the problem's data (gdla.differentiation)
+        params_out = differentiable_params(plan, opt, params_out, steps, notes)
+    losses.append(_loss_at(plan.full, held) if finite else math.nan)  # the last entry: at the answer
+    losses.scale_by_power_of_two(-plan.loss_exponent)  # recorded in the normalised units: into the caller's
     if finite:
-        metrics = Metrics(_guarded(plan.full.metrics(work_params), plan.full), notes)
+        metrics = Metrics(_guarded(checked_metrics(plan.problem, plan.full.metrics(work_params)), plan.full), notes)
     else:
         notes.append("the parameters are not finite: every metric is NaN")
         metrics = Metrics({"residual": math.nan, "error": math.nan})
     return Result(
-        solution=plan.problem.solution(params_out),
+        solution=solution_of(plan.problem, params_out, differentiable),
         params=params_out,
         losses=losses.view(),
-        steps=len(losses),
+        steps=steps,
         stop_reason=stop,
         seconds=seconds,
         setup_seconds=setup_seconds,
@@ -55,7 +70,7 @@ def report(
         problem=plan.problem.name,
         optimizer=plan.requested,
         message=_message(plan, stop, status),
-        condition=plan.problem.condition_estimate(),
+        condition=checked_condition(plan.problem),
         settings=settings(plan, opt),
         warnings=notes,
         batch_status=status,
@@ -88,6 +103,13 @@ def _guarded(figures: dict[str, Any], problem: Problem) -> dict[str, Any]:
         return read
 
     return {key: guard(value) if callable(value) else value for key, value in dict.items(figures)}
+
+
+def _loss_at(problem: Problem, params: Params) -> float:
+    """The loss at ``params`` (the answer), as the run's losses were recorded: in the normalised units, the whole
+    batch's (a sum over members, as the ranks' losses are agreed)."""
+    with torch.no_grad():
+        return float(problem.loss(params))
 
 
 def settings(plan: Plan, opt: Optimizer) -> dict[str, object]:

@@ -124,7 +124,8 @@ class Result:
 
     ``solution`` is the problem's answer (the inverse; ``(U, S, V)`` for ``svd``; the learned
     operator for ``sparse``; the band parameters for ``toeplitz``) and ``params`` the raw
-    parameter tensors. ``losses[i]`` is the loss evaluated at step ``i + 1``: a read-only, list-like
+    parameter tensors. ``losses[i]`` is the loss after ``i`` steps (``losses[0]`` at the start, ``losses[-1]`` at
+    the returned answer: ``steps + 1`` entries), a read-only, list-like
     :class:`~gdla.stopping.Losses` over packed float64 (8 bytes a step); a list given here becomes one.
     """
 
@@ -191,6 +192,18 @@ class Result:
             "warnings": list(self.warnings),
         }
 
+    def __repr__(self) -> str:
+        """Two lines, never the loss history or the tensors: problem, method, stop, steps, seconds, final loss,
+        metrics (the dataclass's own repr of a 10,000-step run printed 232,021 characters)."""
+        last = f"{self.losses[-1]:.3g}" if self.losses else "n/a"
+        metrics = ", ".join(f"{key!r}: {_short(value)}" for key, value in self.metrics.items())
+        warned = f", warnings={len(self.warnings)}" if self.warnings else ""
+        return (
+            f"Result(problem={self.problem!r}, method={self.method!r}, stop_reason={self.stop_reason!r}, "
+            f"steps={self.steps}, seconds={self.seconds:.3g},\n       final_loss={last}, metrics={{{metrics}}}, "
+            f"losses=<{len(self.losses)} values>{warned})"
+        )
+
     def summary(self) -> str:
         """A few readable lines for people."""
         metrics = ", ".join(f"{key} {value:.3e}" for key, value in self.metrics.items())
@@ -228,3 +241,8 @@ def _plain(value: Any) -> Any:
     if isinstance(value, torch.dtype):
         return str(value).removeprefix("torch.")
     return str(value)
+
+
+def _short(value: Any) -> str:
+    """A metric as ``repr`` shows it: a float in 3 significant digits, anything else by its own ``repr``."""
+    return f"{value:.3g}" if isinstance(value, float) else repr(value)

@@ -15,11 +15,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from gdla.errors import InputError
-from gdla.problem import Params, Problem
+
+if TYPE_CHECKING:  # annotations only: gdla.problem's default normalized() reaches this module
+    from gdla.problem import Params, Problem
 
 __all__ = [
     "Normalization",

@@ -110,7 +110,7 @@ class StopRules:
         return int(hits[0]) + 1 if len(hits) else None
 
     def on_residual(self, step: int, loss: float, residual: float) -> str | None:
-        """``"converged"`` at ``residual <= tol``; ``"stalled"`` after ``patience`` steps without progress."""
+        """``"converged"`` at ``0 <= residual <= tol``; ``"stalled"`` after ``patience`` steps without progress."""
         hit = self.on_residuals(step, (loss,), (residual,))
         return None if hit is None else hit[1]
 
@@ -127,7 +127,7 @@ class StopRules:
         mark_loss, mark_residual, mark_step = self._mark_loss, self._mark_residual, self._mark_step
         found = None
         for index, (loss, residual) in enumerate(zip(losses, residuals, strict=True)):
-            if residual <= tol:
+            if 0 <= residual <= tol:  # a negative residual (a plugin's broken rule) never passes
                 found = (index, "converged")
                 break
             # progress is measured against a checkpoint, so slow steady progress counts; either the loss
@@ -166,13 +166,21 @@ class LossHistory:
     def to_list(self) -> list[float]:
         return self._values.tolist()
 
+    def scale_by_power_of_two(self, exponent: int) -> None:
+        """Multiply every loss by ``2^exponent`` in place: exact, except that a loss beyond float64's range in those
+        units becomes ``inf`` (or one below it ``0``), as it would be computed there."""
+        if exponent and self._values:
+            values = np.frombuffer(self._values, dtype=np.float64)
+            with np.errstate(over="ignore", under="ignore"):
+                np.ldexp(values, exponent, out=values)
+
     def view(self) -> Losses:
         """The history as a read-only :class:`Losses`, sharing its memory (take it once the run is over)."""
         return Losses(self._values)
 
 
 class Losses(Sequence[float]):
-    """``Result.losses``: the loss of each step (``losses[i]`` is step ``i + 1``'s), read-only, packed float64.
+    """``Result.losses``: the loss after each step (``losses[i]`` after ``i`` steps), read-only, packed float64.
 
     It reads as the list of floats it replaces (``len``, indexing, slicing to a ``list``, iteration,
     ``min``/``max``, ``==`` against a list, a tuple or another ``Losses``) at 8 bytes a step
@@ -221,7 +229,7 @@ class Losses(Sequence[float]):
     def __repr__(self) -> str:
         shown = self._values.tolist() if len(self._values) <= 6 else [*self._values[:3], ..., *self._values[-2:]]
         items = ", ".join("…" if value is ... else repr(value) for value in shown)
-        return f"Losses([{items}], steps={len(self._values)})"
+        return f"Losses([{items}], len={len(self._values)})"
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (Losses, (self._values,))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import pytest
@@ -25,10 +26,13 @@ import torch
 
 from gdla.backend import extension_status
 from gdla.capabilities import LinearLeastSquares
+from gdla.errors import PluginError
 from gdla.loop import solve
 from gdla.optimizer import Optimizer
+from gdla.plugin_checks import check_loss, check_params, check_quadratic, check_residual, check_solution
 from gdla.problem import Params, Problem
 from gdla.registry import get_optimizer, get_problem
+from gdla.testing_units import UnitsSweep
 
 __all__ = ["OptimizerContract", "ProblemContract", "SmallLeastSquares", "assert_close_relative", "relative_error"]
 
@@ -55,11 +59,20 @@ def _random_like(params: Params, seed: int) -> Params:
     }
 
 
+def _holds(check: Callable[[], Any]) -> Any:
+    """``check()`` of :mod:`gdla.plugin_checks`; its :class:`~gdla.errors.PluginError` (naming the plugin, the
+    method and the rule) as the contract's failure."""
+    try:
+        return check()
+    except PluginError as exc:
+        raise AssertionError(str(exc)) from exc
+
+
 def _dot(a: Params, b: Params) -> float:
     return float(sum((a[key].double() * b[key].double()).sum() for key in a))
 
 
-class ProblemContract:
+class ProblemContract(UnitsSweep):
     """Checks every problem plugin must pass; subclass it as ``Test...`` and set ``problem_name``."""
 
     problem_name: ClassVar[str] = ""
@@ -95,6 +108,7 @@ class ProblemContract:
         problem = self.make_problem(torch.float64)
         first = self._params(problem, 7)
         second = self._params(problem, 7)
+        _holds(lambda: check_params(problem, first))  # dict, tensors, the problem's dtype and device
         assert first.keys() == second.keys() and first, "init_params must return a non-empty dict of tensors"
         for key in first:
             assert isinstance(first[key], torch.Tensor), f"param {key!r} is not a tensor"
@@ -106,6 +120,20 @@ class ProblemContract:
         loss = problem.loss(self._params(problem))
         assert isinstance(loss, torch.Tensor) and loss.dim() == 0, f"loss must be a 0-dim tensor, got {loss!r}"
         assert math.isfinite(float(loss))
+        _holds(lambda: check_loss(problem, self._params(problem)))  # on the problem's device, differentiable
+
+    def test_residual_and_solution_keep_their_rules(self) -> None:
+        """``residual`` a finite number ``>= 0``; ``solution`` a tensor or a tuple of tensors (what --save writes)."""
+        problem = self.make_problem(torch.float64)
+        params = self._params(problem)
+        _holds(lambda: check_residual(problem, params))
+        _holds(lambda: check_solution(problem, problem.solution(params)))
+
+    def test_declared_quadratic_has_an_affine_gradient(self) -> None:
+        problem = self.make_problem(torch.float64)
+        if problem.quadratic is not True:
+            pytest.skip("the problem does not declare quadratic = True")
+        _holds(lambda: check_quadratic(problem, self._params(problem)))
 
     def test_gradient_matches_finite_differences(self) -> None:
         """``loss_and_grad`` against a central difference of ``loss`` along a random direction."""
@@ -199,7 +227,7 @@ class ProblemContract:
         result = solve(problem, seed=0, **self.solve_options)
         assert result.stop_reason in ("converged", "stalled", "max_steps"), result.summary()
         assert result.metrics["error"] <= self.error_tol[dtype], result.summary()
-        assert len(result.losses) == result.steps > 0
+        assert len(result.losses) == result.steps + 1 > 1
 
     def test_same_seed_same_result(self) -> None:
         problem = self.make_problem(torch.float64)

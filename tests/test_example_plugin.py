@@ -72,6 +72,7 @@ def test_used_through_the_python_api(installed: tuple[dict[str, str], Path]) -> 
         B = torch.randn(12, 2, generator=generator, dtype=torch.float64)
         result = gdla.solve(gdla.get_problem("least-squares")(A, B), optimizer="nadam")
         reference = torch.linalg.lstsq(A, B).solution
+        tiny = gdla.solve(gdla.get_problem("least-squares")(A, B * 1e-160))  # its declared form: normalised units
         listed, errors = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(listed):
             main(["plugins", "--json"])
@@ -82,6 +83,8 @@ def test_used_through_the_python_api(installed: tuple[dict[str, str], Path]) -> 
             "stop": result.stop_reason,
             "error": float(torch.linalg.norm(result.solution - reference) / torch.linalg.norm(reference)),
             "reported_error": result.metrics["error"],
+            "tiny_stop": tiny.stop_reason,
+            "tiny_error": float(gdla.relative_norm(tiny.solution - reference * 1e-160, reference * 1e-160)),
             "listed": [e for e in json.loads(listed.getvalue()) if e["plugin"] == "gdla-example-plugin"],
             "bad_code": bad, "bad_stderr": errors.getvalue(),
         }))
@@ -105,6 +108,7 @@ def test_used_through_the_python_api(installed: tuple[dict[str, str], Path]) -> 
     assert data["stop"] == "converged"
     assert data["error"] < 1e-8
     assert data["reported_error"] == pytest.approx(data["error"], rel=1e-3, abs=1e-14)
+    assert data["tiny_stop"] == "converged" and data["tiny_error"] < 1e-8  # the units promise, for a third party
     assert sorted((e["kind"], e["name"]) for e in data["listed"]) == [
         ("optimizer", "nadam"),
         ("problem", "least-squares"),

@@ -10,6 +10,7 @@ declared capability                             method           rank  why
 ==============================================  ===============  ====  ==========================================
 ``matrix_inverse()``                            newton-schulz    10    quadratic convergence: ~log₂(κ²) + 6 steps
 ``least_squares()``                             cg               20    exact steps, at most one per unknown
+``quadratic = True`` (one parameter tensor)     cg               25    the same, on the loss's Hessian
 any differentiable loss                         lbfgs            60    measured best on the nonlinear built-ins
 any differentiable loss                         adam             90    fallback where lbfgs is missing
 ==============================================  ===============  ====  ==========================================

@@ -150,6 +150,14 @@ class Momentum(WholeRun, TorchOptimizer):
             started=started, first_loss=self._first_loss, blow_up=BLOW_UP, stop_loss=stop_loss,
         ), extra=int(stop_loss is not None))
 
+    def unrolled(self, problem: gdla.Problem, params: gdla.Params, steps: int) -> gdla.Params:
+        """``steps`` of seed 000's recursion from ``params``, out of place, for ``backward="unroll"``: that of
+        ``torch.optim.SGD(momentum=μ, dampening=0)`` (the rounding of ``x − (lr·v)`` aside)."""
+        from gdla.differentiation import sgd_unrolled
+
+        group = self.torch_optimizer.param_groups[0]
+        return sgd_unrolled(problem, params, steps, lr=group["lr"], momentum=group["momentum"])
+
 
 @gdla.hookimpl
 def register_optimizers(register: Any) -> None:

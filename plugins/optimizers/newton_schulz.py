@@ -22,6 +22,7 @@ orthonormal without an SVD.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -29,13 +30,14 @@ import torch
 import gdla
 from gdla.backend import extension_status
 from gdla.capabilities import MatrixInverse
-from gdla.errors import InputError
+from gdla.errors import ConvergenceWarning, InputError, UsageError
 from gdla.limits import SMALL_MAX_N
 from gdla.mesh import full_tensor, identity_like, is_dtensor, replicated
 from gdla.optimizer import Optimizer, Suitability
 from gdla.options import Option, choice
 from gdla.problem import Params, Problem
 from gdla.validation import check_choice, check_finite, check_int, check_matrix, check_nonnegative
+from gdla.warm_start import is_given
 from gdla_plugins.optimizers._spectral import gram_extremes
 
 __all__ = ["NewtonSchulz", "batched_inverse", "newton_schulz_steps", "polar_newton_schulz", "safe_start"]
@@ -127,7 +129,9 @@ class NewtonSchulz(Optimizer):
     Options:
         start: ``"safe"`` (default) overwrites the problem's starting point with
             ``Aᵀ / (‖A‖₁‖A‖_∞)``, from which convergence is guaranteed; ``"init"`` keeps the
-            problem's start, which converges only if ``‖I − A X₀‖₂ < 1``.
+            problem's start, which converges only if ``‖I − A X₀‖₂ < 1``. Not given, with a start
+            the caller gave (``gdla.solve(..., init=...)``): that start where ``‖I − A X₀‖₂ < 1``,
+            else the safe one, with a :class:`~gdla.errors.ConvergenceWarning` saying so.
 
     With ``backend="fused"`` and a batch of small matrices, one step runs the extension's
     ``small_inverse_newton_schulz`` kernel when the extension provides it.
@@ -156,6 +160,8 @@ class NewtonSchulz(Optimizer):
         self.side = self.inverse.side
         k = self.inverse.identity_size  # the size of P = I_k
         self._eye = identity_like(self.A, k)  # placed like A's products where A is a DTensor
+        if "start" not in options and is_given(params):  # the caller's start, where the iteration converges from it
+            self.start = self._warm_start(params[self.key])
         self._count = 0  # the safe start is written by the first step (so a restored state continues)
         # the loss is read off the residual the update needs anyway, where the problem's declared
         # least-squares form provably gives its loss from that residual; else the problem computes it
@@ -243,6 +249,42 @@ class NewtonSchulz(Optimizer):
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "lr": None, "start": self.start, "fused_kernel": self._fused is not None}
 
+
+    def _warm_start(self, X: torch.Tensor) -> str:
+        """``"init"`` where the given ``X₀`` has ``‖I − A X₀‖₂ < 1`` for every matrix (the iteration converges from
+        it), else ``"safe"``, with a warning naming the distance."""
+        with torch.no_grad():
+            product = self.A @ replicated(X) if self.side == "both" else self.inverse.product(X)
+            distance = float(full_tensor(torch.linalg.matrix_norm(full_tensor(product - self._eye), ord=2)).max())
+        if distance < 1:
+            return "init"
+        warnings.warn(
+            f"init: Newton-Schulz converges from a start X₀ with ‖I − A X₀‖₂ < 1, received one at {distance:.3g}; "
+            "it started from its safe start Aᵀ/(‖A‖₁‖A‖∞) instead",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+        return "safe"
+
+    def unrolled(self, problem: Problem, params: Params, steps: int) -> Params:
+        """``steps`` iterations from ``params`` (or the safe start) on ``problem``, out of place: what autograd
+        differentiates for ``gdla.solve(..., backward="unroll")`` (``problem``'s matrix may carry a graph)."""
+        if self._pseudo:
+            raise UsageError(
+                "backward: optimizer 'newton-schulz' cannot unroll pseudo=True (its rank cleaning decides per step "
+                "in place); use backward='implicit'"
+            )
+        inverse: MatrixInverse = problem.matrix_inverse()  # type: ignore[assignment]  # the same problem, with a graph
+        X = inverse.safe_start() if self.start == "safe" else params[self.key]
+        eye = identity_like(inverse.A, inverse.identity_size)
+        for _ in range(steps):
+            if self.side == "both":
+                X = X - X @ (inverse.A @ X - eye)
+            elif self.side == "right":
+                X = X - X @ (inverse.product(X) - eye)
+            else:
+                X = X - (inverse.product(X) - eye) @ X
+        return {self.key: X}
 
     # -- the iteration ----------------------------------------------------------------------------
     def _residual(self, X: torch.Tensor) -> torch.Tensor:

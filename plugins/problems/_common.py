@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from gdla.norms import relative_norm  # re-exported: the built-ins' metrics import it from here too
+
 __all__ = [
     "as_working_float",
     "batch_index",
@@ -20,7 +22,6 @@ __all__ = [
     "condition_numbers",
     "cpu_generator",
     "frobenius",
-    "joint_power_of_two_scaled",
     "numerically_singular_threshold",
     "relative_frobenius",
     "relative_norm",
@@ -75,48 +76,13 @@ def safe_scale(norms: torch.Tensor) -> torch.Tensor:
     """``norms`` with zeros replaced by one (for scales of data, never for the denominator of a metric).
 
     A norm that underflowed to zero would silently turn a relative metric into an absolute one
-    (the cause of false successes on tiny data): metrics use :func:`relative_norm` instead.
+    (the cause of false successes on tiny data): metrics use :func:`gdla.norms.relative_norm` instead.
     """
     return torch.where(norms > 0, norms, torch.ones_like(norms))
 
 
-def joint_power_of_two_scaled(tensors: Sequence[torch.Tensor], dim: tuple[int, ...]) -> list[torch.Tensor]:
-    """``tensors`` (same batch dimensions) all divided by the same exact power of two per member, ``2^e``.
-
-    ``e`` is the binary exponent of the largest absolute entry over ``dim`` of all of them, so the
-    largest scaled entry lies in ``[0.5, 1)`` and norms over ``dim`` neither overflow nor underflow
-    (except for an entry ``2^-1074`` times smaller than the largest, which is negligible anyway).
-    The power is applied in two halves so that ``2^-e`` itself never leaves the dtype's range.
-    """
-    peaks = [t.detach().abs().amax(dim=dim, keepdim=True) for t in tensors]
-    peak = peaks[0]
-    for other in peaks[1:]:
-        peak = torch.maximum(peak, other)
-    peak = torch.where(torch.isfinite(peak) & (peak > 0), peak, torch.ones_like(peak))
-    _, exponent = torch.frexp(peak)
-    first = torch.div(-exponent, 2, rounding_mode="floor")
-    second = -exponent - first
-    dtype = tensors[0].dtype
-    factors = [torch.exp2(part.to(torch.float64)).to(dtype) for part in (first, second)]
-    return [t * factors[0] * factors[1] for t in tensors]
-
-
-def relative_norm(difference: torch.Tensor, reference: torch.Tensor, *, dim: tuple[int, ...]) -> torch.Tensor:
-    """Per member ``‖difference‖ / ‖reference‖`` (2-norm over ``dim``), computed in scaled arithmetic.
-
-    Both are divided by one exact power of two first, so the ratio is right whatever the units:
-    ``1e-200`` data no longer underflows into ``0 / 0``. Where the reference is zero the ratio is
-    undefined: NaN if the difference is nonzero, 0 if both are zero (the answer is then exact).
-    """
-    diff, ref = joint_power_of_two_scaled([difference, reference], dim)
-    num = torch.linalg.vector_norm(diff, dim=dim)
-    den = torch.linalg.vector_norm(ref, dim=dim)
-    undefined = torch.where(num > 0, torch.full_like(num, float("nan")), torch.zeros_like(num))
-    return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), undefined)
-
-
 def relative_frobenius(difference: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Per problem ``‖difference‖_F / ‖reference‖_F`` in scaled arithmetic (see :func:`relative_norm`)."""
+    """Per problem ``‖difference‖_F / ‖reference‖_F`` in scaled arithmetic (see :func:`gdla.norms.relative_norm`)."""
     return relative_norm(difference, reference, dim=(-2, -1))
 
 

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 
 from gdla.errors import InputError, ShapeError
+from gdla.norms import relative_gap, relative_norm
 from gdla.validation import check_finite, check_int
-from gdla_plugins.problems._common import joint_power_of_two_scaled, relative_norm
 
 __all__ = [
     "resolve_probes",
@@ -252,12 +252,7 @@ def normal_equations_gap(
     terms vanish (then ``c`` is optimal). Norms are taken over ``dim``; the worst of the rest is
     returned.
     """
-    fitted = band @ gram.T
-    # one exact power of two per member first: norms of 1e-200 data must not underflow into 0 / 0
-    fitted, rhs = joint_power_of_two_scaled([fitted, rhs], dim)
-    num = torch.linalg.vector_norm(fitted - rhs, dim=dim)
-    den = torch.linalg.vector_norm(fitted, dim=dim) + torch.linalg.vector_norm(rhs, dim=dim)
-    ratio = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(den))
+    ratio = relative_gap(band @ gram.T, rhs, dim)  # scaled: norms of 1e-200 data must not underflow
     return ratio.max() if ratio.dim() else ratio
 
 

@@ -26,16 +26,12 @@ import torch
 import gdla
 from gdla.capabilities import LinearLeastSquares, MaskedOperatorLoss
 from gdla.errors import InputError, ShapeError
+from gdla.norms import relative_gap, relative_norm
 from gdla.options import Option
 from gdla.problem import Params, Problem
 from gdla.scaling import Normalization, check_representable, power_of_two_scale, scale_by_power_of_two
 from gdla.validation import check_choice, check_int, check_matrix
-from gdla_plugins.problems._common import (
-    as_working_float,
-    joint_power_of_two_scaled,
-    relative_norm,
-    safe_scale,
-)
+from gdla_plugins.problems._common import as_working_float
 from gdla_plugins.problems._sparse_data import ACTIVATIONS, identity
 from gdla_plugins.problems._sparse_examples import SparseExamples
 from gdla_plugins.problems._sparse_pattern import Pattern
@@ -279,11 +275,7 @@ class SparseProblem(SparseExamples, Problem):
             S = self.operator(self._u(params).detach())
             fitted, target = self.storage.normal_terms(S, self.X, self.Y)
             dims = tuple(range(-fitted.dim(), 0))  # (n, n) dense, (nnz,) on the pattern
-            # one exact power of two first: norms of 1e-200 data must not underflow into 0 / 0
-            fitted, target = joint_power_of_two_scaled([fitted, target], dims)
-            num = torch.linalg.vector_norm(fitted - target, dim=dims)
-            den = torch.linalg.vector_norm(fitted, dim=dims) + torch.linalg.vector_norm(target, dim=dims)
-            return torch.where(den > 0, num / safe_scale(den), torch.zeros_like(den))
+            return relative_gap(fitted, target, dims)  # scaled: norms of 1e-200 data must not underflow
 
     def fit_residual(self, params: Params) -> torch.Tensor:
         """``‖Ŷ − Y‖_F / ‖Y‖_F`` in scaled arithmetic (NaN if ``Y = 0`` and ``Ŷ ≠ 0``: undefined)."""

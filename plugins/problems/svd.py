@@ -26,6 +26,7 @@ import torch
 import gdla
 from gdla.capabilities import SingularValueDecomposition, SvdPenaltyLoss
 from gdla.errors import InputError
+from gdla.norms import relative_norm
 from gdla.options import Option
 from gdla.problem import Params, Problem
 from gdla.scaling import Normalization, check_representable, power_of_two_scale, scale_by_power_of_two
@@ -35,7 +36,6 @@ from gdla_plugins.problems._common import (
     cpu_generator,
     polar_factor,
     polar_factor_differentiable,
-    relative_norm,
     sign_fixed_qr,
     sign_fixed_qr_differentiable,
     uniform,

@@ -209,7 +209,7 @@ def test_solve_steps_dtype_and_patience(tiny: Any, cli: CliRun, error_of: ErrorO
     code, out, _ = cli("solve", "linear-system", "--optimizer", "gd", "--steps", "3", "--dtype", "float32", "--json")
     result = json.loads(out)
     assert code == 0 and (result["steps"], result["stop_reason"]) == (3, "max_steps")
-    assert result["settings"]["dtype"] == "float32" and len(result["losses"]) == 3
+    assert result["settings"]["dtype"] == "float32" and len(result["losses"]) == 4
     code, out, _ = cli("solve", "linear-system", "--optimizer", "gd", "--lr", "1e-9", "--patience", "4", "--json")
     assert (json.loads(out)["stop_reason"], json.loads(out)["steps"]) == ("stalled", 5)
 

@@ -180,7 +180,7 @@ def test_demo_quick(cli: CliRun, error_of: ErrorOf, tmp_path: Path) -> None:
     assert code == 0, err
     table = out.splitlines()
     assert table[0].split() == ["PROBLEM", "OPTIMIZER", "STEPS", "STOP", "RESIDUAL", "ERROR", "SECONDS"]
-    # columns are two or more spaces apart; cells hold single spaces ("time limit")
+    # columns are two or more spaces apart; cells hold single spaces ("auto → cg")
     cells = [re.split(r"\s{2,}", line) for line in table[1:] if line and not line.startswith(("note:", "figure"))]
     rows = {row[0]: row for row in cells}
     assert all(len(row) == 7 for row in cells), cells

@@ -52,9 +52,10 @@ WORKER = textwrap.dedent(
     sharding = Sharding(InverseProblem(matrices(batch)))
     saved["bounds"] = (sharding.start, sharding.stop)
     saved["local_A"] = sharding.local.A
-    saved["loss_sum"] = sharding.reduce_loss(float(rank + 1))
-    saved["residual_max"] = sharding.reduce_residual(float(10 * rank + 1))
-    saved["residual_nan"] = sharding.reduce_residual(float("nan") if rank == 1 else 1.0)
+    saved["loss_sum"] = sharding.agree(1, loss=float(rank + 1)).loss
+    saved["residual_max"] = sharding.agree(2, residual=float(10 * rank + 1)).residual
+    saved["residual_nan"] = sharding.agree(3, residual=float("nan") if rank == 1 else 1.0).residual
+    saved["stop_any"] = [sharding.agree(4, stop=rank == 1).stop, sharding.agree(5, stop=False).stop]
     saved["gathered"] = sharding.gather_params({"M": torch.full((sharding.stop - sharding.start, 2), float(rank))})
     for name, options in runs.items():
         result = gdla.solve(InverseProblem(matrices(batch)), optimizer=name, distributed=True, seed=5, **options)
@@ -107,11 +108,12 @@ def test_shards_are_contiguous_and_cover_the_batch(ranks: list[dict[str, Any]]) 
         torch.testing.assert_close(saved["local_A"], A[start:stop], rtol=0, atol=0)
 
 
-def test_reductions_sum_the_loss_and_take_the_worst_residual(ranks: list[dict[str, Any]]) -> None:
+def test_agreements_sum_the_loss_take_the_worst_residual_and_any_stop(ranks: list[dict[str, Any]]) -> None:
     for saved in ranks:
         assert saved["loss_sum"] == 1.0 + 2.0
         assert saved["residual_max"] == 11.0
         assert math.isnan(saved["residual_nan"])  # one rank's NaN stops every rank
+        assert saved["stop_any"] == [True, False]  # one rank's callback stop stops every rank
 
 
 def test_gather_params_concatenates_in_rank_order_on_every_rank(ranks: list[dict[str, Any]]) -> None:

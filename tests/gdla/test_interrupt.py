@@ -60,3 +60,52 @@ def test_ctrl_c_inside_a_long_kernel_run_exits_130_promptly() -> None:
     _, err = process.communicate()
     assert process.returncode == 130, err
     assert waited < 2.0, f"exited {waited:.2f} s after SIGINT"
+
+
+_LONG_CALL = """
+import sys, torch
+import gdla.cli, gdla.commands
+
+def long_setup(args, out):
+    A = torch.randn(2500, 2500, dtype=torch.float64)
+    print("ready", flush=True)
+    while True:  # each call runs for a second or more without returning to Python
+        torch.linalg.svdvals(A)
+
+gdla.commands.COMMANDS["solve"] = long_setup
+sys.exit(gdla.cli.main(["solve", "inverse"]))
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="sends a real SIGINT")
+def test_ctrl_c_inside_one_long_torch_call_exits_130_within_the_grace_period() -> None:
+    # Python's handler cannot run until svdvals returns; the command's watchdog ends the process instead
+    process = subprocess.Popen(
+        [sys.executable, "-c", _LONG_CALL], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None and process.stdout.readline() == "ready\n", process.communicate()
+        time.sleep(0.3)  # inside svdvals
+        sent = time.perf_counter()
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=10)
+        waited = time.perf_counter() - sent
+    finally:
+        process.kill()
+    _, err = process.communicate()
+    assert process.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "gdla: error: interrupted"
+    assert waited < 1.0 + 1.0, f"exited {waited:.2f} s after SIGINT"
+
+
+def test_the_watchdog_stays_quiet_when_the_block_ends() -> None:
+    from gdla.interrupts import prompt_interrupts
+
+    said: list[str] = []
+    with prompt_interrupts(lambda: said.append("interrupted")):
+        value = int(torch.ones(3).sum())
+    assert value == 3 and said == []
+    with pytest.raises(KeyboardInterrupt), prompt_interrupts(lambda: said.append("interrupted")):
+        signal.raise_signal(signal.SIGINT)  # Python's own handler: KeyboardInterrupt, promptly
+    time.sleep(1.2)  # past the grace period: the watchdog saw the block end and did not fire
+    assert said == []

@@ -93,14 +93,21 @@ def test_the_core_has_no_import_cycle() -> None:
 #: The layers of docs/architecture.md, bottom up: a module may import its own layer and those below.
 LAYERS: dict[str, int] = {
     **dict.fromkeys(
-        ("errors", "validation", "options", "limits", "stopping", "result", "panels", "schedules", "mesh"), 1
+        ("errors", "validation", "options", "limits", "stopping", "result", "panels", "schedules", "mesh", "norms",
+         "problem_repr"), 1
     ),
-    **dict.fromkeys(("problem", "capabilities", "scaling", "optimizer", "hookspecs"), 2),
-    **dict.fromkeys(("backend", "memory", "distributed", "io", "ops", "ops_small", "_op_checks"), 3),
-    **dict.fromkeys(("registry", "building"), 4),
+    **dict.fromkeys(("problem", "capabilities", "scaling", "declared_units", "optimizer", "hookspecs"), 2),
+    **dict.fromkeys(
+        ("backend", "memory", "distributed", "io", "ops", "ops_small", "_op_checks", "warm_start", "differentiation"),
+        3,
+    ),
+    "agreement": 3,
+    **dict.fromkeys(("registry", "building", "plugin_checks"), 4),
     "plan": 5,
     **dict.fromkeys(("loop", "report"), 6),
-    **dict.fromkeys(("demo", "plotting", "testing", "cli_parse", "commands", "cli", "__main__"), 7),
+    **dict.fromkeys(
+        ("demo", "plotting", "testing", "testing_units", "interrupts", "cli_parse", "commands", "cli", "__main__"), 7
+    ),
 }
 
 

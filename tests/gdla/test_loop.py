@@ -161,7 +161,7 @@ def test_converges_to_the_reference(problem: DiagonalSystem) -> None:
     torch.testing.assert_close(result.solution, problem.b / problem.d, rtol=1e-9, atol=0)
     assert result.metrics["residual"] <= 1e-10
     assert result.metrics["error"] <= 1e-9
-    assert len(result.losses) == result.steps
+    assert len(result.losses) == result.steps + 1
     # the slowest mode contracts by |1 - 0.3 * 1²| = 0.7 per step: about log(1e-10)/log(0.7) ≈ 65 steps
     assert 50 <= result.steps <= 80
     assert result.condition == pytest.approx(2.0)
@@ -170,7 +170,7 @@ def test_converges_to_the_reference(problem: DiagonalSystem) -> None:
 
 def test_max_steps(problem: DiagonalSystem) -> None:
     result = gdla.solve(problem, optimizer="plain-gd", max_steps=5)
-    assert (result.stop_reason, result.steps, len(result.losses)) == ("max_steps", 5, 5)
+    assert (result.stop_reason, result.steps, len(result.losses)) == ("max_steps", 5, 6)
     assert not result.converged
     assert result.settings["max_steps"] == 5
 
@@ -195,9 +195,10 @@ def test_diverges_on_blow_up(problem: DiagonalSystem) -> None:
     # lr 3 multiplies the d=2 mode by |1 - 3 * 4| = 11 per step: the loss grows by 121 per step
     result = gdla.solve(problem, optimizer="plain-gd", lr=3.0, max_steps=1000)
     assert result.stop_reason == "diverged"
-    assert result.losses[-1] > BLOW_UP * result.losses[0]
-    assert all(math.isfinite(x) for x in result.losses)
-    assert result.losses[-2] <= BLOW_UP * result.losses[0], "must stop at the first step past the limit"
+    losses = result.losses  # losses[steps - 1]: the last step's, past the limit; losses[steps]: at the answer
+    assert losses[-1] > losses[-2] > BLOW_UP * losses[0]
+    assert all(math.isfinite(x) for x in losses)
+    assert losses[-3] <= BLOW_UP * losses[0], "must stop at the first step past the limit"
     # ~ log(1e12) / log(121) ≈ 5.8 steps
     assert 5 <= result.steps <= 8
 
@@ -222,7 +223,7 @@ def test_default_patience(problem: DiagonalSystem) -> None:
 def test_default_patience_is_capped_whatever_the_budget(problem: DiagonalSystem) -> None:
     result = gdla.solve(problem, optimizer="frozen", max_steps=10**12)
     assert (result.stop_reason, result.steps) == ("stalled", 10_001)  # the cap, not 10**11
-    assert len(result.losses) == result.steps
+    assert len(result.losses) == result.steps + 1
 
 
 def test_callback_sees_every_step_and_can_stop(problem: DiagonalSystem) -> None:

@@ -102,3 +102,41 @@ def test_a_deferred_metric_refuses_data_changed_in_place_after_the_solve() -> No
     with pytest.raises(gdla.InputError, match="changed in place since the solve"):
         result.metrics["error"]
     assert kept.metrics["error"] <= 1e-12  # untouched data reads as before
+
+
+def test_data_changed_in_place_before_the_solve_is_solved_as_it_is_now() -> None:
+    """What the constructor derived (condition, scale) would describe the old data: the plan rebuilds, and says so."""
+    A = torch.tensor([[2.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
+    problem = gdla.get_problem("inverse")(A)
+    untouched = gdla.solve(problem, optimizer="newton-schulz")
+    assert untouched.warnings == [] and untouched.condition == pytest.approx(2.618033988749895)
+    A.copy_(torch.tensor([[4.0, 0.0], [0.0, 1e-6]], dtype=torch.float64))  # the caller's tensor, changed in place
+    result = gdla.solve(problem, optimizer="newton-schulz")
+    assert result.warnings == [
+        "A changed in place since problem 'inverse' was built: solved as rebuilt from the current data"
+    ]
+    assert result.condition == pytest.approx(4e6) and result.stop_reason == "converged"
+    torch.testing.assert_close(result.solution, torch.linalg.inv(A), rtol=1e-12, atol=0)
+
+
+def test_the_callback_and_the_losses_are_in_the_callers_units() -> None:
+    """gdla solves in normalised units; what the caller sees (callback, Result.losses) is in the data's units."""
+    base = gdla.get_problem("toeplitz").example()
+    target = base._constructor_arguments["target"]
+    runs = []
+    for k in (0, 40):
+        seen: list[tuple[float, torch.Tensor]] = []
+        problem = base.rebuild(target=target * 2.0**k)
+
+        def record(step: int, loss: float, params: dict[str, torch.Tensor], seen: list = seen) -> None:
+            seen.append((loss, next(iter(params.values())).clone()))
+
+        result = gdla.solve(problem, optimizer="adam", max_steps=5, tol=0, callback=record)
+        assert [loss for loss, _ in seen] == result.losses[:-1]
+        assert result.losses[-1] == float(problem.loss(result.params))  # the last entry: the loss at the answer
+        runs.append((seen, result))
+    (seen0, result0), (seen40, result40) = runs
+    # the band parameters scale with the data and the loss with its square: exactly, by powers of two
+    assert [loss * 2.0**80 for loss in result0.losses] == result40.losses
+    for (_, p0), (_, p40) in zip(seen0, seen40, strict=True):
+        assert torch.equal(p0 * 2.0**40, p40)

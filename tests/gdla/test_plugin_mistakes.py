@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
 import gdla
-from gdla.testing import SmallLeastSquares
+from gdla.testing import OptimizerContract, SmallLeastSquares, relative_error
 
 
 class VectorLoss(SmallLeastSquares):
@@ -87,3 +89,96 @@ def test_the_command_says_so_in_one_paragraph(
     line = error_of(err)
     for word in words:
         assert word in line, line
+
+
+class RaisingStep(SilentStep):
+    name = "raising-step"
+
+    def step(self) -> torch.Tensor:
+        raise ValueError("no step today")
+
+
+class SilentLater(SilentStep):
+    """Returns the loss at its first step only."""
+
+    name = "silent-later"
+    taken = 0
+
+    def step(self) -> torch.Tensor:
+        type(self).taken += 1
+        loss, _ = self.problem.loss_and_grad(self.params)
+        super().step()
+        return loss if type(self).taken == 1 else None  # type: ignore[return-value]
+
+
+class RaisingEstimate(SilentStep):
+    name = "raising-estimate"
+
+    @classmethod
+    def estimated_bytes(cls, problem: gdla.Problem, params: gdla.Params, options: Any) -> int | None:
+        raise KeyError("n")
+
+
+class RaisingInit(SmallLeastSquares):
+    name = "raising-init"
+
+    def __init__(self, A: torch.Tensor, b: torch.Tensor) -> None:
+        raise ValueError("A must be square")
+
+
+class RaisingReference(SmallLeastSquares):
+    name = "raising-reference"
+
+    def reference(self) -> torch.Tensor:
+        raise RuntimeError("lstsq is not available")
+
+
+@pytest.fixture
+def raising(register_classes: Any) -> None:
+    register_classes(RaisingStep, SilentLater, RaisingEstimate, RaisingInit, RaisingReference, name="raising")
+
+
+@pytest.mark.parametrize(
+    ("problem", "optimizer", "words"),
+    [
+        ("contract", "raising-step", ("optimizer 'raising-step'", "step() raised ValueError: no step today")),
+        ("contract", "silent-later", ("optimizer 'silent-later'", "step() must return the loss", "returned None")),
+        ("contract", "raising-estimate", ("optimizer 'raising-estimate'", "estimated_bytes() raised KeyError: 'n'")),
+        ("raising-init", "adam", ("problem 'raising-init'", "__init__() raised ValueError: A must be square")),
+    ],
+)
+def test_an_exception_in_plugin_code_names_it(raising: None, problem: str, optimizer: str, words: tuple[str]) -> None:
+    SilentLater.taken = 0
+    with pytest.raises(gdla.PluginError) as info:
+        gdla.solve(SmallLeastSquares.example() if problem == "contract" else problem, optimizer=optimizer, max_steps=5)
+    text = str(info.value)
+    assert "distribution 'local'" in text and f"{__name__}." in text, text
+    for word in words:
+        assert word in text, text
+    assert optimizer != "silent-later" or SilentLater.taken == 2  # the first step's loss was fine
+    cause = info.value.__cause__
+    assert cause is not None and (optimizer == "silent-later" or not isinstance(cause, gdla.GdlaError)), cause
+
+
+def test_the_command_names_a_reference_that_raises(raising: None, cli: Any, error_of: Any) -> None:
+    code, out, err = cli("solve", "raising-reference", "--optimizer", "cg")
+    assert code == 1
+    line = error_of(err)
+    assert "problem 'raising-reference'" in line and "distribution 'local'" in line, line
+    assert line.endswith("reference() raised RuntimeError: lstsq is not available (--debug shows the traceback)"), line
+
+
+def test_the_readmes_raw_optimizer_works(register_classes: Any) -> None:
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```python\n(# a raw optimizer.*?)```", text, re.S)
+    assert block, "the README lost its raw optimizer"
+    namespace: dict[str, Any] = {"__name__": "readme_raw_optimizer"}
+    exec(compile(block.group(1), "README.md", "exec"), namespace)  # noqa: S102
+    register_classes(namespace["BarzilaiBorwein"], name="readme-raw")
+    problem = SmallLeastSquares.example(12)
+    result = gdla.solve(problem, optimizer="barzilai-borwein", max_steps=500)
+    assert result.stop_reason == "converged", result.summary()
+    assert relative_error(result.solution, problem.reference()) <= 1e-8  # against torch.linalg.lstsq
+    contract = type("C", (OptimizerContract,), {"optimizer_name": "barzilai-borwein"})()
+    contract.test_state_dict_round_trip()
+    contract.test_step_returns_a_finite_scalar()

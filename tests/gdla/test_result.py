@@ -195,6 +195,20 @@ def test_losses_become_a_packed_read_only_view() -> None:
 
 def test_a_solve_keeps_eight_bytes_a_step() -> None:
     result = gdla.solve("inverse", optimizer="momentum", lr=0.5, max_steps=300, tol=0)
-    assert type(result.losses) is Losses and len(result.losses) == result.steps == 300
-    assert result.losses.nbytes == 8 * 300
+    assert type(result.losses) is Losses and len(result.losses) - 1 == result.steps == 300
+    assert result.losses.nbytes == 8 * 301
     assert result.to_dict()["losses"] == result.losses.tolist() and type(result.to_dict()["losses"]) is list
+
+
+def test_every_stop_reason_has_a_row_in_the_readme_table() -> None:
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    header = "| `stop_reason` | what happened | `gdla solve` |"
+    assert header in readme, "the README lost its stop-reason table"
+    table = readme[readme.index(header) + len(header) :].split("\n\n")[0]
+    documented = re.findall(r"^\| `(\w+)` \| (.+?) \| (.+) \|$", table, re.M)
+    assert sorted(name for name, _, _ in documented) == sorted(STOP_REASONS)
+    for name, meaning, exit_code in documented:
+        assert len(meaning) > 30 and exit_code.startswith("exit "), name

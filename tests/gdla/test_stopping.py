@@ -124,9 +124,9 @@ def test_losses_compare_as_lists() -> None:
 
 
 def test_losses_repr_is_short() -> None:
-    assert repr(_view([1.0, 0.5])) == "Losses([1.0, 0.5], steps=2)"
+    assert repr(_view([1.0, 0.5])) == "Losses([1.0, 0.5], len=2)"
     many = _view([float(i) for i in range(10**6)])
-    assert repr(many) == "Losses([0.0, 1.0, 2.0, …, 999998.0, 999999.0], steps=1000000)"
+    assert repr(many) == "Losses([0.0, 1.0, 2.0, …, 999998.0, 999999.0], len=1000000)"
 
 
 def test_losses_cost_eight_bytes_a_step_and_convert_without_copies() -> None:

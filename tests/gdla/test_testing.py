@@ -45,6 +45,20 @@ class WrongAdjoint(SmallLeastSquares):
                                        loss_of=form.loss_of)
 
 
+class Float32Start(SmallLeastSquares):
+    name = "float32-start"
+
+    def init_params(self, generator: torch.Generator) -> gdla.Params:
+        return {"x": super().init_params(generator)["x"].float()}  # the problem is float64
+
+
+class ListSolution(SmallLeastSquares):
+    name = "list-solution"
+
+    def solution(self, params: gdla.Params) -> list[float]:  # type: ignore[override]
+        return params["x"].tolist()  # --save writes tensors
+
+
 def contract_for(problem: gdla.Problem) -> ProblemContract:
     class Contract(ProblemContract):
         def make_problem(self, dtype: torch.dtype) -> gdla.Problem:
@@ -61,6 +75,7 @@ def test_the_model_problem_passes() -> None:
     contract.test_declared_least_squares_form_reproduces_the_loss()
     contract.test_declared_sum_of_squares_reproduces_the_loss()
     contract.test_project_is_idempotent()
+    contract.test_residual_and_solution_keep_their_rules()
 
 
 @pytest.mark.parametrize(
@@ -70,8 +85,19 @@ def test_the_model_problem_passes() -> None:
         (VectorLoss.example(), "test_loss_is_a_finite_scalar", "0-dim"),
         (WrongGradient.example(), "test_gradient_matches_finite_differences", None),
         (WrongAdjoint.example(), "test_declared_least_squares_form_reproduces_the_loss", "adjoint"),
+        (
+            Float32Start.example(),
+            "test_init_params_follow_the_generator",
+            r"^problem 'float32-start' \(.*Float32Start, not registered\): init_params\(\) must return a dict of "
+            r"torch.float64 tensors on the problem's device cpu \(its data's\), returned 'x': a torch.float32 tensor",
+        ),
+        (
+            ListSolution.example(),
+            "test_residual_and_solution_keep_their_rules",
+            r"solution\(\) must return a tensor or a tuple of tensors \(what --save writes\), returned a list$",
+        ),
     ],
-    ids=["sign-error", "vector-loss", "wrong-gradient", "wrong-adjoint"],
+    ids=["sign-error", "vector-loss", "wrong-gradient", "wrong-adjoint", "float32-start", "list-solution"],
 )
 def test_each_broken_rule_fails_its_check(problem: gdla.Problem, check: str, message: str | None) -> None:
     with pytest.raises(AssertionError, match=message):

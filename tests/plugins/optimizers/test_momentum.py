@@ -77,7 +77,7 @@ def test_reproduces_seed_notebook_bit_for_bit() -> None:
     assert result.params["M"].dtype == torch.float32
     for step, (ours, theirs) in enumerate(zip(seen, expected, strict=True), start=1):
         assert torch.equal(ours, theirs), f"step {step}: max difference {(ours - theirs).abs().max():.3e}"
-    assert result.losses == expected_losses
+    assert result.losses[:-1] == expected_losses  # the last entry: the loss at the answer
     # and the notebook's run does invert its matrix
     assert relative_error(result.solution, torch.linalg.inv(matrix.double())) < 1e-4
 

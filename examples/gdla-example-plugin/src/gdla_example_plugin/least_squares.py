@@ -174,11 +174,12 @@ class LeastSquares(gdla.Problem):
         return {"X": (reference.unsqueeze(-1) if self.vector else reference).clone()}
 
     def error(self, params: gdla.Params) -> torch.Tensor:
-        """``‖X − X*‖_F / ‖X*‖_F`` (absolute where ``X* = 0``), worst over the batch."""
+        """``‖X − X*‖_F / ‖X*‖_F`` in scaled arithmetic (:func:`gdla.relative_norm`: right at any units; NaN where
+        ``X* = 0`` and ``X`` is not), worst over the batch."""
         reference = self.reference()
         if self.vector:
             reference = reference.unsqueeze(-1)
-        return (_frobenius(params["X"] - reference) / _nonzero(_frobenius(reference))).max()
+        return gdla.relative_norm(params["X"] - reference, reference, dim=(-2, -1)).max()
 
     def condition_estimate(self) -> float:
         """Condition number of the Hessian ``AᵀA + λI``: ``(σ_max² + λ) / (σ_min² + λ)``, worst over the batch."""
