@@ -36,7 +36,15 @@ import torch
 
 from gdla.errors import InputError, RankError
 
-__all__ = ["ARRIVAL_GRACE_SECONDS", "Agreed", "Agreement", "absent_ranks"]
+__all__ = [
+    "ARRIVAL_GRACE_SECONDS",
+    "Agreed",
+    "Agreement",
+    "SetupFailure",
+    "absent_ranks",
+    "raise_setup_failures",
+    "tell_setup_failure",
+]
 
 T = TypeVar("T")
 
@@ -54,6 +62,15 @@ class Agreed:
     loss: float
     residual: float
     stop: bool
+
+
+@dataclass(frozen=True)
+class SetupFailure:
+    """What a rank whose set-up failed (building the plan, the start, the method) sends to the comparison before
+    the run that the other ranks wait in, in place of its problem's or settings' description."""
+
+    rank: int
+    text: str
 
 
 class Agreement:
@@ -107,10 +124,13 @@ class Agreement:
     # -- the run's settings ----------------------------------------------------------------------
     def check_run(self, settings: dict[str, Any]) -> None:
         """Every rank runs the same plan (its stop rules and the collectives a step takes), or an
-        :class:`InputError` on every rank naming the settings that differ."""
+        :class:`InputError` on every rank naming the settings that differ (a :class:`RankError` where a rank's
+        set-up failed: :func:`tell_setup_failure`)."""
         everyone: list[Any] = [None] * self.world_size
         gather = torch_distributed().all_gather_object
-        self.collective("the comparison of the run's settings", gather, everyone, settings)
+        where = "the comparison of the run's settings"
+        self.collective(where, gather, everyone, settings)
+        raise_setup_failures(everyone, self.rank, where)
         differ = {
             rank: {key: value for key, value in other.items() if everyone[0].get(key) != value}
             for rank, other in enumerate(everyone)
@@ -185,6 +205,46 @@ class Agreement:
             f"distributed: rank {self.rank} expected every rank to complete step {step}, received {shown}; every "
             f"rank stops there ({own}, the others this one)"
         )
+
+
+def raise_setup_failures(gathered: list[Any], rank: int, where: str) -> None:
+    """A :class:`RankError` on ``rank`` naming the ranks whose set-up failed (what they sent to the comparison
+    before the run at ``where`` is a :class:`SetupFailure`), if any did."""
+    failed = [entry for entry in gathered if isinstance(entry, SetupFailure)]
+    if not failed:
+        return
+    shown = "; ".join(f"rank {entry.rank}: {entry.text}" for entry in failed)
+    raise RankError(
+        f"distributed: rank {rank} expected every rank to be ready to run at {where}, received a failed set-up on "
+        f"{_ranks([entry.rank for entry in failed])} ({shown}); no rank runs (each raises its own error, the "
+        "others this one)"
+    )
+
+
+def tell_setup_failure(error: BaseException, group: Any = None) -> None:
+    """Tell the other ranks that this rank's set-up failed with ``error``, before the run's first agreement.
+
+    They wait in one of the comparisons before the run (of the problems, when this rank failed before its
+    :class:`~gdla.distributed.Sharding` was built; of the run's settings, after); both are an
+    ``all_gather_object``, so this rank joins whichever it is with a :class:`SetupFailure`, and they raise a
+    :class:`RankError` naming it at once instead of waiting for the group's timeout. Nothing to tell without an
+    initialised process group, or after a :class:`RankError` (the ranks know, or are gone); a failure to tell
+    them becomes a note on ``error``, the error raised.
+    """
+    import torch.distributed as dist
+
+    if isinstance(error, RankError) or not dist.is_available() or not dist.is_initialized():
+        return
+    rank, world_size = dist.get_rank(group), dist.get_world_size(group)
+    text = ": ".join(filter(None, [type(error).__name__, str(error)]))[:QUOTED_CHARACTERS]
+    gathered: list[Any] = [None] * world_size
+    try:
+        agreement = Agreement(group, rank, world_size, torch.device("cpu"))
+        failure = SetupFailure(rank, text)
+        agreement.collective("the comparison before the run", dist.all_gather_object, gathered, failure)
+    except RankError as exc:
+        if hasattr(error, "add_note"):
+            error.add_note(f"gdla could not tell the other ranks: {exc}")
 
 
 def absent_ranks(store: Any, token: str, rank: int, world_size: int, where: str) -> list[int]:

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from gdla.agreement import Agreement, torch_distributed
+from gdla.agreement import Agreement, raise_setup_failures, torch_distributed
 from gdla.errors import InputError
 from gdla.mesh import is_dtensor, mesh_summary
 from gdla.problem import Params, Problem
@@ -117,6 +117,7 @@ class Sharding(Agreement):
         mine = (signature, os.urandom(8).hex())
         where = "the comparison of the problems before the run"
         self.collective(where, torch_distributed().all_gather_object, gathered, mine)
+        raise_setup_failures(gathered, self.rank, where)  # a rank whose set-up failed before its Sharding was built
         everyone = [other for other, _ in gathered]
         self.token = gathered[0][1]
         if all(other == everyone[0] for other in everyone):

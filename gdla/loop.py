@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from gdla.agreement import tell_setup_failure
 from gdla.differentiation import check_unroll
 from gdla.errors import GdlaError, PluginError
 from gdla.memory import allocation_error
@@ -101,15 +102,20 @@ def solve(
             )
     called = time.perf_counter()
     try:
-        plan = make_plan(
-            problem, optimizer, lr=lr, max_steps=max_steps, tol=tol, seed=seed, backend=backend, dtype=dtype,
-            device=device, callback=callback, progress=progress, patience=patience, distributed=distributed,
-            options=optimizer_options, init=init, backward=backward,
-        )
-        opt, params = plan.start()
-        if plan.backward == "unroll":
-            check_unroll(opt)
-        plan.advise(opt)
+        try:
+            plan = make_plan(
+                problem, optimizer, lr=lr, max_steps=max_steps, tol=tol, seed=seed, backend=backend, dtype=dtype,
+                device=device, callback=callback, progress=progress, patience=patience, distributed=distributed,
+                options=optimizer_options, init=init, backward=backward,
+            )
+            opt, params = plan.start()
+            if plan.backward == "unroll":
+                check_unroll(opt)
+            plan.advise(opt)
+        except BaseException as exc:
+            if distributed is True:  # the other ranks wait in a comparison before the run: they raise at once too
+                tell_setup_failure(exc)
+            raise
         start = time.perf_counter()
         losses, stop = execute(plan, opt, params)
         seconds = time.perf_counter() - start

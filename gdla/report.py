@@ -70,7 +70,7 @@ def report(
         problem=plan.problem.name,
         optimizer=plan.requested,
         message=_message(plan, stop, status),
-        condition=checked_condition(plan.problem),
+        condition=_condition_on_read(plan.problem),
         settings=settings(plan, opt),
         warnings=notes,
         batch_status=status,
@@ -78,7 +78,7 @@ def report(
     )
 
 
-def _guarded(figures: dict[str, Any], problem: Problem) -> dict[str, Any]:
+def _guarded(figures: dict[str, Any], problem: Problem, what: str = "metrics") -> dict[str, Any]:
     """``figures`` whose deferred ones refuse to run once the problem's data changed in place since the solve.
 
     A deferred figure (an error against a reference) reads the problem's tensors when it is read; the caller
@@ -94,8 +94,8 @@ def _guarded(figures: dict[str, Any], problem: Problem) -> dict[str, Any]:
             changed = sorted(key for key, value in data.items() if value._version != versions[key])
             if changed:
                 raise InputError(
-                    f"metrics: expected the data that was solved, received problem {problem.name!r} with "
-                    f"{', '.join(changed)} changed in place since the solve; read the metrics before changing the "
+                    f"{what}: expected the data that was solved, received problem {problem.name!r} with "
+                    f"{', '.join(changed)} changed in place since the solve; read the {what} before changing the "
                     "data, or solve again"
                 )
             return compute()
@@ -103,6 +103,12 @@ def _guarded(figures: dict[str, Any], problem: Problem) -> dict[str, Any]:
         return read
 
     return {key: guard(value) if callable(value) else value for key, value in dict.items(figures)}
+
+
+def _condition_on_read(problem: Problem) -> Callable[[], float | None]:
+    """``Result.condition``, computed when first read (the exact estimate may cost a factorisation: at n = 1024,
+    six products, which a caller who never reads it should not pay), of the data that was solved."""
+    return _guarded({"condition": lambda: checked_condition(problem)}, problem, "condition")["condition"]
 
 
 def _loss_at(problem: Problem, params: Params) -> float:

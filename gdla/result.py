@@ -118,6 +118,27 @@ class Metrics(dict):  # type: ignore[type-arg]
         return (dict, (self.copy(),))
 
 
+class _ComputedOnRead:
+    """A dataclass field that may be given a zero-argument callable: called (under ``torch.no_grad()``) at the
+    first read, then kept. ``Result.condition`` is one, so an estimate that costs a factorisation (the exact
+    condition number of a large matrix) is paid only by a caller who reads it."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._slot = f"_{name}"
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        if obj is None:  # the class attribute: the dataclass reads the field's default here
+            return None
+        value = obj.__dict__.get(self._slot)
+        if callable(value):
+            with torch.no_grad():
+                value = obj.__dict__[self._slot] = value()
+        return value
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[self._slot] = value
+
+
 @dataclass
 class Result:
     """The outcome of one :func:`gdla.solve` run.
@@ -142,13 +163,15 @@ class Result:
     problem: str = ""
     optimizer: str = ""
     message: str = ""
-    condition: float | None = None
+    #: A condition-number estimate of the problem (``Problem.condition_estimate()``), computed when first read.
+    condition: float | None = _ComputedOnRead()  # type: ignore[assignment]
     settings: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     #: Time before the first step (conversions, the starting point, the optimizer's own set-up
     #: such as curvature estimates); ``seconds`` is the iteration loop alone.
     setup_seconds: float = 0.0
-    #: Time after the last step: gathering, metrics and the condition estimate.
+    #: Time after the last step: gathering the answer and the cheap metrics (the costly ones, and the condition
+    #: estimate, are computed when first read).
     summary_seconds: float = 0.0
     #: For a batched problem that declares ``member_residuals``: one :data:`BATCH_STATUS` code per member
     #: (shape: the batch), and each member's final relative residual.
@@ -158,6 +181,11 @@ class Result:
     def __post_init__(self) -> None:
         if not isinstance(self.losses, Losses):
             self.losses = Losses(self.losses)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_condition"] = self.condition  # computed first: a pending estimate is a closure, which cannot pickle
+        return state
 
     @property
     def converged(self) -> bool:

@@ -104,6 +104,12 @@ saved["converges"] = outcome(lambda: solve(slow, optimizer="newton-schulz", max_
 different = {"tol": 1e-6, "callback": lambda step, loss, params: False} if rank == 1 else {}
 saved["settings"] = outcome(lambda: solve(matrices(), optimizer="newton-schulz", **different))
 
+# 6b. rank 1's set-up fails after its Sharding was built (an option its method refuses), 6c. before it (lr < 0)
+refused = {"momentum": 5.0} if rank == 1 else {}
+saved["setup_fails"] = outcome(lambda: solve(matrices(), optimizer="momentum", lr=0.5, max_steps=5, **refused))
+negative = {"lr": -1.0} if rank == 1 else {"lr": 0.5}
+saved["plan_fails"] = outcome(lambda: solve(matrices(), optimizer="momentum", max_steps=5, **negative))
+
 # 7. after all that the group still works
 saved["healthy"] = outcome(lambda: solve(matrices(), optimizer="newton-schulz"))
 sharding = Sharding(InverseProblem(matrices()), group=spare)  # for 9, while both ranks are here

@@ -146,6 +146,26 @@ def test_ranks_with_different_settings_are_refused_on_every_rank(ranks: list[dic
         )
 
 
+@pytest.mark.parametrize(
+    ("scenario", "where", "error"),
+    [
+        ("setup_fails", "the comparison of the run's settings", "UsageError"),  # after rank 1's Sharding was built
+        ("plan_fails", "the comparison of the problems before the run", "InputError"),  # before it (lr < 0)
+    ],
+)
+def test_a_set_up_that_fails_on_one_rank_raises_on_every_rank_at_once(
+    ranks: list[dict[str, Any]], scenario: str, where: str, error: str
+) -> None:
+    failed, waiting = ranks[1][scenario], ranks[0][scenario]
+    assert failed["error"] == error
+    assert waiting["error"] == "RankError" and waiting["seconds"] < TIMEOUT  # told, not timed out
+    assert waiting["message"] == (
+        f"distributed: rank 0 expected every rank to be ready to run at {where}, received a failed set-up on rank 1 "
+        f"(rank 1: {failed['error']}: {failed['message']}); no rank runs (each raises its own error, the others "
+        "this one)"
+    )
+
+
 def test_an_agreed_error_leaves_the_group_usable(ranks: list[dict[str, Any]]) -> None:
     single = gdla.solve(InverseProblem(_matrices()), optimizer="newton-schulz")
     assert [saved["healthy"] for saved in ranks] == [{"steps": single.steps, "stop": "converged"}] * 2
