@@ -27,7 +27,7 @@ import torch
 
 from gdla.backend import resolve_backend
 from gdla.building import build_problem
-from gdla.differentiation import resolve_backward
+from gdla.differentiation import resolve_backward, solution_of
 from gdla.errors import (
     ConvergenceWarning,
     DuplicateNameError,
@@ -215,6 +215,10 @@ class Plan:
                 params = given_start(self.init, params, self.restore)
             if self.backward == "unroll":
                 self.start_params = {key: value.clone() for key, value in params.items()}
+            if self.backward != "none":  # an answer that leaves autograd is refused now, not after the run
+                # parameters with a graph, as the answer's will be (a clone of a leaf: not a leaf itself)
+                probe = {key: value.detach().requires_grad_().clone() for key, value in self.restore(params).items()}
+                solution_of(self.problem, probe, differentiable=True)
             check_method_fits(self.method, work, params, self.options, self._fitting)
             # with a given start, what the method says when built (a start it cannot use) goes in the Result too
             hearing = warnings.catch_warnings(record=True) if self.init is not None else contextlib.nullcontext([])

@@ -129,8 +129,10 @@ def test_a_method_that_cannot_unroll_is_refused_before_the_run() -> None:
 def test_an_answer_computed_outside_autograd_is_refused() -> None:
     rows = torch.randn(4, 5, generator=_generator(3), dtype=DOUBLE).requires_grad_()
     problem = gdla.get_problem("toeplitz-net")(rows, hidden=3)
+    seen: list[int] = []
     with pytest.raises(UsageError, match="toeplitz-net.*solution.*backward='none'"):
-        gdla.solve(problem, max_steps=2)
+        gdla.solve(problem, max_steps=2, callback=lambda step, loss, params: seen.append(step))
+    assert seen == []  # refused before the run, not after it
 
 
 def test_a_distributed_batch_refuses_data_that_requires_grad() -> None:
