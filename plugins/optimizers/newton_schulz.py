@@ -278,13 +278,23 @@ class NewtonSchulz(Optimizer):
         X = inverse.safe_start() if self.start == "safe" else params[self.key]
         eye = identity_like(inverse.A, inverse.identity_size)
         for _ in range(steps):
-            if self.side == "both":
-                X = X - X @ (inverse.A @ X - eye)
-            elif self.side == "right":
-                X = X - X @ (inverse.product(X) - eye)
-            else:
-                X = X - (inverse.product(X) - eye) @ X
+            residual = None if self.side == "both" else inverse.product(X) - eye
+            X = X - self._update(X, residual, inverse.A, eye)
         return {self.key: X}
+
+    def _update(
+        self, X: torch.Tensor, residual: torch.Tensor | None, A: torch.Tensor, eye: torch.Tensor
+    ) -> torch.Tensor:
+        """One iteration's correction, ``X_next = X − update``: ``X (P(X) − I)`` on the right, ``(P(X) − I) X`` on
+        the left (``residual`` is ``P(X) − I``), ``X (A X − I)`` for ``"both"``, where ``A`` is square and invertible.
+
+        ``replicated()``: a DTensor right factor is gathered whole, so each rank updates its own rows of ``X``.
+        """
+        if self.side == "right":
+            return X @ replicated(residual)  # X (2I − A X) = X − update
+        if self.side == "left":
+            return residual @ replicated(X)
+        return X @ replicated(A @ replicated(X) - eye)
 
     # -- the iteration ----------------------------------------------------------------------------
     def _residual(self, X: torch.Tensor) -> torch.Tensor:
@@ -303,13 +313,7 @@ class NewtonSchulz(Optimizer):
             return self._fused(X)
         residual = self._residual(X)
         loss = self._loss(residual)
-        # replicated(): a DTensor right factor is gathered whole, so each rank updates its own rows of X
-        if self.side == "right":
-            update = X @ replicated(residual)  # X (2I − A X) = X − update
-        elif self.side == "left":
-            update = residual @ replicated(X)
-        else:
-            update = X @ replicated(self.A @ replicated(X) - self._eye)  # A is square and invertible here
+        update = self._update(X, residual, self.A, self._eye)
         if self._pseudo:
             self._polish(X, update)
         else:
