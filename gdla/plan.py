@@ -181,8 +181,9 @@ class Plan:
     #: Whether the caller gave options or a learning rate (a method's refusal of them is bad usage).
     settings_given: bool = False
     sharding: Any = None
-    #: ``(param_exponent, loss_exponent)`` of the normalisation, to report settings in the data's units.
-    units: tuple[int, int] | None = None
+    #: ``p`` such that every work parameter is the caller's times ``2^p`` (``None``: solved as given, or parameters
+    #: that do not all scale alike).
+    param_exponent: int | None = None
     #: ``j`` such that the work problem's loss is the caller's times ``2^j`` (0: solved as given, or undeclared).
     loss_exponent: int = 0
     notes: list[str] = field(default_factory=list)
@@ -192,6 +193,12 @@ class Plan:
     backward: str = "none"
     #: The start as the run began (work units), kept for ``backward="unroll"`` to replay the steps from.
     start_params: Params | None = None
+
+    @property
+    def units(self) -> tuple[int, int] | None:
+        """``(param_exponent, loss_exponent)``, where the parameters scale alike: what converts a learning rate or
+        curvature bound between the caller's units and the work problem's; ``None`` otherwise."""
+        return None if self.param_exponent is None else (self.param_exponent, self.loss_exponent)
 
     @property
     def watched(self) -> bool:
@@ -361,13 +368,11 @@ def make_plan(
             + "; solve without distributed=True, or leave init out and pass backward='none'"
         )
 
-    work, restore, units, loss_exponent = problem, _identity, None, 0
+    work, restore, param_exponent, loss_exponent = problem, _identity, None, 0
     normalization = problem.normalized()
     if normalization is not None:
         work, restore = normalization.problem, normalization.restore
-        loss_exponent = normalization.loss_exponent
-        if normalization.param_exponent is not None:  # what the caller gave in the data's units
-            units = (normalization.param_exponent, normalization.loss_exponent)
+        param_exponent, loss_exponent = normalization.param_exponent, normalization.loss_exponent
     ranking = Ranking(work)  # what the methods will see: the normalised problem
     method, reason = _method(optimizer, ranking)
     if reason is not None:
@@ -376,8 +381,8 @@ def make_plan(
             reason += f"; lr={lr!r} ignored, {method.name} has no learning rate"
             lr = None
         options = {**pick.fit.options, **options}  # type: ignore[union-attr]
-    if units is not None:
-        lr, options = method.in_normalized_units(lr, options, *units)
+    if param_exponent is not None:  # what the caller gave in the data's units
+        lr, options = method.in_normalized_units(lr, options, param_exponent, loss_exponent)
     full, sharding = work, None
     if distributed:
         from gdla.distributed import Sharding
@@ -389,7 +394,8 @@ def make_plan(
         problem=problem, full=full, work=work, restore=restore, requested=optimizer, method=method, reason=reason,
         lr=lr, options=options, backend=chosen_backend, budget=budget, rules=StopRules(tol, patience), seed=seed,
         callback=callback, progress=progress, ranking=ranking, settings_given=settings_given, sharding=sharding,
-        units=units, loss_exponent=loss_exponent, init=given, backward=backward, notes=[] if stale is None else [stale],
+        param_exponent=param_exponent, loss_exponent=loss_exponent, init=given, backward=backward,
+        notes=[] if stale is None else [stale],
     )
 
 
