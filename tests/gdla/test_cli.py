@@ -426,22 +426,6 @@ def test_parse_option(text: str, expected: tuple[str, Any]) -> None:
     assert parse_option(text) == expected
 
 
-def test_ctrl_c_anywhere_is_one_line_and_exit_130(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from gdla import cli as cli_module
-
-    def interrupted(*args: object, **kwargs: object) -> None:
-        raise KeyboardInterrupt
-
-    for where in ("build_parser", "_warning_printer"):  # before parsing, and while running a command
-        with monkeypatch.context() as patch:
-            patch.setattr(cli_module, where, interrupted)
-            assert cli_module.main(["plugins"]) == 130
-        err = capsys.readouterr().err
-        assert err.strip() == "gdla: error: interrupted" and "Traceback" not in err
-
-
 def test_importing_the_command_does_not_import_torch() -> None:
     import subprocess
     import sys

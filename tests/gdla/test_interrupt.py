@@ -109,3 +109,19 @@ def test_the_watchdog_stays_quiet_when_the_block_ends() -> None:
         signal.raise_signal(signal.SIGINT)  # Python's own handler: KeyboardInterrupt, promptly
     time.sleep(1.2)  # past the grace period: the watchdog saw the block end and did not fire
     assert said == []
+
+
+def test_ctrl_c_anywhere_is_one_line_and_exit_130(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gdla import cli as cli_module
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    for where in ("build_parser", "_warning_printer"):  # before parsing, and while running a command
+        with monkeypatch.context() as patch:
+            patch.setattr(cli_module, where, interrupted)
+            assert cli_module.main(["plugins"]) == 130
+        err = capsys.readouterr().err
+        assert err.strip() == "gdla: error: interrupted" and "Traceback" not in err
