@@ -191,7 +191,10 @@ def moderate(problem: Problem) -> bool:
     dtype: products of a few of them then neither over- nor underflow, so a NaN figure is the code's."""
     for value in problem._data().values():
         info = torch.finfo(value.dtype)
-        top = float(full_tensor(value.detach().abs().max())) if value.numel() else 0.0
+        stored = value.detach()
+        if stored.layout != torch.strided:  # sparse data: its stored entries (aten::max has no sparse kernel)
+            stored = stored.to_sparse_coo().coalesce().values()
+        top = float(full_tensor(stored.abs().max())) if stored.numel() else 0.0
         if not info.eps <= top <= 1 / info.eps:
             return False
     return True

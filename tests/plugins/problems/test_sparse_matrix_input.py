@@ -117,3 +117,20 @@ def test_sparse_matrix_too_big_for_its_columns(monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(ResourceError, match=expected):
         SparseProblem.from_matrix(random_sparse_operator(400))
     assert memory.HEADROOM == module.HEADROOM
+
+
+@pytest.mark.parametrize("layout", ["coo", "csr"])
+def test_sparse_storage_with_an_activation_solves_as_the_dense_form(layout: str) -> None:
+    """The first-call checks read a sparse tensor's stored entries (``aten::max`` has no sparse kernel): the
+    sparse storage with ``tanh`` runs, and reaches the dense form's answer."""
+    example = SparseProblem.example(hops=2, dtype=torch.float64)
+    to_layout = (lambda t: t.to_sparse()) if layout == "coo" else (lambda t: t.to_sparse_csr())
+    dense = SparseProblem(example.X, example.Y, omega=example.omega, init=example.init, hops=2, activation="tanh")
+    stored = SparseProblem(
+        example.X, example.Y, omega=to_layout(example.omega), init=to_layout(example.init), hops=2, activation="tanh"
+    )
+    settings = {"optimizer": "lbfgs", "max_steps": 20, "tol": 0}
+    want, got = gdla.solve(dense, **settings), gdla.solve(stored, **settings)
+    assert got.stop_reason == want.stop_reason == "max_steps"
+    torch.testing.assert_close(torch.tensor(got.losses), torch.tensor(want.losses), rtol=1e-10, atol=1e-12)
+    assert got.metrics["residual"] == pytest.approx(want.metrics["residual"], rel=1e-8)
