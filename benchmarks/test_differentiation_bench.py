@@ -8,6 +8,10 @@ Run with ``pytest benchmarks/test_differentiation_bench.py --benchmark-only`` (n
   backward). ``extra_info`` has the backward pass alone (``backward_s``) and its ratio to the solve.
 * ``warm start newton-schulz``: the answer for ``A + 1e-3 E`` from a cold (safe) start and from the answer
   for ``A`` (``init=``); ``extra_info`` has the steps each took.
+* ``svd backward``: the backward pass alone through the ``riemannian-svd`` answer for a 16×12 matrix (float64
+  whatever ``--dtype``: the generic path's CG needs it), by the SVD's known adjoint (the declared
+  ``params_of``) and by the generic path (CG on the loss's Hessian, ``params_of`` withheld); ``extra_info``
+  has each gradient's error against ``torch.linalg.svd``'s and whether the adjoint solve converged.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ import pytest
 import torch
 
 import gdla
+from gdla.capabilities import SingularValueDecomposition
 from gdla_plugins.problems.inverse import InverseProblem
+from gdla_plugins.problems.svd import SVDProblem
 
 SIDE, STEPS = 16, 5_000
 
@@ -79,3 +85,44 @@ def test_warm_start_newton_schulz(benchmark: Any, start: str, dtype: torch.dtype
     init = first if start == "warm" else None
     result = benchmark(lambda: gdla.solve(InverseProblem(A + 1e-3 * E), optimizer="newton-schulz", tol=tol, init=init))
     benchmark.extra_info.update({"steps": result.steps, "stop": result.stop_reason, "tol": tol})
+
+
+class _GenericSVD(SVDProblem):
+    """svd without ``params_of``: the implicit backward takes CG on the loss's Hessian."""
+
+    name = "bench-svd-generic"
+
+    def singular_value_decomposition(self) -> SingularValueDecomposition:
+        declared = super().singular_value_decomposition()
+        return SingularValueDecomposition(declared.matrix, declared.rank, declared.load, declared.store)
+
+
+@pytest.mark.filterwarnings("ignore::gdla.errors.ConvergenceWarning")  # the generic path's: said in extra_info
+@pytest.mark.parametrize("path", ["adjoint", "generic"])
+def test_svd_backward(benchmark: Any, path: str, device: torch.device) -> None:
+    m, n = 16, 12
+    benchmark.group = f"svd backward {m}x{n} float64, riemannian-svd answer"
+    M = torch.rand(m, n, generator=torch.Generator().manual_seed(4), dtype=torch.float64).to(device)
+    leaf = M.clone().requires_grad_()
+    cls = SVDProblem if path == "adjoint" else _GenericSVD
+    result = gdla.solve(cls(leaf), optimizer="riemannian-svd", tol=1e-12)
+    g = torch.Generator().manual_seed(5)
+    weights = [torch.randn(part.shape, generator=g, dtype=torch.float64).to(device) for part in result.solution]
+
+    def backward() -> torch.Tensor:
+        total = sum((part * weight).sum() for part, weight in zip(result.solution, weights, strict=True))
+        (grad,) = torch.autograd.grad(total, leaf, retain_graph=True)
+        return grad
+
+    grad = benchmark.pedantic(backward, rounds=3, warmup_rounds=1)
+    U, S, Vh = torch.linalg.svd(leaf, full_matrices=False)
+    signs = torch.where((U * result.solution[0]).sum(0) < 0, -1.0, 1.0).to(U.dtype)
+    total = sum((part * w).sum() for part, w in zip((U * signs, S, Vh.mT * signs), weights, strict=True))
+    (exact,) = torch.autograd.grad(total, leaf)
+    benchmark.extra_info.update(
+        {
+            "solve_s": result.seconds,
+            "grad_error_vs_torch": float((grad - exact).norm() / exact.norm()),
+            "adjoint_converged": not any("conjugate gradients" in note for note in result.warnings),
+        }
+    )

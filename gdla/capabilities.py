@@ -143,10 +143,16 @@ class SumOfSquares:
     Attributes:
         residuals: ``params ↦ r``, any shape, differentiable in every parameter that matters.
         loss_of: the problem's loss from ``r`` (default :func:`squared_norm`).
+        gram: ``params ↦ J Jᵀ``, the residuals' Gram matrix, shape ``(m, m)`` for ``m = r.numel()``
+            (``r`` flattened in row-major order, ``J = ∂r/∂θ`` over every floating parameter flattened in
+            the dict's order), computed without forming ``J``; ``None``: not offered. With fewer residuals
+            than unknowns it lets a Gauss-Newton method solve its damped system in residual space
+            (``levenberg-marquardt``'s ``gram`` path) for the cost of an ``m × m`` Cholesky factor per solve.
     """
 
     residuals: Callable[[dict[str, torch.Tensor]], torch.Tensor]
     loss_of: TensorMap = squared_norm
+    gram: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None
 
 
 def by_side(side: str, right: Callable[[], torch.Tensor], left: Callable[[], torch.Tensor]) -> torch.Tensor:
@@ -166,12 +172,17 @@ class MatrixInverse:
     ``A`` has shape ``(..., m, n)`` (leading dimensions: independent problems) and the unknown
     ``(..., n, m)``. ``side`` names the equation the problem's residual measures: ``"right"``
     (``A X = I``), ``"left"`` (``X A = I``) or ``"both"``.
+
+    ``measured = True`` declares more: the problem's loss is ``Σ_b mean((P_b − I)²)`` and its
+    :meth:`~gdla.Problem.residual` the largest ``‖P_b − I‖_F / √k`` over the batch (up to rounding), so a method
+    may evaluate both itself, inside a whole-run kernel (Newton-Schulz's), instead of asking the problem each step.
     """
 
     A: torch.Tensor
     side: str = "right"
     pseudo: bool = False
     key: str = "M"
+    measured: bool = False
 
     def product(self, X: torch.Tensor) -> torch.Tensor:
         """``P(X)``: ``A X``, ``X A`` or their average, the product compared with the identity."""
@@ -306,9 +317,13 @@ class SingularValueDecomposition:
             orthonormalises them before use).
         store: ``(params, U, sigma, V) ↦ None``: write orthonormal ``U``, ``V`` and the singular
             values ``sigma >= 0`` (shape ``(k,)``, in the columns' order) into ``params`` in place.
+        params_of: ``(U, sigma, V) ↦ params`` out of place, differentiable (what ``store`` writes), or
+            ``None``; declared, an implicit backward (``gdla.solve(..., backward=...)``) uses the SVD's
+            known adjoint (:func:`gdla.adjoints.svd_adjoint`) instead of CG on the loss's Hessian.
     """
 
     matrix: torch.Tensor
     rank: int
     load: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]
     store: Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor], None]
+    params_of: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]] | None = None

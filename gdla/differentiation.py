@@ -10,20 +10,23 @@ A problem whose data requires grad (``A.requires_grad_()``) gets an answer (``Re
   .. math:: H v = g, \quad H = \nabla_p^2 L, \qquad \bar d = -\partial_d \langle \nabla_p L(p^*, d), v \rangle,
 
   with :math:`H v` by autograd (Hessian-vector products) and the system solved by conjugate
-  gradients (:func:`conjugate_gradients`). Declared capabilities give faster paths, never names:
-  :meth:`~gdla.Problem.matrix_inverse` the closed form at the returned ``X`` (``torch.linalg.pinv``'s
-  backward formula: ``−Xᵀ Ḡ Xᵀ`` for an invertible ``A``), :meth:`~gdla.Problem.least_squares` CG on the
-  normal equations ``JᵀJ w = g`` with the declared ``apply``/``adjoint``, per independent block. A
-  declared :meth:`~gdla.Problem.singular_value_decomposition` takes the loss's path: its ``store`` writes
-  the parameters in place without a graph, so the map from the singular triples to them is not derivable.
-  Time and memory do not depend on the steps taken. Where the answer is one of a set (a
-  pseudo-inverse, a rank-deficient least-squares fit, sign-ambiguous singular vectors) the answer
-  gdla returned is differentiated (the pseudo-inverse formula at it; CG from zero on the singular
-  normal equations).
+  gradients (:func:`~gdla.adjoints.conjugate_gradients`). Declared capabilities give faster paths, never
+  names (the formulas in :mod:`gdla.adjoints`): :meth:`~gdla.Problem.matrix_inverse` the closed form at
+  the returned ``X`` (``torch.linalg.pinv``'s backward formula: ``−Xᵀ Ḡ Xᵀ`` for an invertible ``A``),
+  :meth:`~gdla.Problem.least_squares` CG on the normal equations ``JᵀJ w = g`` with the declared
+  ``apply``/``adjoint``, per independent block, :meth:`~gdla.Problem.singular_value_decomposition` with
+  ``params_of`` ``torch.linalg.svd``'s backward formula at the returned triples (repeated singular values:
+  ``inf``/``NaN`` through the vectors, as torch's), :meth:`~gdla.Problem.sum_of_squares` CG on its
+  Gauss-Newton matrix where that is the Hessian (a zero residual, checked). Time and memory do not
+  depend on the steps taken. Where the answer is one of a set (a pseudo-inverse, a rank-deficient
+  least-squares fit, sign-ambiguous singular vectors, the bands of a network whose weights are not
+  unique) the answer gdla returned is differentiated (the pseudo-inverse formula at it; CG from zero on
+  a singular system: the minimum-norm adjoint, on which the data's gradient does not depend).
 * ``"unroll"``: the steps actually taken, replayed with autograd from the same start (a constant;
   a method's own start such as Newton-Schulz's safe one is differentiated): an optimizer that
   defines ``unrolled(problem, params, steps)`` (``newton-schulz``), or a gradient method built on
-  ``torch.optim.SGD`` (gradient descent, with or without momentum). Memory grows with the steps.
+  ``torch.optim.SGD`` (gradient descent, with or without momentum). Memory grows with the steps. A
+  learning rate chosen from the data (a gradient method's default ``lr``) is a constant of the replay.
 
 The data are the problem's recorded constructor arguments that require grad (or, where the
 constructor records nothing, its tensor attributes that do). Constructors detach what they keep,
@@ -45,6 +48,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.overrides import TorchFunctionMode
 
+from gdla.adjoints import block_dot, conjugate_gradients, gauss_newton, pinv_adjoint, svd_adjoint, weighted
+from gdla.capabilities import SingularValueDecomposition
 from gdla.errors import ConvergenceWarning, UsageError
 from gdla.problem import Params, Problem
 from gdla.validation import check_choice
@@ -56,10 +61,8 @@ __all__ = [
     "MODES",
     "check_unroll",
     "sgd_unrolled",
-    "conjugate_gradients",
     "differentiable_params",
     "keeping_graph",
-    "pinv_adjoint",
     "requiring_grad",
     "resolve_backward",
     "solution_of",
@@ -124,42 +127,6 @@ def _leaves(data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {key: value.detach().requires_grad_(True) for key, value in data.items()}
 
 
-def conjugate_gradients(
-    apply: Callable[[Tensors], Tensors],
-    rhs: Tensors,
-    dot: Callable[[Tensors, Tensors], torch.Tensor],
-    *,
-    rtol: float,
-    max_steps: int,
-) -> tuple[Tensors, bool]:
-    """``x`` with ``apply(x) ≈ rhs`` for a symmetric positive (semi-)definite ``apply``, from ``x = 0``.
-
-    ``dot`` returns one inner product per independent block, shaped to broadcast against the tensors
-    (a scalar for one system), so every block runs its own CG. Stops when each block's residual is
-    ``<= rtol`` times its right-hand side's norm. Returns ``(x, converged)``.
-    """
-    x = [torch.zeros_like(b) for b in rhs]
-    r = [b.clone() for b in rhs]
-    p = [b.clone() for b in rhs]
-    rr = dot(r, r)
-    goal = (rtol * rtol) * rr
-    tiny = torch.finfo(rr.dtype).tiny
-    for _ in range(max_steps):
-        if bool((rr <= goal).all()):
-            return x, True
-        q = apply(p)
-        curvature = dot(p, q)
-        usable = curvature > tiny  # a finished block (or no curvature along p) takes no step
-        alpha = torch.where(usable, rr / torch.where(usable, curvature, torch.ones_like(curvature)), 0.0)
-        x = [xi + alpha * pi for xi, pi in zip(x, p, strict=True)]
-        r = [ri - alpha * qi for ri, qi in zip(r, q, strict=True)]
-        new = dot(r, r)
-        beta = torch.where(rr > tiny, new / torch.where(rr > tiny, rr, torch.ones_like(rr)), 0.0)
-        p = [ri + beta * pi for ri, pi in zip(r, p, strict=True)]
-        rr = new
-    return x, bool((rr <= goal).all())
-
-
 def _cg_tolerance(dtype: torch.dtype) -> float:
     """The adjoint solve's relative tolerance: ``eps^0.75`` of the dtype (about 2e-12 in float64, 6e-6 in float32)."""
     return float(torch.finfo(dtype).eps) ** 0.75
@@ -215,7 +182,7 @@ class _Implicit:
         problem = _with_data(self.problem, leaves)
         with torch.enable_grad():
             outputs, weights = self._adjoint(problem, upstream)
-            found = torch.autograd.grad(_weighted(outputs, weights), list(leaves.values()), allow_unused=True)
+            found = torch.autograd.grad(weighted(outputs, weights), list(leaves.values()), allow_unused=True)
         return list(found)
 
     def _adjoint(self, problem: Problem, upstream: Params) -> tuple[Tensors, Tensors]:
@@ -234,9 +201,44 @@ class _Implicit:
                 with torch.no_grad():
                     return [form.gram(d[0])]
 
-            w = self._solve(gram, [upstream[form.key]], _block_dot(dims), what="the normal equations JᵀJ w = g")
+            w = self._solve(gram, [upstream[form.key]], block_dot(dims), what="the normal equations JᵀJ w = g")
             return [form.adjoint(form.residual(x))], [-w[0]]
+        decomposition = problem.singular_value_decomposition()
+        if decomposition is not None and decomposition.params_of is not None:
+            found = self._svd(decomposition, upstream)
+            if found is not None:
+                return found
         return self._generic(problem, upstream)
+
+    def _svd(self, svd: SingularValueDecomposition, upstream: Params) -> tuple[Tensors, Tensors] | None:
+        """``torch.linalg.svd``'s adjoint at the returned triples (``None``: ``params_of`` holds other parameters).
+
+        The values are ``diag(Uᵀ M V)`` at the returned factors; a truncated decomposition (``rank < min(m, n)``)
+        is completed by ``torch.linalg.svd``'s remaining triples, which no gradient reaches.
+        """
+        M = svd.matrix.detach()
+        U, V = (factor.detach() for factor in svd.load(self.params))
+        triples = [U, ((U.mT @ M) * V.mT).sum(-1), V]
+        leaves = [value.clone().requires_grad_(True) for value in triples]
+        with torch.enable_grad():
+            held = svd.params_of(*leaves)
+            if set(held) != set(self.params):
+                return None
+            keys = list(held)
+            found = torch.autograd.grad(
+                weighted([held[key] for key in keys], [upstream[key] for key in keys]), leaves, allow_unused=True
+            )
+        grads = [None if grad is None or not bool(grad.any()) else grad for grad in found]  # none: torch's undefined
+        missing = min(M.shape[-2:]) - svd.rank
+        if missing:
+            full_u, full_s, full_vh = torch.linalg.svd(M, full_matrices=False)
+            rest = [full_u[..., -missing:], full_s[..., -missing:], full_vh[..., -missing:, :].mT]
+            triples = [torch.cat([mine, theirs], dim=-1) for mine, theirs in zip(triples, rest, strict=True)]
+            grads = [
+                None if grad is None else torch.cat([grad, torch.zeros_like(other)], dim=-1)
+                for grad, other in zip(grads, rest, strict=True)
+            ]
+        return [svd.matrix], [svd_adjoint(*grads, *triples)]
 
     def _generic(self, problem: Problem, upstream: Params) -> tuple[Tensors, Tensors]:
         """From the loss alone: ``H v = g`` by CG on autograd Hessian-vector products."""
@@ -250,18 +252,47 @@ class _Implicit:
             )
 
         def hessian(v: Tensors) -> Tensors:
-            return list(torch.autograd.grad(_weighted(gradient, v), inputs, retain_graph=True))
+            return list(torch.autograd.grad(weighted(gradient, v), inputs, retain_graph=True))
 
-        v = self._solve(hessian, list(upstream.values()), _block_dot(None), what="the Hessian system H v = g")
+        rhs = list(upstream.values())
+        v = self._gauss_newton(problem, x, rhs, hessian)
+        if v is None:
+            v = self._solve(hessian, rhs, block_dot(None), what="the Hessian system H v = g")
         return list(gradient), [-vi for vi in v]
 
-    def _solve(self, apply: Callable[[Tensors], Tensors], rhs: Tensors, dot: Any, *, what: str) -> Tensors:
+    def _gauss_newton(
+        self, problem: Problem, x: Params, rhs: Tensors, hessian: Callable[[Tensors], Tensors]
+    ) -> Tensors | None:
+        """``v`` from a declared :meth:`~gdla.Problem.sum_of_squares`'s Gauss-Newton matrix where that is the Hessian.
+
+        At a zero residual (a network that fits every training row) the Gauss-Newton matrix *is* the
+        Hessian, and positive semi-definite where the parameters are not unique: CG from zero on a right-hand
+        side in its range gives the minimum-norm ``v``, and the data's gradient does not depend on which ``v``.
+        Accepted where ``H v = g`` holds to ``eps^(1/3)`` (one Hessian-vector product; a residual that is not
+        zero leaves a gap of its own relative size), ``None`` otherwise.
+        """
+        form = problem.sum_of_squares()
+        if form is None:
+            return None
+        product = gauss_newton(form.residuals(x), form.loss_of, list(x.values()))
+        v, converged = self._cg(product, rhs, block_dot(None))
+        if not converged:
+            return None
+        dot = block_dot(None)
+        gap = [hv - g.detach() for hv, g in zip(hessian(v), rhs, strict=True)]
+        enough = float(torch.finfo(rhs[0].dtype).eps) ** (2 / 3) * float(dot(rhs, rhs))  # (eps^(1/3) ‖g‖)²
+        return v if float(dot(gap, gap)) <= enough else None
+
+    def _cg(self, apply: Callable[[Tensors], Tensors], rhs: Tensors, dot: Any) -> tuple[Tensors, bool]:
         unknowns = sum(value.numel() for value in rhs)
-        dtype = rhs[0].dtype
-        solution, converged = conjugate_gradients(
-            apply, [value.detach() for value in rhs], dot, rtol=_cg_tolerance(dtype),
+        return conjugate_gradients(
+            apply, [value.detach() for value in rhs], dot, rtol=_cg_tolerance(rhs[0].dtype),
             max_steps=min(2 * unknowns + 10, 20_000),
         )
+
+    def _solve(self, apply: Callable[[Tensors], Tensors], rhs: Tensors, dot: Any, *, what: str) -> Tensors:
+        dtype = rhs[0].dtype
+        solution, converged = self._cg(apply, rhs, dot)
         if not converged:
             text = (
                 f"backward='implicit': conjugate gradients on {what} did not reach {_cg_tolerance(dtype):.1e} for "
@@ -271,40 +302,6 @@ class _Implicit:
             self.notes.append(text)
             warnings.warn(text, ConvergenceWarning, stacklevel=2)
         return solution
-
-
-def _weighted(outputs: Any, weights: Tensors) -> torch.Tensor:
-    """``Σ ⟨output, weight⟩``: its gradient is the vector-Jacobian product (a scalar: ``autograd.grad`` with
-    ``grad_outputs`` imports torch's symbolic-shape machinery, seconds on a first call)."""
-    return sum((out * weight.detach()).sum() for out, weight in zip(outputs, weights, strict=True))  # type: ignore[return-value]
-
-
-def _block_dot(dims: tuple[int, ...] | None) -> Callable[[Tensors, Tensors], torch.Tensor]:
-    """Inner products per block of ``dims`` of one tensor (``None``: one product over everything)."""
-
-    def dot(a: Tensors, b: Tensors) -> torch.Tensor:
-        if dims is None:
-            return sum((ai * bi).sum() for ai, bi in zip(a, b, strict=True))  # type: ignore[return-value]
-        return (a[0] * b[0]).sum(dim=dims, keepdim=True)
-
-    return dot
-
-
-def pinv_adjoint(grad: torch.Tensor, X: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
-    """The gradient with respect to ``A`` of ``X = A⁺`` (``A⁻¹`` when invertible), at the returned ``X``.
-
-    ``torch.linalg.pinv``'s backward formula (constant rank); for an invertible ``A`` it is ``−Xᵀ Ḡ Xᵀ``.
-    Shapes: ``grad`` and ``X`` ``(..., n, m)``, ``A`` ``(..., m, n)``.
-    """
-    m, n = A.shape[-2], A.shape[-1]
-    Xh, Gh = X.mT, grad.mT
-    if m <= n:
-        K = Gh @ X
-        KXh = K @ Xh
-        return -(X @ K).mT + KXh - (A @ X) @ KXh + (Xh @ X) @ (Gh - K @ A)
-    K = X @ Gh
-    XhK = Xh @ K
-    return -(K @ X).mT + XhK - XhK @ X @ A + (Gh - A @ K) @ X @ Xh
 
 
 # -- unroll -----------------------------------------------------------------------------------------
@@ -415,8 +412,11 @@ def solution_of(problem: Problem, params: Params, differentiable: bool) -> Any:
     autograd is a :class:`~gdla.errors.UsageError`)."""
     if not differentiable:
         return problem.solution(params)
+    # read from the problem rebuilt on the data with their graph: an answer that reads the data as well as the
+    # parameters (toeplitz-net's bands, the network applied to the rows) depends on them both ways
+    holder = _with_data(problem, requiring_grad(problem))
     with keeping_graph():
-        answer = problem.solution(params)
+        answer = holder.solution(params)
     parts = answer if isinstance(answer, (tuple, list)) else (answer,)
     if any(isinstance(part, torch.Tensor) and part.is_floating_point() and part.grad_fn is None for part in parts):
         cls = type(problem)

@@ -16,7 +16,7 @@ Madsen, Nielsen and Tingleff, *Methods for non-linear least squares problems*, a
 is Moré's scaling, the running maximum of ``diag(JᵀJ)`` (``scipy.optimize.least_squares``'s
 ``lm``), on the dense path and the identity on the matrix-free one.
 
-Two paths:
+Three paths:
 
 * dense (``≤ 2000`` unknowns or residuals on the smaller side and at most ``4·10¹⁰``
   multiply-adds to form the smaller Gram matrix, seconds per step on two cores): ``J`` by reverse
@@ -28,7 +28,11 @@ Two paths:
   takes the matrix-free path for it;
 * matrix-free: conjugate gradients on ``JᵀJ + λI`` with ``J v`` from :func:`torch.func.jvp` and
   ``Jᵀ u`` by reverse mode (:func:`pullback`), truncated at a relative residual ``min(0.1, √(‖g‖/‖g₀‖))``
-  (inexact Newton: superlinear near the answer).
+  (inexact Newton: superlinear near the answer);
+* gram (a declared ``SumOfSquares.gram``, ``J Jᵀ`` without ``J``, and fewer residuals than unknowns, at most
+  ``4000``): the wide dense system, ``δ = −Jᵀ(JJᵀ + λI)⁻¹ r``, with ``Jᵀ`` by one backward (:func:`pullback`):
+  the dense path's steps to rounding for an ``m × m`` Cholesky factor per solve, no ``m × unknowns`` Jacobian
+  (the toeplitz-net example: 1,792 residuals, 12,007 unknowns).
 
 Both reverse-mode products go through :func:`torch.autograd.grad`, not ``torch.func``: the same
 numbers, without the ``torch._dynamo`` import that ``torch.func``'s reverse mode makes on its first
@@ -50,6 +54,7 @@ from torch.func import jvp
 
 import gdla
 from gdla.capabilities import SumOfSquares
+from gdla.errors import InputError
 from gdla.optimizer import Optimizer, Suitability
 from gdla.options import Option, choice, count, optional_count
 from gdla.problem import Params, Problem
@@ -57,9 +62,11 @@ from gdla.validation import check_positive
 
 __all__ = ["LevenbergMarquardt", "batched_vjp", "holds_sparse", "jacobian", "pullback"]
 
-METHODS = ("auto", "dense", "cg")
+METHODS = ("auto", "dense", "gram", "cg")
 #: The dense path's limits: the smaller side of ``J`` and the multiply-adds of its smaller Gram matrix.
 DENSE_SIDE, DENSE_WORK = 2000, 40_000_000_000
+#: The gram path's limit on the residuals (its Cholesky factor: m³/3 = 2·10¹⁰ multiply-adds at 4000).
+GRAM_SIDE = 4000
 
 
 class LevenbergMarquardt(Optimizer):
@@ -70,7 +77,8 @@ class LevenbergMarquardt(Optimizer):
     tries), and returns the problem's loss at the point it started from.
 
     Options:
-        method: ``"auto"`` (dense when small enough, see the module), ``"dense"`` or ``"cg"``.
+        method: ``"auto"`` (gram where declared, else dense when small enough, see the module), ``"dense"``,
+            ``"gram"`` (needs the problem's ``SumOfSquares.gram``) or ``"cg"``.
         damping: initial ``λ`` relative to ``max diag(JᵀJ)`` (Nielsen's τ; default ``1e-6``: a wide first trust region,
             which rejected steps narrow at the cost of a solve each; on the toeplitz-net example ``1e-3``
             needs 52 steps, ``1e-9`` 13).
@@ -83,7 +91,7 @@ class LevenbergMarquardt(Optimizer):
     default_lr = None
     default_max_steps = 200
     options = {
-        "method": Option(choice(*METHODS), "auto", "'dense' (Jacobian and Cholesky), 'cg' (matrix-free) or 'auto'"),
+        "method": Option(choice(*METHODS), "auto", "'dense' (J), 'gram' (declared J Jᵀ), 'cg' (matrix-free) or 'auto'"),
         "damping": Option(check_positive, 1e-6, "initial damping relative to max diag(JᵀJ)"),
         "cg_iterations": Option(optional_count, None, "CG iterations per solve on the matrix-free path"),
         "max_retries": Option(count, 20, "damped solves per step before giving up on it"),
@@ -107,7 +115,14 @@ class LevenbergMarquardt(Optimizer):
         self.unknowns, self.residual_count = unknowns, residuals
         #: Whether the Jacobian's rows come from one vmapped backward (not through sparse operands: no batching rules).
         self._batched = not holds_sparse(problem)
-        self.method = _path(self.options["method"], unknowns, residuals, sparse=not self._batched)
+        self.method = _path(
+            self.options["method"], unknowns, residuals, sparse=not self._batched, gram=form.gram is not None
+        )
+        if self.method == "gram" and form.gram is None:
+            raise InputError(
+                f"method: 'gram' needs problem {problem.name!r} to declare its residuals' Gram matrix "
+                "(SumOfSquares.gram), and it declares none; use 'dense', 'cg' or 'auto'"
+            )
         cg_iterations = self.options["cg_iterations"]
         self.cg_iterations = min(unknowns, 500) if cg_iterations is None else cg_iterations
         self._lambda: float | None = None  # set from the first Jacobian (Nielsen's τ · max diag(JᵀJ))
@@ -129,21 +144,25 @@ class LevenbergMarquardt(Optimizer):
     @classmethod
     def estimated_bytes(cls, problem: Problem, params: Params, options: Mapping[str, Any]) -> int | None:
         """The dense path's ``J`` (residuals × unknowns, twice: :func:`jacobian` builds it from a batch of
-        rows) and its smaller Gram matrix with its Cholesky factor; ``None`` on the matrix-free path.
+        rows) and its smaller Gram matrix with its Cholesky factor; the gram path's declared ``J Jᵀ``, its
+        damped copy and their factor (three residuals × residuals matrices); ``None`` on the matrix-free path.
 
         ``method="auto"`` picks the dense path only for small systems, so this matters for
         ``method="dense"`` on a large problem (a sparse operator's Jacobian is never formed otherwise).
         """
         method = options.get("method", "auto")
         form = problem.sum_of_squares()
-        if method not in ("auto", "dense") or form is None:
+        if method not in ("auto", "dense", "gram") or form is None:
             return None
         unknowns = sum(value.numel() for value in params.values() if value.is_floating_point())
         with torch.no_grad():
             residuals = int(form.residuals(params).numel())
-        if _path(method, unknowns, residuals, sparse=holds_sparse(problem)) != "dense":
-            return None
+        path = _path(method, unknowns, residuals, sparse=holds_sparse(problem), gram=form.gram is not None)
         itemsize = max((value.element_size() for value in params.values() if value.is_floating_point()), default=8)
+        if path == "gram":
+            return 3 * residuals * residuals * itemsize
+        if path != "dense":
+            return None
         side = min(unknowns, residuals)
         return (2 * unknowns * residuals + 2 * side * side) * itemsize
 
@@ -187,10 +206,17 @@ class LevenbergMarquardt(Optimizer):
         cost = float(r @ r)
         if self.method == "dense":
             J = jacobian(f, x, batched=self._batched)  # shape: (residuals, unknowns)
-            solve, g, top = self._dense_solver(J, r)
+            dense, g, top = self._dense_solver(J, r)
+            solve = _with_image(dense, lambda d: J @ d)
+        elif self.method == "gram":
+            K = self.form.gram(self._unflatten(x)).detach()  # J Jᵀ, shape: (residuals, residuals)
+            transpose = pullback(f, x)
+            g = transpose(r)
+            top = float(torch.diagonal(K).max())
 
-            def linear(d: torch.Tensor) -> torch.Tensor:
-                return J @ d
+            def solve(lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+                z = _residual_side(K, r, lam)
+                return -transpose(z), -(K @ z)
 
         else:
             transpose = pullback(f, x)
@@ -200,7 +226,7 @@ class LevenbergMarquardt(Optimizer):
 
             g = transpose(r)
             top = float(linear(g).square().sum()) / max(float(g @ g), 1e-300)  # Rayleigh quotient of JᵀJ at g
-            solve = self._cg_solver(linear, transpose, g)
+            solve = _with_image(self._cg_solver(linear, transpose, g), linear)
         gnorm = float(g.abs().max()) if g.numel() else 0.0
         if gnorm == 0.0 or cost == 0.0:
             self._count += 1
@@ -208,8 +234,8 @@ class LevenbergMarquardt(Optimizer):
         if self._lambda is None:
             self._lambda = self.tau * max(top, 1e-300)
         for _ in range(self.max_retries):
-            delta = solve(self._lambda)
-            predicted = -(2 * float(g @ delta) + float(linear(delta).square().sum()))
+            delta, moved = solve(self._lambda)  # the step and J δ
+            predicted = -(2 * float(g @ delta) + float(moved.square().sum()))
             trial = x + delta
             r_new = f(trial).detach()
             actual = cost - float(r_new @ r_new) if bool(torch.isfinite(r_new).all()) else -math.inf
@@ -249,8 +275,7 @@ class LevenbergMarquardt(Optimizer):
         K = J @ J.mT
 
         def solve_wide(lam: float) -> torch.Tensor:
-            eye = torch.eye(m, dtype=K.dtype, device=K.device)
-            return -(J.mT @ _spd_solve(K + lam * eye, r))
+            return -(J.mT @ _residual_side(K, r, lam))
 
         return solve_wide, g, float(torch.diagonal(K).max())
 
@@ -298,12 +323,14 @@ class LevenbergMarquardt(Optimizer):
         }
 
 
-def _path(method: str, unknowns: int, residuals: int, sparse: bool = False) -> str:
-    """``"dense"`` or ``"cg"``: ``method`` itself, or for ``"auto"`` dense when the system is small (see the module)
-    and the problem holds no sparse tensors (``sparse``: its dense Jacobian would take a pass per row or column, and
-    the matrix-free path keeps the storage's savings)."""
+def _path(method: str, unknowns: int, residuals: int, sparse: bool = False, gram: bool = False) -> str:
+    """``"dense"``, ``"gram"`` or ``"cg"``: ``method`` itself, or for ``"auto"`` gram where ``J Jᵀ`` is declared
+    (``gram``) and there are fewer residuals than unknowns, at most :data:`GRAM_SIDE`; else dense when small (see the
+    module) and the problem holds no sparse tensors (``sparse``: a pass per row or column for its Jacobian)."""
     if method != "auto":
         return method
+    if gram and residuals < unknowns and residuals <= GRAM_SIDE:
+        return "gram"
     if sparse:
         return "cg"
     side = min(unknowns, residuals)
@@ -389,6 +416,25 @@ def _vjp(r: torch.Tensor, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     with torch.enable_grad():
         (g,) = torch.autograd.grad(torch.dot(r, u), x, retain_graph=True, allow_unused=True)
     return torch.zeros_like(x) if g is None else g.detach()
+
+
+def _with_image(
+    solve: Callable[[float], torch.Tensor], linear: Callable[[torch.Tensor], torch.Tensor]
+) -> Callable[[float], tuple[torch.Tensor, torch.Tensor]]:
+    """A damped solve ``λ ↦ δ`` turned into ``λ ↦ (δ, J δ)`` with ``linear`` the map ``d ↦ J d``."""
+
+    def both(lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+        delta = solve(lam)
+        return delta, linear(delta)
+
+    return both
+
+
+def _residual_side(K: torch.Tensor, r: torch.Tensor, lam: float) -> torch.Tensor:
+    """``z = (K + λI)⁻¹ r`` for ``K = J Jᵀ``: the wide damped system, whose step is ``δ = −Jᵀ z``."""
+    damped = K.clone()
+    damped.diagonal().add_(lam)  # K + λI bit for bit (off the diagonal K + λ·0), without an m × m identity
+    return _spd_solve(damped, r)
 
 
 def _spd_solve(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

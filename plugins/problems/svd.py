@@ -241,18 +241,21 @@ class SVDProblem(Problem):
         return SvdPenaltyLoss(self.M, self.weight_u, self.weight_v)
 
     def singular_value_decomposition(self) -> SingularValueDecomposition:
-        """``M`` and the rank; the factors are ``U``, ``V`` and the values ``s²`` (unlocks ``riemannian-svd``)."""
+        """``M`` and the rank; the factors are ``U``, ``V`` and the values ``s²`` (unlocks ``riemannian-svd``, and the
+        SVD's known adjoint for a differentiable solve)."""
 
         def load(params: Params) -> tuple[torch.Tensor, torch.Tensor]:
             return params["U"], params["V"]
 
+        def params_of(U: torch.Tensor, sigma: torch.Tensor, V: torch.Tensor) -> Params:
+            return {"U": U, "s": sigma.clamp(min=0).sqrt(), "V": V}
+
         def store(params: Params, U: torch.Tensor, sigma: torch.Tensor, V: torch.Tensor) -> None:
             with torch.no_grad():
-                params["U"].copy_(U)
-                params["s"].copy_(sigma.clamp(min=0).sqrt())
-                params["V"].copy_(V)
+                for key, value in params_of(U, sigma, V).items():
+                    params[key].copy_(value)
 
-        return SingularValueDecomposition(matrix=self.M, rank=self.rank, load=load, store=store)
+        return SingularValueDecomposition(matrix=self.M, rank=self.rank, load=load, store=store, params_of=params_of)
 
     def normalized(self) -> Normalization | None:
         r"""The problem of :math:`M' = 2^{-e} M` with ``e`` even; its ``s`` restores as :math:`2^{e/2} s'`.

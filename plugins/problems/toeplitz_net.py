@@ -12,7 +12,10 @@ with ``W`` the probe weights of :mod:`gdla_plugins.problems._toeplitz_common` (`
 ``normalize=True`` the network sees scaled rows, :math:`f_\theta(r) = c\,g_\theta(r / c)` for the
 RMS entry ``c`` of the training rows. The best possible network reproduces each row's
 least-squares bands, which is what the metrics compare against.
-An amortised fit rarely reaches a tight ``tol``: runs usually end ``stalled`` or ``max_steps``.
+With first-order methods an amortised fit rarely reaches a tight ``tol`` (runs end ``stalled`` or
+``max_steps``). The problem declares its loss a sum of squares with the Gram matrix ``J Jᵀ`` (the network's
+tangent kernel, :meth:`ToeplitzNetProblem.sum_of_squares`), on which ``auto``'s Levenberg-Marquardt converges
+to the reference.
 """
 
 from __future__ import annotations
@@ -113,6 +116,7 @@ class ToeplitzNetProblem(Problem):
         rows = check_rows(rows, "rows")
         if rows.dim() != 2:
             raise ShapeError(f"rows: expected a matrix of rows with shape (N, n), received shape {tuple(rows.shape)}")
+        rows = rows.detach()  # constructors detach what they keep (a differentiable solve rebuilds with the graph)
         self.rows = rows
         n = rows.shape[-1]
         self.n = n
@@ -124,7 +128,7 @@ class ToeplitzNetProblem(Problem):
                     f"test_rows: expected shape (M, n) = (M, {n}) to match rows {tuple(rows.shape)}, "
                     f"received {tuple(test_rows.shape)}"
                 )
-            test_rows = test_rows.to(dtype=dtype, device=device)
+            test_rows = test_rows.detach().to(dtype=dtype, device=device)
         self.test_rows: torch.Tensor | None = test_rows
         self.bandwidth = default_bandwidth(n) if bandwidth is None else check_bandwidth(bandwidth, n)
         self.hidden = check_int(hidden, "hidden", minimum=1)
@@ -133,7 +137,7 @@ class ToeplitzNetProblem(Problem):
         self.normalize = normalize
         rms = rows.square().mean().sqrt()
         # An all-zero training set has no scale to learn: keep 1 so predictions stay finite.
-        self.scale = rms if normalize and float(rms) > 0 else torch.ones((), dtype=dtype, device=device)
+        self.scale = rms if normalize and bool(rms > 0) else torch.ones((), dtype=dtype, device=device)
         self.loss_kind = check_choice(loss, "loss", LOSSES)
         self.num_probes = check_int(num_probes, "num_probes", minimum=1)
         self.probe_seed = check_int(probe_seed, "probe_seed")
@@ -190,8 +194,9 @@ class ToeplitzNetProblem(Problem):
     # -- data ---------------------------------------------------------------------------------
     @classmethod
     def demo(cls, quick: bool = False) -> list[DemoPanel]:
-        """The example on 64 training rows (16 held out) with ``auto``: Levenberg-Marquardt's dense
-        steps fit the demo's time budget there (7 steps, about 2 s; the full example takes about 35 s)."""
+        """The example on 64 training rows (16 held out) with ``auto``: Levenberg-Marquardt on the declared
+        ``J Jᵀ`` converges there in 7 steps, about 1.5 s (the full example: 22 steps, 9-11 s at one thread on
+        a loaded two-core machine, ``benchmarks/results/toeplitz-net.md``)."""
         return [DemoPanel(cls.name, [DemoRun("", cls.example(train=64, test=16), {"max_steps": 100})])]
 
     # -- optimisation -------------------------------------------------------------------------
@@ -225,7 +230,9 @@ class ToeplitzNetProblem(Problem):
 
         ``‖t_s − D c‖² = (c − c*_s)ᵀ G (c − c*_s) + ‖t_s − D c*_s‖²`` for the least-squares bands
         ``c*_s`` and ``G = DᵀD = L Lᵀ`` (Cholesky), so the network's loss is a sum of squared
-        residuals plus the constant ``c = mean_s (‖t_s‖² − h_s·c*_s)``, the best possible loss.
+        residuals plus the constant ``c = mean_s (‖t_s‖² − h_s·c*_s)``, the best possible loss. It
+        declares ``J Jᵀ`` too (:meth:`_tangent_gram`): with fewer residuals than parameters (the example's
+        1,792 against 12,007) Levenberg-Marquardt then solves in residual space without forming ``J``.
         """
         reference = self.reference()
         factor = torch.linalg.cholesky(self._gram)  # G = L Lᵀ; the design has full column rank
@@ -238,7 +245,45 @@ class ToeplitzNetProblem(Problem):
         def loss_of(r: torch.Tensor) -> torch.Tensor:
             return r.square().sum() / count + floor
 
-        return SumOfSquares(residuals=residuals, loss_of=loss_of)
+        def gram(params: Params) -> torch.Tensor:
+            return self._tangent_gram(params, factor)
+
+        return SumOfSquares(residuals=residuals, loss_of=loss_of, gram=gram)
+
+    def _tangent_gram(self, params: Params, factor: torch.Tensor) -> torch.Tensor:
+        r"""``J Jᵀ`` of the residuals ``r = (f_θ(rows) − c*) L`` over every network parameter, ``J`` never formed.
+
+        A linear layer ``z = W a + b`` contributes ``∂r_s/∂W = S_s ⊗ a_s`` (``S_s = ∂r_s/∂z_s``, one row per
+        residual of row ``s``), so its share of ``J Jᵀ`` is ``(S_s S_tᵀ) (a_s·a_t + 1)``, the bias being the
+        ``+ 1``: the network's tangent kernel, one ``(N m × width)`` product a layer instead of a
+        ``(N m × parameters)`` Jacobian. ``S`` starts at ``c Lᵀ`` (``c`` the input scale) and is carried back
+        through each layer (``S W``) and each tanh (times ``1 − tanh²``).  # shape: (N·(2b+1), N·(2b+1))
+        """
+        with torch.no_grad():
+            inputs: list[torch.Tensor] = []  # each linear layer's input, shape (N, in)
+            weights: list[torch.Tensor] = []  # and its weight, shape (out, in)
+            slopes: list[torch.Tensor] = []  # each tanh's derivative at its input, shape (N, width)
+            a = self.rows / self.scale
+            for name, layer in self.network.named_children():
+                if isinstance(layer, nn.Linear):
+                    inputs.append(a)
+                    weights.append(params[f"{name}.weight"].detach())
+                    a = a @ weights[-1].mT + params[f"{name}.bias"].detach()
+                else:
+                    a = torch.tanh(a)
+                    slopes.append(1 - a * a)
+            count, outputs = self.rows.shape[0], factor.shape[-1]
+            kernels = [(a @ a.mT + 1)[:, None, :, None] for a in inputs]  # a_s·a_t + 1, shape (N, 1, N, 1)
+            # the output layer: S_s = c Lᵀ for every row, so S_s S_tᵀ = c² LᵀL (no product over the rows)
+            top = (self.scale * self.scale) * (factor.mT @ factor)
+            gram = kernels[-1] * top[None, :, None, :]
+            sensitivity = (self.scale * factor.mT) @ weights[-1] * slopes[-1][:, None, :]  # shape: (N, m, width)
+            for index in range(len(weights) - 2, -1, -1):
+                flat = sensitivity.reshape(count * outputs, -1)
+                gram.addcmul_((flat @ flat.mT).view(count, outputs, count, outputs), kernels[index])  # one pass
+                if index:
+                    sensitivity = (sensitivity @ weights[index]) * slopes[index - 1][:, None, :]
+            return gram.view(count * outputs, count * outputs)
 
     def normalized(self) -> Normalization | None:
         r"""The problem of the rows :math:`2^{-e} r` (and test rows); the bands scale with the rows.
@@ -270,9 +315,12 @@ class ToeplitzNetProblem(Problem):
 
     # -- answers ------------------------------------------------------------------------------
     def solution(self, params: Params) -> torch.Tensor:
-        """Predicted band parameters for every training row.  # shape: (N, 2b+1)"""
-        with torch.no_grad():
-            return self.predict(params, self.rows).detach()
+        """Predicted band parameters for every training row.  # shape: (N, 2b+1)
+
+        Detached, as every ``solution()``; read by a differentiable solve (where ``detach`` keeps the graph,
+        :mod:`gdla.differentiation`) it depends on the weights and on the rows, the network's input.
+        """
+        return self.predict({key: value.detach() for key, value in params.items()}, self.rows.detach()).detach()
 
     def residual(self, params: Params) -> torch.Tensor:
         """Relative residual of the rows' normal equations over the whole training set:

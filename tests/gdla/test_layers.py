@@ -98,7 +98,8 @@ LAYERS: dict[str, int] = {
     ),
     **dict.fromkeys(("problem", "capabilities", "scaling", "declared_units", "optimizer", "hookspecs"), 2),
     **dict.fromkeys(
-        ("backend", "memory", "distributed", "io", "ops", "ops_small", "_op_checks", "warm_start", "differentiation"),
+        ("backend", "memory", "distributed", "io", "ops", "ops_small", "_op_checks", "warm_start", "adjoints",
+         "differentiation"),
         3,
     ),
     "agreement": 3,

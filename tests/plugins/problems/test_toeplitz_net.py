@@ -163,3 +163,35 @@ def test_auto_trains_by_levenberg_marquardt_to_the_reference() -> None:
     result = gdla.solve(problem, max_steps=60)
     assert result.settings["optimizer.method"] == "levenberg-marquardt"
     assert result.metrics["error"] <= 1e-4, result.summary()
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_declared_gram_is_the_residual_jacobians_product(normalize: bool) -> None:
+    """``SumOfSquares.gram`` (the network's tangent kernel) against ``J Jᵀ`` from autograd's full Jacobian."""
+    problem = ToeplitzNetProblem.example(7, train=16, test=4, hidden=16, normalize=normalize)
+    params = problem.init_params(torch.Generator().manual_seed(2))
+    form = problem.sum_of_squares()
+    keys = list(params)
+
+    def residuals(*tensors: torch.Tensor) -> torch.Tensor:
+        return form.residuals(dict(zip(keys, tensors, strict=True))).reshape(-1)
+
+    blocks = torch.autograd.functional.jacobian(residuals, tuple(params.values()))
+    J = torch.cat([block.reshape(block.shape[0], -1) for block in blocks], dim=1)
+    assert J.shape == (16 * 7, 519)
+    torch.testing.assert_close(form.gram(params), J @ J.mT, rtol=1e-12, atol=1e-11)
+
+
+def test_auto_reaches_the_reference_on_the_gram_path_with_the_dense_paths_answer() -> None:
+    """``auto`` → levenberg-marquardt's gram path (112 residuals, 519 unknowns): the per-row least-squares bands
+    to 1e-6 and better, the same steps as the dense path (which forms ``J``) to rounding."""
+    problem = ToeplitzNetProblem.example(7, train=16, test=4, hidden=16)
+    result = gdla.solve(problem)
+    assert result.settings["optimizer.method"] == "levenberg-marquardt"
+    assert result.settings["optimizer.path"] == "gram"
+    assert result.converged and result.metrics["error"] <= 1e-6, result.summary()
+    dense = gdla.solve(problem, optimizer="levenberg-marquardt", method="dense")
+    assert dense.settings["optimizer.path"] == "dense" and dense.steps == result.steps
+    torch.testing.assert_close(result.solution, dense.solution, rtol=0, atol=1e-12)
+    for key, value in result.params.items():
+        torch.testing.assert_close(value, dense.params[key], rtol=1e-8, atol=1e-9)
