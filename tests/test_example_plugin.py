@@ -1,24 +1,30 @@
 """The example third-party plugin, installed as a real distribution and used as a user would.
 
 The plugin is built into a wheel and installed with ``pip install --target`` into a temporary
-folder, never into the shared environment; subprocesses see it through ``PYTHONPATH``. They use
-it through ``gdla.solve``, through ``python -m gdla`` and by running the plugin's own tests.
+folder, never into the shared environment; subprocesses see it through ``PYTHONPATH``, this process
+through a fresh registry with that folder on ``sys.path``. The tests use it through ``gdla.solve``
+(here), through ``python -m gdla`` and by running the plugin's own tests (fresh processes).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
-import textwrap
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+import gdla
+from gdla.cli import main
 
 PLUGIN_SOURCE = Path(__file__).resolve().parents[1] / "examples" / "gdla-example-plugin"
 TIMEOUT = 120  # seconds per subprocess; a hang fails the test instead of blocking the run
@@ -59,63 +65,69 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[s
     yield env, source
 
 
-def test_used_through_the_python_api(installed: tuple[dict[str, str], Path]) -> None:
+@pytest.fixture
+def loaded_here(installed: tuple[dict[str, str], Path], monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The installed plugin found by a fresh registry of this process (its site folder on ``sys.path``).
+
+    What a new interpreter would do: read the entry points of every distribution on the path. The command
+    line and the plugin's own tests below still run in fresh processes; afterwards this process forgets
+    the plugin (the registry, the path and its modules are restored).
+    """
     env, _ = installed
-    script = textwrap.dedent(
-        """
-        import contextlib, io, json, warnings, torch, gdla
-        from gdla.cli import main
+    site = env["PYTHONPATH"].split(os.pathsep)[0]
+    monkeypatch.syspath_prepend(site)
+    monkeypatch.setenv("GDLA_STRICT_PLUGINS", "0")
+    monkeypatch.setattr(gdla.registry, "registry", gdla.registry.Registry())
+    try:
+        yield
+    finally:
+        for module in [name for name in sys.modules if name.split(".")[0] == "gdla_example_plugin"]:
+            del sys.modules[module]
+
+
+@pytest.mark.usefixtures("loaded_here")
+def test_used_through_the_python_api() -> None:
+    generator = torch.Generator().manual_seed(0)
+    A = torch.randn(12, 4, generator=generator, dtype=torch.float64)
+    B = torch.randn(12, 2, generator=generator, dtype=torch.float64)
+    listed, errors = io.StringIO(), io.StringIO()
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", gdla.PluginWarning)  # a broken built-in must not matter here
         entries = {e.name: e.to_dict() for e in gdla.registry.entries()}
-        generator = torch.Generator().manual_seed(0)
-        A = torch.randn(12, 4, generator=generator, dtype=torch.float64)
-        B = torch.randn(12, 2, generator=generator, dtype=torch.float64)
         result = gdla.solve(gdla.get_problem("least-squares")(A, B), optimizer="nadam")
-        reference = torch.linalg.lstsq(A, B).solution
         tiny = gdla.solve(gdla.get_problem("least-squares")(A, B * 1e-160))  # its declared form: normalised units
-        listed, errors = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(listed):
             main(["plugins", "--json"])
         with contextlib.redirect_stderr(errors):
             bad = main(["solve", "least-squares", "--optimizer", "nadam", "-o", "beta=0.9"])
-        print(json.dumps({
-            "problem": entries["least-squares"], "optimizer": entries["nadam"],
-            "stop": result.stop_reason,
-            "error": float(torch.linalg.norm(result.solution - reference) / torch.linalg.norm(reference)),
-            "reported_error": result.metrics["error"],
-            "tiny_stop": tiny.stop_reason,
-            "tiny_error": float(gdla.relative_norm(tiny.solution - reference * 1e-160, reference * 1e-160)),
-            "listed": [e for e in json.loads(listed.getvalue()) if e["plugin"] == "gdla-example-plugin"],
-            "bad_code": bad, "bad_stderr": errors.getvalue(),
-        }))
-        """
-    )
-    done = _run([sys.executable, "-c", script], env=env)
-    assert done.returncode == 0, done.stderr
-    data = json.loads(done.stdout)
-    assert data["problem"] == {
+    reference = torch.linalg.lstsq(A, B).solution
+    error = float(torch.linalg.norm(result.solution - reference) / torch.linalg.norm(reference))
+    assert entries["least-squares"] == {
         "name": "least-squares",
         "kind": "problem",
         "plugin": "gdla-example-plugin",
         "version": "0.1.0",
     }
-    assert data["optimizer"] == {
+    assert entries["nadam"] == {
         "name": "nadam",
         "kind": "optimizer",
         "plugin": "gdla-example-plugin",
         "version": "0.1.0",
     }
-    assert data["stop"] == "converged"
-    assert data["error"] < 1e-8
-    assert data["reported_error"] == pytest.approx(data["error"], rel=1e-3, abs=1e-14)
-    assert data["tiny_stop"] == "converged" and data["tiny_error"] < 1e-8  # the units promise, for a third party
-    assert sorted((e["kind"], e["name"]) for e in data["listed"]) == [
+    assert result.stop_reason == "converged"
+    assert error < 1e-8
+    assert result.metrics["error"] == pytest.approx(error, rel=1e-3, abs=1e-14)
+    # the units promise, for a third party
+    tiny_error = float(gdla.relative_norm(tiny.solution - reference * 1e-160, reference * 1e-160))
+    assert tiny.stop_reason == "converged" and tiny_error < 1e-8
+    listed_here = [e for e in json.loads(listed.getvalue()) if e["plugin"] == "gdla-example-plugin"]
+    assert sorted((e["kind"], e["name"]) for e in listed_here) == [
         ("optimizer", "nadam"),
         ("problem", "least-squares"),
     ]
     # the plugin's own option check reaches the command line as a clean error
-    assert data["bad_code"] == 1
-    assert "gdla: error: nadam: unknown option(s) beta" in data["bad_stderr"]
+    assert bad == 1
+    assert "gdla: error: nadam: unknown option(s) beta" in errors.getvalue()
 
 
 def test_used_through_the_command_line(installed: tuple[dict[str, str], Path], tmp_path: Path) -> None:

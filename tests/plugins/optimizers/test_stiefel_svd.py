@@ -63,7 +63,7 @@ def test_near_equal_singular_values() -> None:
 
 
 def test_truncated_rank_five() -> None:
-    problem = SVDProblem(matrix(120, 80, seed=4), rank=5)
+    problem = SVDProblem(matrix(60, 40, seed=4), rank=5)  # a tall matrix, its five leading triplets
     result = gdla.solve(problem)
     assert result.settings["optimizer.method"] == "riemannian-svd"
     assert result.stop_reason == "converged", result.summary()
