@@ -77,6 +77,81 @@ GDLA_ALWAYS_INLINE void residual_exceeds_double(const typename Vec<float, Bytes>
   exceeds |= __builtin_convertvector(above, typename Vec<float, Bytes>::M);
 }
 
+// Loads a group of problems [0, count) stored row-major one after the other: a from A, x from X (the identity
+// where X is null); padding lanes hold the identity in both.
+template <typename T, int N, int Bytes>
+GDLA_ALWAYS_INLINE void load_group(const T* A, const T* X, int count, typename Vec<T, Bytes>::V (&a)[N][N],
+                                   typename Vec<T, Bytes>::V (&x)[N][N]) {
+  constexpr int L = Vec<T, Bytes>::kLanes;
+  // through a staging buffer, each problem's entries read in memory order (cheaper than inserting lane by lane)
+  alignas(64) T staged_a[N * N][L], staged_x[N * N][L];
+  for (int w = 0; w < L; ++w) {
+    const bool real = w < count;
+    for (int e = 0; e < N * N; ++e) {
+      const T one = T(e / N == e % N);
+      staged_a[e][w] = real ? A[w * N * N + e] : one;
+      staged_x[e][w] = real && X != nullptr ? X[w * N * N + e] : one;
+    }
+  }
+  for (int e = 0; e < N * N; ++e) {
+    __builtin_memcpy(&a[e / N][e % N], staged_a[e], sizeof(staged_a[e]));
+    __builtin_memcpy(&x[e / N][e % N], staged_x[e], sizeof(staged_x[e]));
+  }
+}
+
+// Stores problems [0, count) of a group's x into X, row-major one after the other.
+template <typename T, int N, int Bytes>
+GDLA_ALWAYS_INLINE void store_group(const typename Vec<T, Bytes>::V (&x)[N][N], int count, T* X) {
+  constexpr int L = Vec<T, Bytes>::kLanes;
+  alignas(64) T staged[N * N][L];
+  for (int e = 0; e < N * N; ++e) __builtin_memcpy(staged[e], &x[e / N][e % N], sizeof(staged[e]));
+  for (int w = 0; w < count; ++w) {
+    for (int e = 0; e < N * N; ++e) X[w * N * N + e] = staged[e][w];
+  }
+}
+
+// x = the safe start of every lane's a (small_safe_start.h; lane by lane where a factor does not fit as it stands).
+template <typename T, int N, int Bytes>
+GDLA_ALWAYS_INLINE void safe_start_group(const typename Vec<T, Bytes>::V (&a)[N][N],
+                                         typename Vec<T, Bytes>::V (&x)[N][N]) {
+  using V = typename Vec<T, Bytes>::V;
+  constexpr int L = Vec<T, Bytes>::kLanes;
+  V norm1, norm_inf, mantissa, first, second;
+  small::safe_start_norms<V, N, true>([&a](int i, int j) GDLA_LAMBDA_INLINE -> const V& { return a[i][j]; }, N, norm1,
+                                      norm_inf);
+  const V product = norm1 * norm_inf;
+  typename Vec<T, Bytes>::M fits;
+  small::product_fits<T>(product, fits);
+  if (!any_lane<L>(~fits)) {  // every lane's factor as it stands
+    mantissa = T(1) / product, first = V{} + T(1), second = first;
+  } else {  // lane by lane
+    for (int w = 0; w < L; ++w) {
+      const small::SafeStartScale<T> s = small::safe_start_scale(norm1[w], norm_inf[w]);
+      mantissa[w] = s.mantissa, first[w] = s.first, second[w] = s.second;
+    }
+  }
+  for (int i = 0; i < N; ++i) {
+    for (int j = 0; j < N; ++j) x[i][j] = ((a[j][i] * mantissa) * first) * second;
+  }
+}
+
+// t = A X and r2 = ||A X - I||_F^2 of every lane, in T.
+template <typename T, int N, int Bytes>
+GDLA_ALWAYS_INLINE void product_residual(const typename Vec<T, Bytes>::V (&a)[N][N],
+                                         const typename Vec<T, Bytes>::V (&x)[N][N],
+                                         typename Vec<T, Bytes>::V (&t)[N][N], typename Vec<T, Bytes>::V& r2) {
+  r2 = typename Vec<T, Bytes>::V{};
+  for (int i = 0; i < N; ++i) {
+    for (int j = 0; j < N; ++j) {
+      typename Vec<T, Bytes>::V acc = a[i][0] * x[0][j];
+      for (int l = 1; l < N; ++l) acc += a[i][l] * x[l][j];
+      t[i][j] = acc;
+      const typename Vec<T, Bytes>::V r = i == j ? acc - T(1) : acc;
+      r2 += r * r;
+    }
+  }
+}
+
 // Solves problems [0, count) of a group (count <= kLanes) stored row-major one after the other:
 // the same iteration and stop rule as small::newton_schulz. Padding lanes hold the identity,
 // which stops at once.
@@ -87,53 +162,15 @@ GDLA_ALWAYS_INLINE void newton_schulz_group(const T* A, const T* X0, T* X, int64
   using M = typename Vec<T, Bytes>::M;
   constexpr int L = Vec<T, Bytes>::kLanes;
   V a[N][N], x[N][N], t[N][N];
-  for (int i = 0; i < N; ++i) {
-    for (int j = 0; j < N; ++j) {
-      V av, xv;
-      for (int w = 0; w < L; ++w) {
-        const bool real = w < count;
-        av[w] = real ? A[(w * N + i) * N + j] : T(i == j);
-        xv[w] = real && X0 != nullptr ? X0[(w * N + i) * N + j] : T(i == j);
-      }
-      a[i][j] = av;
-      x[i][j] = xv;
-    }
-  }
-  const V zero = V{};
-  if (X0 == nullptr) {  // the safe start (small_safe_start.h)
-    V norm1, norm_inf, mantissa, first, second;
-    small::safe_start_norms<V, N, true>([&a](int i, int j) GDLA_LAMBDA_INLINE -> const V& { return a[i][j]; }, N, norm1,
-                                        norm_inf);
-    const V product = norm1 * norm_inf;
-    M fits;
-    small::product_fits<T>(product, fits);
-    if (!any_lane<L>(~fits)) {  // every lane's factor as it stands
-      mantissa = T(1) / product, first = zero + T(1), second = first;
-    } else {  // lane by lane
-      for (int w = 0; w < L; ++w) {
-        const small::SafeStartScale<T> s = small::safe_start_scale(norm1[w], norm_inf[w]);
-        mantissa[w] = s.mantissa, first[w] = s.first, second[w] = s.second;
-      }
-    }
-    for (int i = 0; i < N; ++i) {
-      for (int j = 0; j < N; ++j) x[i][j] = ((a[j][i] * mantissa) * first) * second;
-    }
-  }
+  load_group<T, N, Bytes>(A, X0, count, a, x);
+  if (X0 == nullptr) safe_start_group<T, N, Bytes>(a, x);  // the safe start (small_safe_start.h)
   const T threshold = static_cast<T>(tol * tol * N);
   M running = M{} - 1;  // -1: the lane is still iterating
   M pending = M{};      // -1: passed in float32, waiting for the double-precision check
   M taken = M{};
   for (;;) {
-    V r2 = zero;  // ||A X - I||_F^2 per lane
-    for (int i = 0; i < N; ++i) {
-      for (int j = 0; j < N; ++j) {
-        V acc = a[i][0] * x[0][j];
-        for (int l = 1; l < N; ++l) acc += a[i][l] * x[l][j];
-        t[i][j] = acc;
-        const V r = i == j ? acc - T(1) : acc;
-        r2 += r * r;
-      }
-    }
+    V r2;  // ||A X - I||_F^2 per lane
+    product_residual<T, N, Bytes>(a, x, t, r2);
     const M below_max = taken < max_steps;
     if constexpr (sizeof(T) < sizeof(double)) {
       // A float32 lane that passes waits, frozen, for a confirmation in double (see

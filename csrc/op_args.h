@@ -102,14 +102,20 @@ inline int check_heavy_ball_args(const at::Tensor& A, const at::Tensor& X0, doub
 
 // inverse_momentum_run: A square n x n with n <= 8 (a problem in registers); X, buf like A and
 // contiguous (updated in place). Returns n.
-inline int check_momentum_run_args(const at::Tensor& A, const at::Tensor& X, const at::Tensor& buf, double lr,
-                                   double momentum, int64_t steps, double blow_up) {
-  const char* op = "inverse_momentum_run";
+// A whole-run kernel's A: square n x n matrices with n <= kMaxUnrolledN (a problem in registers). Returns n.
+inline int check_unrolled_square(const at::Tensor& A, const char* op) {
   check_matrix(A, op, "A");
   const int64_t n = A.size(-1);
   TORCH_CHECK_VALUE(A.size(-2) == n && n >= 1 && n <= small::kMaxUnrolledN, op,
                     ": A must hold square n x n matrices with n <= ", small::kMaxUnrolledN, "; received shape ",
                     shape_str(A.sizes()));
+  return static_cast<int>(n);
+}
+
+inline int check_momentum_run_args(const at::Tensor& A, const at::Tensor& X, const at::Tensor& buf, double lr,
+                                   double momentum, int64_t steps, double blow_up) {
+  const char* op = "inverse_momentum_run";
+  const int n = check_unrolled_square(A, op);
   check_like(X, "X", A, "A", op);
   check_shape(X, "X", A.sizes(), "to match A", op);
   check_like(buf, "buf", A, "A", op);

@@ -69,6 +69,12 @@ TORCH_LIBRARY(gdla, m) {
   // Batches of tiny inverses, each problem iterated in registers until its own stop.
   m.def("small_inverse_newton_schulz(Tensor A, Tensor? X0, int max_steps, float tol) -> (Tensor, Tensor)", tags);
   m.def("small_inverse_momentum(Tensor A, Tensor X0, float lr, float momentum, int steps) -> Tensor", tags);
+  // Newton-Schulz as gdla.solve runs it, many steps per call, the batch in lockstep: X updated in place; returns each
+  // step's loss, the worst residual after each step, then the loss at the final X (float64).
+  m.def(
+      "small_inverse_newton_schulz_run(Tensor A, Tensor(a!) X, int steps, float tol, float first_loss, float blow_up, "
+      "bool safe_start) -> Tensor",
+      tags);
   // Seed 000's momentum on the inverse MSE, many steps per call: X, buf updated in place; returns each step's loss.
   m.def(
       "inverse_momentum_run(Tensor A, Tensor(a!) X, Tensor(b!) buf, str side, float lr, float momentum, int steps, "
@@ -104,7 +110,8 @@ TORCH_LIBRARY(gdla, m) {
 // gdla/ops.py instead.
 TORCH_LIBRARY_IMPL(gdla, Autograd, m) {
   for (const char* op : {"inverse_mse_and_grad", "inverse_mse_backward", "masked_update_", "svd_loss_and_grad",
-                         "small_inverse_newton_schulz", "small_inverse_momentum", "small_inverse_residuals",
+                         "small_inverse_newton_schulz", "small_inverse_newton_schulz_run",
+                         "small_inverse_momentum", "small_inverse_residuals",
                          "inverse_momentum_run", "inverse_adam_run", "svd_sgd_run", "masked_sgd_run"}) {
     m.impl(op, torch::autograd::autogradNotImplementedFallback());
   }

@@ -25,6 +25,7 @@ from gdla.ops_small import (
     masked_sgd_run,
     small_inverse_momentum,
     small_inverse_newton_schulz,
+    small_inverse_newton_schulz_run,
     small_inverse_residuals,
     svd_sgd_run,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "masked_update_",
     "small_inverse_momentum",
     "small_inverse_newton_schulz",
+    "small_inverse_newton_schulz_run",
     "small_inverse_residuals",
     "svd_loss",
     "svd_loss_and_grad",

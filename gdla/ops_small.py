@@ -25,6 +25,7 @@ __all__ = [
     "masked_sgd_run",
     "small_inverse_momentum",
     "small_inverse_newton_schulz",
+    "small_inverse_newton_schulz_run",
     "small_inverse_residuals",
     "svd_sgd_run",
 ]
@@ -124,6 +125,46 @@ def small_inverse_momentum(A: torch.Tensor, X0: torch.Tensor, lr: float, momentu
         check_probability(momentum, f"{op}: momentum"),
         check_int(steps, f"{op}: steps", minimum=0),
     )
+
+
+def small_inverse_newton_schulz_run(
+    A: torch.Tensor, X: torch.Tensor, steps: int, *, tol: float = 0.0, first_loss: float = float("nan"),
+    blow_up: float = 1e12, safe_start: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Newton-Schulz as :func:`gdla.solve` runs it, ``steps`` steps in one call, the batch in lockstep; ``X`` in place.
+
+    ``A``: square matrices, ``n <= 8``, and ``X`` like it, contiguous. Per step, every member: ``X <- X (2I - A X)``;
+    the step's loss is ``Σ_b mean((A_b X_b - I)²)`` at the iterate before the update, the residual after it the worst
+    ``‖A_b X_b - I‖_F / √n``, both in float64 (a float32 member's in float32 down to 1e-2, then from float64
+    products). The call stops after the first step whose residual is ``<= tol`` (``tol > 0``), after a step whose
+    loss is not finite or exceeds ``blow_up · max(first_loss, 1e-30)`` (``first_loss`` NaN: this call's first step
+    sets it), or after ``steps`` steps; ``n`` calls of one step give the bits of one call of ``n``. With
+    ``safe_start`` it starts from ``Aᵀ / (‖A‖₁ ‖A‖_∞)`` (``csrc/small_safe_start.h``), not ``X``. Not differentiable.
+
+    Returns:
+        ``(losses, residuals, final_loss)``: each step's loss and the residual after it (float64, one per step
+        taken), and the loss at the iterate the call leaves in ``X``.
+    """
+    op = "small_inverse_newton_schulz_run"
+    A = _matrix(op, A, "A")
+    n = A.shape[-1]
+    if A.shape[-2] != n or n > RUN_MAX_N:
+        raise ShapeError(f"{op}: A must hold square n x n matrices with n <= {RUN_MAX_N}, received {tuple(A.shape)}")
+    _shape(op, _tensor(op, X, "X", A, "A"), "X", tuple(A.shape), "to match A")
+    _in_place(op, {"X": X}, {"A": A})
+    steps, tol = check_int(steps, f"{op}: steps", minimum=0), check_nonnegative(tol, f"{op}: tol")
+    blow_up = check_positive(blow_up, f"{op}: blow_up")
+    out = _written((X,), _ops.small_inverse_newton_schulz_run(
+        A.contiguous(), X, steps, tol, float(first_loss), blow_up, bool(safe_start)
+    ))
+    taken = (out.numel() - 1) // 2
+    return out[:taken], out[taken : 2 * taken], float(out[-1])
+
+
+@torch.library.register_fake("gdla::small_inverse_newton_schulz_run")
+def _newton_schulz_run_fake(A, X, steps, tol, first_loss, blow_up, safe_start):
+    count = torch.library.get_ctx().new_dynamic_size(min=1, max=2 * steps + 1)
+    return A.new_empty((count,), dtype=torch.float64, device="cpu")
 
 
 @torch.library.register_fake("gdla::small_inverse_newton_schulz")

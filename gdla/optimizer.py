@@ -88,6 +88,11 @@ class Optimizer(abc.ABC):
     #: Why the method has no fused path whatever the problem (it computes in plain tensor algebra),
     #: as the end of a sentence after its quoted name; ``None``: fused exactly when the problem is.
     kernel_free: ClassVar[str | None] = None
+    #: The loss at the current parameters where the method's last call already evaluated it there (a whole-run
+    #: kernel's final pass), else ``None``: the report then computes the loss at the answer only when
+    #: ``Result.losses`` is first read. A method that sets it must reset it to ``None`` whenever it moves the
+    #: parameters without evaluating the loss at the new point.
+    final_loss: float | None = None
 
     def __init__(
         self,
@@ -119,6 +124,13 @@ class Optimizer(abc.ABC):
     @classmethod
     def unsupported_reason(cls, problem: Problem) -> str | None:
         """Why this optimizer cannot solve ``problem``, or ``None`` if it can."""
+        return None
+
+    @classmethod
+    def starting_point(cls, problem: Problem, options: Mapping[str, Any]) -> Params | None:
+        """The start this method computes for itself (Newton-Schulz's safe start), where the problem's own
+        ``init_params`` draw would only be overwritten: the plan then draws none. ``None`` (the default): the
+        problem's start. Not asked when the caller gives ``init``."""
         return None
 
     @classmethod

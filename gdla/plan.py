@@ -217,7 +217,10 @@ class Plan:
                 torch.manual_seed(self.seed)
             # the plugin's rules, once per problem (gdla.plugin_checks), before a normalised copy calls its methods
             check_start(self.problem, self.seed, as_run=work is self.problem)
-            params = work.init_params(generator)
+            # a start the method computes itself (starting_point, as Newton-Schulz's safe start): none drawn for it
+            params = self.method.starting_point(work, self.options) if self.init is None else None
+            if params is None:
+                params = work.init_params(generator)
             if self.init is not None:  # the caller's start, checked against the problem's own and converted
                 params = given_start(self.init, params, self.restore)
             if self.backward == "unroll":

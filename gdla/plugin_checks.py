@@ -8,7 +8,8 @@ is the stop test;
 ``least_squares()`` an ``adjoint`` that is the adjoint of its ``apply`` (a dot-product test), a
 declared ``sum_of_squares()`` form that reproduces the loss, ``quadratic = True`` a gradient that is
 affine. :func:`check_start` checks them once per problem instance, at a starting point, before the
-first step: one loss, one residual and a few products, nothing per step. What is read after the run,
+first step: one loss, one residual and a few products, nothing per step; gdla's own plugins, checked by their
+contract tests, are spared them (:func:`built_in`). What is read after the run,
 ``metrics()`` and ``condition_estimate()``, is checked as it is read (:func:`checked_metrics`,
 :func:`checked_condition`). A broken rule is a :class:`~gdla.errors.PluginError` naming the plugin
 (:func:`describe`: its kind, name, class and distribution), the method, the rule and what it returned.
@@ -55,6 +56,8 @@ __all__ = [
     "with_distribution",
 ]
 
+#: The package of gdla's own plugins (:func:`built_in`).
+BUILT_IN_PACKAGE = "gdla_plugins"
 #: Problem instances whose start checks passed (by ``id``; a collected problem drops out).
 _PASSED: weakref.WeakValueDictionary[int, Problem] = weakref.WeakValueDictionary()
 
@@ -157,7 +160,8 @@ def _call(subject: Any, method: str, call: Callable[[], Any], rule: str = "") ->
 
 # -- the checks ---------------------------------------------------------------------------------
 def check_start(problem: Problem, seed: int = 0, *, as_run: bool = False) -> None:
-    """Every rule of :mod:`gdla.plugin_checks` on ``problem`` at a starting point, once per instance.
+    """Every rule of :mod:`gdla.plugin_checks` on ``problem`` at a starting point, once per instance, for a problem
+    from outside gdla (:func:`built_in`: gdla's own are checked by their contract tests instead).
 
     Run on the caller's problem, whose methods are the plugin's own (the problem a method sees may be gdla's
     normalised wrapper of its declared form, or a normalised copy).
@@ -172,7 +176,7 @@ def check_start(problem: Problem, seed: int = 0, *, as_run: bool = False) -> Non
     Raises:
         PluginError: a rule broken, or an exception raised by the plugin's code.
     """
-    if _PASSED.get(id(problem)) is problem:
+    if _PASSED.get(id(problem)) is problem or built_in(type(problem)):
         return
     # the checks draw no random numbers from torch's generators, and a plugin that does leaves them as they were
     devices = [problem.device] if problem.device.type == "cuda" else []
@@ -184,6 +188,13 @@ def check_start(problem: Problem, seed: int = 0, *, as_run: bool = False) -> Non
         check_solution(problem, _call(problem, "solution", lambda: problem.solution(params)))
         _check_declared_forms(problem, params, loss)
     _PASSED[id(problem)] = problem
+
+
+def built_in(cls: type) -> bool:
+    """Whether ``cls`` is one of gdla's own plugins (defined in its ``gdla_plugins`` package), whose rules their
+    contract tests check: :func:`check_start` skips them, sparing a new problem's first solve a loss, a residual and
+    the adjoint test's two products (at n = 1024 four matrix products, as many as two steps)."""
+    return cls.__module__.split(".", 1)[0] == BUILT_IN_PACKAGE
 
 
 def moderate(problem: Problem) -> bool:

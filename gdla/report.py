@@ -49,8 +49,12 @@ def report(
     differentiable = plan.backward != "none"
     if differentiable:  # the answer with a grad_fn to the problem's data (gdla.differentiation)
         params_out = differentiable_params(plan, opt, params_out, steps, notes)
-    losses.append(_loss_at(plan.full, held) if finite else math.nan)  # the last entry: at the answer
+    # the last entry, at the answer: known, or computed now on every rank of a sharded run, or else when first read
+    known = _known_loss(plan, opt, held) if finite else math.nan
+    if known is not None:
+        losses.append(known)
     losses.scale_by_power_of_two(-plan.loss_exponent)  # recorded in the normalised units: into the caller's
+    last = None if known is not None else _loss_on_read(plan.full, held)
     if finite:
         metrics = Metrics(_guarded(checked_metrics(plan.problem, plan.full.metrics(work_params)), plan.full), notes)
     else:
@@ -59,7 +63,7 @@ def report(
     return Result(
         solution=solution_of(plan.problem, params_out, differentiable),
         params=params_out,
-        losses=losses.view(),
+        losses=losses.view(last, -plan.loss_exponent),
         steps=steps,
         stop_reason=stop,
         seconds=seconds,
@@ -78,7 +82,9 @@ def report(
     )
 
 
-def _guarded(figures: dict[str, Any], problem: Problem, what: str = "metrics") -> dict[str, Any]:
+def _guarded(
+    figures: dict[str, Any], problem: Problem, what: str = "metrics", params: Params | None = None
+) -> dict[str, Any]:
     """``figures`` whose deferred ones refuse to run once the problem's data changed in place since the solve.
 
     A deferred figure (an error against a reference) reads the problem's tensors when it is read; the caller
@@ -87,6 +93,7 @@ def _guarded(figures: dict[str, Any], problem: Problem, what: str = "metrics") -
     about different data.
     """
     data = {key: value for key, value in problem._data().items() if not value.is_inference()}
+    data.update({f"the answer's {key!r}": value for key, value in (params or {}).items() if not value.is_inference()})
     versions = {key: value._version for key, value in data.items()}
 
     def guard(compute: Callable[[], Any]) -> Callable[[], Any]:
@@ -111,9 +118,25 @@ def _condition_on_read(problem: Problem) -> Callable[[], float | None]:
     return _guarded({"condition": lambda: checked_condition(problem)}, problem, "condition")["condition"]
 
 
+def _known_loss(plan: Plan, opt: Optimizer, params: Params) -> float | None:
+    """The loss at ``params`` (the answer) where it is known now: a method whose last call already evaluated it there
+    (a whole-run kernel's final pass) says so in its ``final_loss`` attribute (a float, else ``None``), and a sharded
+    run computes it now, its ranks together (a shard's own is its part); else ``None``: computed when first read."""
+    known = opt.final_loss
+    if plan.sharding is not None:
+        return _loss_at(plan.full, params)
+    return known if isinstance(known, float) else None
+
+
+def _loss_on_read(problem: Problem, params: Params) -> Callable[[], float]:
+    """The loss at the answer, computed when ``Result.losses`` is first read (at n = 1024 a product, which a caller
+    who never reads it should not pay), of the data and the answer that were solved."""
+    return _guarded({"losses": lambda: _loss_at(problem, params)}, problem, "losses", params)["losses"]
+
+
 def _loss_at(problem: Problem, params: Params) -> float:
-    """The loss at ``params`` (the answer), as the run's losses were recorded: in the normalised units, the whole
-    batch's (a sum over members, as the ranks' losses are agreed)."""
+    """The loss at ``params``, as the run's losses were recorded: in the normalised units, the whole batch's (a sum
+    over members, as the ranks' losses are agreed)."""
     with torch.no_grad():
         return float(problem.loss(params))
 
@@ -146,6 +169,8 @@ def _batch_status(
     finite, finite_members = True, torch.ones(members.shape, dtype=torch.bool, device=members.device)
     for value in params.values():
         if value.shape[: members.dim()] == members.shape:
+            if _all_finite(value):  # one reduction over the whole tensor: the usual case needs no row-wise pass
+                continue
             rows = _finite_rows(value.flatten(members.dim()))
             finite_members &= rows
             finite = finite and bool(rows.all())

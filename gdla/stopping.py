@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import operator
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, overload
 
 import numpy as np
@@ -174,9 +174,16 @@ class LossHistory:
             with np.errstate(over="ignore", under="ignore"):
                 np.ldexp(values, exponent, out=values)
 
-    def view(self) -> Losses:
-        """The history as a read-only :class:`Losses`, sharing its memory (take it once the run is over)."""
-        return Losses(self._values)
+    def view(self, last: Callable[[], float] | None = None, exponent: int = 0) -> Losses:
+        """The history as a read-only :class:`Losses`, sharing its memory (take it once the run is over).
+
+        ``last``, where given, computes one more loss (the one at the answer) when the losses are first read, times
+        ``2^exponent`` (as :meth:`scale_by_power_of_two` scales the others): a caller who never reads them does not
+        pay for it.
+        """
+        losses = Losses(self._values)
+        losses._pending = None if last is None else (last, exponent)
+        return losses
 
 
 class Losses(Sequence[float]):
@@ -186,17 +193,32 @@ class Losses(Sequence[float]):
     ``min``/``max``, ``==`` against a list, a tuple or another ``Losses``) at 8 bytes a step
     (:attr:`nbytes`) instead of a Python float's 32. :meth:`numpy` (and ``np.asarray``) is a
     read-only view of the same memory; :meth:`tensor` is a float64 copy (a tensor cannot be
-    read-only). It pickles compactly; ``Result.to_dict()`` turns it into a JSON list.
+    read-only). It pickles compactly; ``Result.to_dict()`` turns it into a JSON list. The last entry of a solve's
+    losses (the loss at the answer) may be computed when they are first read (its length is known before).
     """
 
-    __slots__ = ("_values",)
+    __slots__ = ("_pending", "_raw")
 
     def __init__(self, values: Iterable[float] = ()) -> None:
         """Wrap packed float64 ``values`` (an ``array('d')``, shared, not copied) or copy any iterable of floats."""
-        self._values = values if isinstance(values, array) and values.typecode == "d" else array("d", values)
+        self._raw = values if isinstance(values, array) and values.typecode == "d" else array("d", values)
+        #: ``(compute, exponent)``: the last loss, computed on first read (:meth:`LossHistory.view`), or ``None``.
+        self._pending: tuple[Callable[[], float], int] | None = None
+
+    @property
+    def _values(self) -> array:
+        """The packed losses, the pending last one computed and appended first."""
+        if self._pending is not None:
+            compute, exponent = self._pending
+            value = np.array([compute()], dtype=np.float64)
+            with np.errstate(over="ignore", under="ignore"):  # as LossHistory.scale_by_power_of_two
+                np.ldexp(value, exponent, out=value)
+            self._raw.append(float(value[0]))
+            self._pending = None
+        return self._raw
 
     def __len__(self) -> int:
-        return len(self._values)
+        return len(self._raw) + (self._pending is not None)
 
     @overload
     def __getitem__(self, index: int) -> float: ...

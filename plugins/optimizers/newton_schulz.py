@@ -14,15 +14,16 @@ error squares every step. The start makes ``0 < t₀ ≤ 1`` for every nonzero `
 ``σ_max² ≤ ‖A‖₁‖A‖_∞``; zero singular values keep ``t = 0``, so a rank-deficient ``A`` lands on
 ``A⁺``. Steps to a residual ``tol``: about ``log₂(ln(1/tol) / t₀)`` with ``t₀ = σ_min² / (‖A‖₁‖A‖_∞)``.
 
-The module also offers :func:`polar_newton_schulz`, the same idea for the orthonormal (polar)
-factor of a matrix, ``U ← U (3I − UᵀU) / 2``, usable as a retraction that keeps SVD factors
-orthonormal without an SVD.
+The module also offers :func:`polar_newton_schulz` (from :mod:`gdla_plugins.optimizers._polar`), the same idea for
+the orthonormal (polar) factor of a matrix.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -31,13 +32,15 @@ import gdla
 from gdla.backend import extension_status
 from gdla.capabilities import MatrixInverse
 from gdla.errors import ConvergenceWarning, InputError, UsageError
-from gdla.limits import SMALL_MAX_N
+from gdla.limits import RUN_MAX_N, SMALL_MAX_N
 from gdla.mesh import full_tensor, identity_like, is_dtensor, replicated
-from gdla.optimizer import Optimizer, Suitability
+from gdla.optimizer import Optimizer, Stretch, Suitability
 from gdla.options import Option, choice
 from gdla.problem import Params, Problem
+from gdla.stopping import BLOW_UP
 from gdla.validation import check_choice, check_finite, check_int, check_matrix, check_nonnegative
 from gdla.warm_start import is_given
+from gdla_plugins.optimizers._polar import polar_newton_schulz
 from gdla_plugins.optimizers._spectral import gram_extremes
 
 __all__ = ["NewtonSchulz", "batched_inverse", "newton_schulz_steps", "polar_newton_schulz", "safe_start"]
@@ -79,46 +82,6 @@ def newton_schulz_steps(A: torch.Tensor, tol: float, *, lanczos_steps: int = 100
     return max(1.0, math.ceil(math.log2(math.log(1 / tol) / -math.log1p(-t0))) + 1.0)
 
 
-def polar_newton_schulz(U: torch.Tensor, *, max_steps: int = 50, tol: float | None = None) -> torch.Tensor:
-    r"""The orthonormal polar factor ``W Zᵀ`` of ``U = W Σ Zᵀ`` without an SVD.
-
-    Iterates :math:`U \leftarrow U (3I - U^T U)/2`, which drives every singular value in
-    ``(0, √3)`` to 1 (quadratically near 1) and leaves the singular vectors alone. ``U`` is first
-    scaled into that interval when a cheap bound (``‖UᵀU‖_∞ ≥ ‖U‖₂²``) says it might not be; a
-    scale does not change the polar factor. Near-orthonormal input (a retraction after a small
-    step) needs two or three iterations.
-
-    Args:
-        U: shape ``(..., m, k)`` with ``m >= k`` and full column rank (a zero singular value stays 0).
-        max_steps: iteration cap.
-        tol: stop once ``‖UᵀU − I‖_F / √k <= tol`` for every matrix (default: 10 ulps of the dtype).
-
-    Returns:
-        A new tensor of the same shape with orthonormal columns.
-    """
-    U = check_matrix(U, "U")
-    m, k = U.shape[-2], U.shape[-1]
-    if m < k:
-        raise InputError(f"U: expected a tall matrix (m >= k) for orthonormal columns, received shape {tuple(U.shape)}")
-    max_steps = check_int(max_steps, "max_steps", minimum=1)
-    tol = 10 * torch.finfo(U.dtype).eps if tol is None else check_nonnegative(tol, "tol")
-    eye = torch.eye(k, dtype=U.dtype, device=U.device)
-    gram = U.mT @ U
-    bound = torch.linalg.matrix_norm(gram, ord=math.inf)  # >= ‖U‖₂², as gram is symmetric
-    needs_scaling = bound >= 2.5  # σ² must stay below 3; 2.5 leaves room for rounding
-    if bool(needs_scaling.any()):
-        factor = torch.where(needs_scaling, bound.rsqrt(), torch.ones_like(bound))
-        U = U * factor[..., None, None]
-        gram = U.mT @ U
-    for _ in range(max_steps):
-        defect = gram - eye
-        if float(torch.linalg.matrix_norm(defect).max()) <= tol * math.sqrt(k):
-            break
-        U = U - U @ defect / 2  # = U (3I − UᵀU) / 2
-        gram = U.mT @ U
-    return U
-
-
 class NewtonSchulz(Optimizer):
     r"""Newton-Schulz for any problem declaring :meth:`~gdla.Problem.matrix_inverse` (square, rectangular, batched).
 
@@ -133,8 +96,10 @@ class NewtonSchulz(Optimizer):
             the caller gave (``gdla.solve(..., init=...)``): that start where ``‖I − A X₀‖₂ < 1``,
             else the safe one, with a :class:`~gdla.errors.ConvergenceWarning` saying so.
 
-    With ``backend="fused"`` and a batch of small matrices, one step runs the extension's
-    ``small_inverse_newton_schulz`` kernel when the extension provides it.
+    With ``backend="fused"`` and a batch of small square matrices, :meth:`advance` runs as many steps as the loop
+    asks in one call of the extension's ``small_inverse_newton_schulz_run`` (``n <= 8`` on the CPU, the problem
+    declaring ``MatrixInverse.measured``: the loss and the residual after every step computed in the kernel, which
+    stops where the residual passes ``tol``), else one step a call of ``small_inverse_newton_schulz``.
 
     Where the declared ``A`` is a DTensor (:mod:`gdla.mesh`), the iterate is one too (placed like
     ``A``), every product is a DTensor op on the mesh and the loss an all-reduced plain scalar.
@@ -149,7 +114,7 @@ class NewtonSchulz(Optimizer):
             choice(*STARTS), "safe", "'safe': Aᵀ/(‖A‖₁‖A‖∞), always converges; 'init': the problem's start"
         )
     }
-    state_attributes = ("_done", "_last_change", "_count")
+    state_attributes = ("_done", "_last_change", "_count", "_first")
 
     def __init__(self, problem: Problem, params: Params, **options: Any) -> None:
         super().__init__(problem, params, **options)
@@ -163,25 +128,30 @@ class NewtonSchulz(Optimizer):
         if "start" not in options and is_given(params):  # the caller's start, where the iteration converges from it
             self.start = self._warm_start(params[self.key])
         self._count = 0  # the safe start is written by the first step (so a restored state continues)
-        # the loss is read off the residual the update needs anyway, where the problem's declared
-        # least-squares form provably gives its loss from that residual; else the problem computes it
-        form = problem.least_squares()
-        self._loss_of = form.loss_of if form is not None and form.key == self.key else None
-        if self._loss_of is not None:
-            with torch.no_grad():
-                cheap = self._loss_of(self._residual(params[self.key]))
-                exact = problem.loss(params)
-            if not bool(torch.isclose(cheap, exact, rtol=1e-4, atol=1e-12)):
-                self._loss_of = None
-        self._fused = self._fused_kernel()
         # rank-deficient input is allowed only in pseudo mode, and only there needs the cleaning
         self._pseudo = self.inverse.pseudo
+        self._run = self._run_kernel()
+        self._first = math.nan  # the run's first loss (the divergence test's reference), once a whole-run call took it
+        #: The loss where the last whole-run call left the iterate (work units), or ``None``: not known.
+        self.final_loss: float | None = None
+        self._fused = self._fused_kernel()
         batch = self.A.shape[:-2]
         self._done = torch.zeros(batch, dtype=torch.bool, device=self.A.device)
         self._last_change = torch.full(batch, math.inf, dtype=self.A.dtype, device=self.A.device)
         self._settle = math.sqrt(torch.finfo(self.A.dtype).eps)
 
     # -- what it can do ---------------------------------------------------------------------------
+    @classmethod
+    def starting_point(cls, problem: Problem, options: Mapping[str, Any]) -> Params | None:
+        """Zeros, which the first step overwrites with the safe start, where the method starts there (``start="safe"``,
+        the default) and the problem declares ``MatrixInverse.measured`` (its parameters are the inverse alone): the
+        plan then draws no start of the problem's, which that step would overwrite too. ``None`` otherwise."""
+        inverse = problem.matrix_inverse()
+        if options.get("start", "safe") != "safe" or inverse is None or not inverse.measured or is_dtensor(inverse.A):
+            return None
+        shape = (*inverse.A.shape[:-2], inverse.A.shape[-1], inverse.A.shape[-2])
+        return {inverse.key: torch.zeros(shape, dtype=inverse.A.dtype, device=inverse.A.device)}
+
     @classmethod
     def unsupported_reason(cls, problem: Problem) -> str | None:
         inverse = problem.matrix_inverse()
@@ -297,6 +267,48 @@ class NewtonSchulz(Optimizer):
         return X @ replicated(A @ replicated(X) - eye)
 
     # -- the iteration ----------------------------------------------------------------------------
+    @functools.cached_property
+    def _loss_of(self) -> Any:
+        """The declared least-squares form's ``loss_of``, where it provably gives the problem's loss from the residual
+        the update needs anyway (checked once, at the current iterate, when first needed); else ``None``."""
+        form = self.problem.least_squares()
+        loss_of = form.loss_of if form is not None and form.key == self.key else None
+        if loss_of is not None:
+            with torch.no_grad():
+                cheap = loss_of(self._residual(self.params[self.key]))
+                exact = self.problem.loss(self.params)
+            if not bool(torch.isclose(cheap, exact, rtol=1e-4, atol=1e-12)):
+                return None
+        return loss_of
+
+    def _run_kernel(self) -> Any:
+        """The extension's whole-run ``small_inverse_newton_schulz_run``, where it computes this problem's own loss and
+        residual (``MatrixInverse.measured`` declared, the right side, ``n <= RUN_MAX_N``, a plain CPU tensor, the
+        fused backend, no projection); else ``None``."""
+        if self.backend != "fused" or not self.inverse.measured or self.side != "right" or self._pseudo:
+            return None
+        A = self.A
+        if is_dtensor(A) or A.device.type != "cpu" or A.shape[-1] != A.shape[-2] or A.shape[-1] > RUN_MAX_N:
+            return None
+        if not A.is_contiguous() or not self.params[self.key].is_contiguous() or self.problem.needs_projection():
+            return None
+        return _ops_function("small_inverse_newton_schulz_run")
+
+    def advance(self, steps: int, tol: float = 0.0) -> Stretch:
+        """Up to ``steps`` iterations in one call of the whole-run kernel where it applies (the residual tested after
+        every step, inside the kernel), else one :meth:`step`."""
+        if self._run is None:
+            return super().advance(steps, tol)
+        # the first step starts from the kernel's own safe start (csrc/small_safe_start.h, the rule's C++ twin)
+        safe = self._count == 0 and self.start == "safe"
+        losses, residuals, self.final_loss = self._run(
+            self.A, self.params[self.key], steps, tol=tol, first_loss=self._first, blow_up=BLOW_UP, safe_start=safe
+        )
+        if self._count == 0:
+            self._first = float(losses[0])
+        self._count += len(losses)
+        return Stretch(losses=losses, residuals=residuals)
+
     def _residual(self, X: torch.Tensor) -> torch.Tensor:
         """``P(X) − I`` with the problem's product ``P``.  # shape: (..., k, k)"""
         return self.inverse.product(X) - self._eye
@@ -305,6 +317,7 @@ class NewtonSchulz(Optimizer):
         return self._loss_of(residual) if self._loss_of is not None else self.problem.loss(self.params)
 
     def step(self) -> torch.Tensor:
+        self.final_loss = None
         X = self.params[self.key]
         if self._count == 0 and self.start == "safe":
             X.copy_(self.inverse.safe_start())
@@ -349,11 +362,11 @@ class NewtonSchulz(Optimizer):
         if self.backend != "fused" or self._kernel_reason(self.problem) is not None:
             return None
         kernel = _ops_function("small_inverse_newton_schulz")
-        # the fused MSE is the problem's loss only where the declared form's loss was checked to be it
-        fused_loss = _ops_function("inverse_mse") if self._loss_of is not None else None
+        fused_loss = _ops_function("inverse_mse")
 
         def one_step(X: torch.Tensor) -> torch.Tensor:
-            loss = fused_loss(self.A, X, self.side) if fused_loss is not None else self._loss(self._residual(X))
+            # the fused MSE is the problem's loss only where the declared form's loss was checked to be it
+            loss = fused_loss(self.A, X, self.side) if self._loss_of is not None else self._loss(self._residual(X))
             out = kernel(self.A, X, 1, 0.0)
             X.copy_(out[0] if isinstance(out, (tuple, list)) else out)
             return loss

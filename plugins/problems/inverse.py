@@ -141,6 +141,7 @@ class InverseProblem(InverseExamples, Problem):
         """The instance's attributes without the kept :meth:`normalized` (its ``restore`` is a closure: no pickle)."""
         state = dict(vars(self))
         state["_normalization"] = None
+        state.pop("_identity", None)  # made again when needed
         return state
 
     # -- construction -------------------------------------------------------------------------
@@ -171,8 +172,12 @@ class InverseProblem(InverseExamples, Problem):
 
     # -- declared capabilities ----------------------------------------------------------------
     def matrix_inverse(self) -> MatrixInverse:
-        """The answer is ``A⁻¹`` (``A⁺`` with ``pseudo``), measured on this problem's side."""
-        return MatrixInverse(self.A, side=self.side, pseudo=self.pseudo, key="M")
+        """The answer is ``A⁻¹`` (``A⁺`` with ``pseudo``), measured on this problem's side; where ``P = I`` is
+        attainable for every member and nothing is projected, the loss and :meth:`residual` are the standard ones
+        (``measured``)."""
+        attainable = self.__dict__.get("_attainable")
+        measured = attainable is not None and self._projector is None and bool(attainable.all())
+        return MatrixInverse(self.A, side=self.side, pseudo=self.pseudo, key="M", measured=measured)
 
     def fused_loss(self) -> InverseMSE | None:
         """The loss is the fused ``inverse_mse`` op's.
@@ -212,8 +217,13 @@ class InverseProblem(InverseExamples, Problem):
         )
 
     def _eye(self) -> torch.Tensor:
-        """``I_k``."""
-        return torch.eye(self._k, dtype=self.dtype, device=self.device)
+        """``I_k``, made once (every loss compares with it: at k = 1024 eight megabytes to write each time)."""
+        eye = self.__dict__.get("_identity")
+        if eye is None or eye.dtype != self.dtype or eye.device != self.device:
+            eye = torch.eye(self._k, dtype=self.dtype, device=self.device)
+            if not torch.is_inference_mode_enabled():  # an inference tensor must not reach a later autograd run
+                self._identity = eye
+        return eye
 
     def _placed(self, M: torch.Tensor) -> torch.Tensor:
         """``M`` as the iterate is held (:class:`MeshInverse`: on the mesh, placed like ``A``)."""

@@ -128,8 +128,11 @@ def test_distributed_solve_equals_one_process(ranks: list[dict[str, Any]], name:
     for saved in ranks:
         losses, M, steps, stop, metrics = saved[name]
         assert (steps, stop) == (single.steps, single.stop_reason)
-        # the loss is a sum over members: only its summation order differs from one process
-        torch.testing.assert_close(torch.tensor(losses), torch.tensor(single.losses), rtol=1e-12, atol=0)
+        # the loss is a sum over members: only its summation order differs from one process; at a converged answer
+        # the loss is rounding itself (1e-31), computed in one process by the whole-run kernel, so the floor is
+        # rounding relative to the first loss
+        floor = 1e-14 * single.losses[0]
+        torch.testing.assert_close(torch.tensor(losses), torch.tensor(single.losses), rtol=1e-12, atol=floor)
         torch.testing.assert_close(M, single.params["M"], rtol=1e-12, atol=1e-14)
         assert metrics["residual"] == pytest.approx(single.metrics["residual"], rel=1e-9, abs=1e-15)
     reference = torch.linalg.inv(_matrices(BATCH))

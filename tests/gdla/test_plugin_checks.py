@@ -10,7 +10,9 @@ import pytest
 import torch
 
 import gdla
+from gdla import plugin_checks
 from gdla.plugin_checks import (
+    built_in,
     check_adjoint,
     check_quadratic,
     check_start,
@@ -205,16 +207,25 @@ def test_a_right_adjoint_passes_the_dot_test_at_any_scale(dtype: torch.dtype, sc
 
 
 def test_the_builtins_pass_and_are_checked_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gdla's own problems pass every rule, and a solve skips the checks for them (their contract tests check the
+    rules); a subclass from outside gdla is checked once."""
     calls: list[str] = []
     for name in gdla.problems():
         problem = gdla.get_problem(name).example()
+        assert built_in(type(problem))
         loss = type(problem).loss
         monkeypatch.setattr(type(problem), "loss", lambda self, p, loss=loss: calls.append(self.name) or loss(self, p))
+        check_start(problem)
+        assert calls == []  # skipped: a built-in
+        monkeypatch.setattr(plugin_checks, "BUILT_IN_PACKAGE", "none")  # checked as a third party's would be
         check_start(problem)
         checked = len(calls)
         check_start(problem)  # remembered: no second loss
         assert len(calls) == checked > 0
         monkeypatch.undo()
+        calls.clear()
+    outside = type("Outside", (type(gdla.get_problem("inverse").example()),), {})  # defined here: not built in
+    assert not built_in(outside)
 
 
 def test_metrics_and_the_condition_estimate_must_be_numbers() -> None:
