@@ -122,10 +122,9 @@ def _known_loss(plan: Plan, opt: Optimizer, params: Params) -> float | None:
     """The loss at ``params`` (the answer) where it is known now: a method whose last call already evaluated it there
     (a whole-run kernel's final pass) says so in its ``final_loss`` attribute (a float, else ``None``), and a sharded
     run computes it now, its ranks together (a shard's own is its part); else ``None``: computed when first read."""
-    known = opt.final_loss
     if plan.sharding is not None:
         return _loss_at(plan.full, params)
-    return known if isinstance(known, float) else None
+    return opt.final_loss if isinstance(opt.final_loss, float) else None
 
 
 def _loss_on_read(problem: Problem, params: Params) -> Callable[[], float]:

@@ -170,9 +170,7 @@ class LossHistory:
         """Multiply every loss by ``2^exponent`` in place: exact, except that a loss beyond float64's range in those
         units becomes ``inf`` (or one below it ``0``), as it would be computed there."""
         if exponent and self._values:
-            values = np.frombuffer(self._values, dtype=np.float64)
-            with np.errstate(over="ignore", under="ignore"):
-                np.ldexp(values, exponent, out=values)
+            _times_power_of_two(np.frombuffer(self._values, dtype=np.float64), exponent)
 
     def view(self, last: Callable[[], float] | None = None, exponent: int = 0) -> Losses:
         """The history as a read-only :class:`Losses`, sharing its memory (take it once the run is over).
@@ -184,6 +182,13 @@ class LossHistory:
         losses = Losses(self._values)
         losses._pending = None if last is None else (last, exponent)
         return losses
+
+
+def _times_power_of_two(values: np.ndarray, exponent: int) -> None:
+    """``values *= 2^exponent`` in place: exact, except that a value beyond float64's range becomes ``inf`` (or one
+    below it ``0``), as it would be computed in those units."""
+    with np.errstate(over="ignore", under="ignore"):
+        np.ldexp(values, exponent, out=values)
 
 
 class Losses(Sequence[float]):
@@ -211,8 +216,7 @@ class Losses(Sequence[float]):
         if self._pending is not None:
             compute, exponent = self._pending
             value = np.array([compute()], dtype=np.float64)
-            with np.errstate(over="ignore", under="ignore"):  # as LossHistory.scale_by_power_of_two
-                np.ldexp(value, exponent, out=value)
+            _times_power_of_two(value, exponent)  # as LossHistory.scale_by_power_of_two scaled the others
             self._raw.append(float(value[0]))
             self._pending = None
         return self._raw

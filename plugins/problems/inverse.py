@@ -135,6 +135,8 @@ class InverseProblem(InverseExamples, Problem):
         # only when a figure needs them; a DTensor's gathered copy is analysed now and not kept
         self._facts = InverseFacts(dense, side, pseudo, self._k, lazy=dense is A)
         self._attainable = self._facts.attainable
+        #: Whether ``P = I`` is attainable for every member (read by every figure and declaration: one sync, here).
+        self._all_attainable = bool(self._attainable.all())
         self._projector = None if self._facts.projector is None else self._placed(self._facts.projector)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -175,8 +177,8 @@ class InverseProblem(InverseExamples, Problem):
         """The answer is ``A⁻¹`` (``A⁺`` with ``pseudo``), measured on this problem's side; where ``P = I`` is
         attainable for every member and nothing is projected, the loss and :meth:`residual` are the standard ones
         (``measured``)."""
-        attainable = self.__dict__.get("_attainable")
-        measured = attainable is not None and self._projector is None and bool(attainable.all())
+        # (called once by the constructor before the analysis, for the identity's size: not measured then)
+        measured = self.__dict__.get("_all_attainable", False) and self._projector is None
         return MatrixInverse(self.A, side=self.side, pseudo=self.pseudo, key="M", measured=measured)
 
     def fused_loss(self) -> InverseMSE | None:
@@ -187,7 +189,7 @@ class InverseProblem(InverseExamples, Problem):
         ``residual_factor = k``.
         """
         plain = not self.batch_shape and self.side != "both" and self._projector is None
-        tested = plain and bool(self._attainable.all())
+        tested = plain and self._all_attainable
         return InverseMSE(self.A, side=self.side, key="M", residual_factor=float(self._k) if tested else None)
 
     def needs_projection(self) -> bool:
@@ -344,7 +346,7 @@ class InverseProblem(InverseExamples, Problem):
 
     def residual_kind(self) -> str:
         """``"normal-equations"`` where ``P = I_k`` is unattainable for some member, else ``"equation"``."""
-        return "equation" if bool(self._attainable.all()) else "normal-equations"
+        return "equation" if self._all_attainable else "normal-equations"
 
     def _residuals(self, params: Params) -> torch.Tensor:
         r"""The relative residual of every matrix of the batch, shape ``batch_shape``.
@@ -368,7 +370,7 @@ class InverseProblem(InverseExamples, Problem):
             return torch.maximum(frobenius(A @ M - eye), frobenius(M @ A - eye)) / root_k
         error = self._product(M) - eye
         value = self._full(frobenius(error)) / root_k
-        if not bool(self._attainable.all()):
+        if not self._all_attainable:
             normal = self.matrix_inverse().adjoint(error)  # Aᵀ(AM − I) right, (MA − I)Aᵀ left
             normal_value = self._full(frobenius(normal)) / (safe_scale(self._sigma_max) * root_k)
             value = torch.where(self._attainable, value, normal_value)
@@ -385,7 +387,7 @@ class InverseProblem(InverseExamples, Problem):
             or M.shape != A.shape
             or M.dtype != A.dtype
             or M.requires_grad and torch.is_grad_enabled()
-            or not bool(self._attainable.all())
+            or not self._all_attainable
             or not extension_status()[0]
         ):
             return None
