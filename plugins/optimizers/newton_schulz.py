@@ -134,7 +134,7 @@ class NewtonSchulz(Optimizer):
         self._first = math.nan  # the run's first loss (the divergence test's reference), once a whole-run call took it
         #: The loss where the last whole-run call left the iterate (work units), or ``None``: not known.
         self.final_loss: float | None = None
-        self._fused = self._fused_kernel()
+        self._fused = self._fused_kernel()  # (kernel, fused loss) or None
         batch = self.A.shape[:-2]
         self._done = torch.zeros(batch, dtype=torch.bool, device=self.A.device)
         self._last_change = torch.full(batch, math.inf, dtype=self.A.dtype, device=self.A.device)
@@ -323,7 +323,7 @@ class NewtonSchulz(Optimizer):
             X.copy_(self.inverse.safe_start())
         self._count += 1
         if self._fused is not None:
-            return self._fused(X)
+            return self._fused_step(X)
         residual = self._residual(X)
         loss = self._loss(residual)
         update = self._update(X, residual, self.A, self._eye)
@@ -353,25 +353,26 @@ class NewtonSchulz(Optimizer):
             cleaned = X @ replicated(self.A @ replicated(X))
             X.copy_(torch.where(self._done[..., None, None], cleaned, X))
 
-    def _fused_kernel(self) -> Any:
-        """One step through the extension's batched small-matrix kernel, or ``None`` where it does not apply.
+    def _fused_kernel(self) -> tuple[Any, Any] | None:
+        """The extension's batched small-matrix kernel and its fused loss, or ``None`` where they do not apply.
 
         The kernel iterates ``X ← 2X − X A X``, which is the update of every side for a square
         ``A`` (``X(2I − AX) = (2I − XA)X``). Pseudo mode keeps the PyTorch path for its cleaning.
+        (The ops themselves are kept, not a closure over ``self``: a reference cycle would hold the iterate
+        until Python's cyclic collector ran.)
         """
         if self.backend != "fused" or self._kernel_reason(self.problem) is not None:
             return None
-        kernel = _ops_function("small_inverse_newton_schulz")
-        fused_loss = _ops_function("inverse_mse")
+        return _ops_function("small_inverse_newton_schulz"), _ops_function("inverse_mse")
 
-        def one_step(X: torch.Tensor) -> torch.Tensor:
-            # the fused MSE is the problem's loss only where the declared form's loss was checked to be it
-            loss = fused_loss(self.A, X, self.side) if self._loss_of is not None else self._loss(self._residual(X))
-            out = kernel(self.A, X, 1, 0.0)
-            X.copy_(out[0] if isinstance(out, (tuple, list)) else out)
-            return loss
-
-        return one_step
+    def _fused_step(self, X: torch.Tensor) -> torch.Tensor:
+        """One step through :meth:`_fused_kernel`'s kernel; the loss at the iterate it starts from."""
+        kernel, fused_loss = self._fused
+        # the fused MSE is the problem's loss only where the declared form's loss was checked to be it
+        loss = fused_loss(self.A, X, self.side) if self._loss_of is not None else self._loss(self._residual(X))
+        out = kernel(self.A, X, 1, 0.0)
+        X.copy_(out[0] if isinstance(out, (tuple, list)) else out)
+        return loss
 
 
 def _ops_function(name: str) -> Any:

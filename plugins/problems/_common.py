@@ -3,12 +3,14 @@
 Everything here works on batches of matrices, shape ``(..., m, n)``: the leading dimensions index
 independent problems. Norms keep those batch dimensions; ``worst`` reduces them to one number
 (the stop test of a batch is its worst member). Also here: seeded CPU draws, the numerical
-singularity threshold, and orthonormal retractions (sign-fixed QR, polar) with exact gradients.
+singularity threshold, orthonormal retractions (sign-fixed QR, polar) with exact gradients, and
+:class:`KeptFigure` (a figure kept for the same, unmodified tensors).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -16,6 +18,7 @@ import torch
 from gdla.norms import relative_norm  # re-exported: the built-ins' metrics import it from here too
 
 __all__ = [
+    "KeptFigure",
     "as_working_float",
     "batch_index",
     "batched_mse",
@@ -194,3 +197,29 @@ class _PolarFactor(torch.autograd.Function):
 def polar_factor_differentiable(tensor: torch.Tensor) -> torch.Tensor:
     """:func:`polar_factor` with a backward that is finite at orthonormal inputs (see ``_PolarFactor``)."""
     return _PolarFactor.apply(tensor)
+
+
+class KeptFigure:
+    """The last figure computed from some tensors, given again while they are the same, unmodified tensors.
+
+    Tensors are compared by identity and version counter (an in-place change bumps it) and held by weak reference,
+    so the keeper keeps none of them alive; inference tensors have no version counter and are never kept. A copy
+    of its owner must get its own keeper; pickling keeps nothing.
+    """
+
+    def __init__(self) -> None:
+        self._kept: tuple[tuple[Any, ...], tuple[int, ...], torch.Tensor] | None = None
+
+    def __call__(self, tensors: tuple[torch.Tensor, ...], compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The kept figure where ``tensors`` are those it came from, unmodified; else ``compute()``, then kept."""
+        if any(t.is_inference() for t in tensors):
+            return compute()
+        versions, kept = tuple(t._version for t in tensors), self._kept
+        if kept is not None and kept[1] == versions and all(r() is t for r, t in zip(kept[0], tensors, strict=True)):
+            return kept[2]
+        value = compute()
+        self._kept = (tuple(weakref.ref(t) for t in tensors), versions, value)
+        return value
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_kept": None}

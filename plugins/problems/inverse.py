@@ -44,6 +44,7 @@ from gdla.scaling import (
 )
 from gdla.validation import check_choice, check_matrix
 from gdla_plugins.problems._common import (
+    KeptFigure,
     as_working_float,
     batched_mse,
     frobenius,
@@ -131,6 +132,7 @@ class InverseProblem(InverseExamples, Problem):
         self._reference: torch.Tensor | None = None
         #: ``(A, A._version, normalized())``: the last answer, kept while ``A`` stays the same
         self._normalization: tuple[torch.Tensor, int, Normalization | None] | None = None
+        self._kept_residuals = KeptFigure()  # the last answer's, for the report and the residual metric
         # a large square A is screened (an LU factorisation, about one product), its singular values computed
         # only when a figure needs them; a DTensor's gathered copy is analysed now and not kept
         self._facts = InverseFacts(dense, side, pseudo, self._k, lazy=dense is A)
@@ -140,7 +142,7 @@ class InverseProblem(InverseExamples, Problem):
         self._projector = None if self._facts.projector is None else self._placed(self._facts.projector)
 
     def __getstate__(self) -> dict[str, Any]:
-        """The instance's attributes without the kept :meth:`normalized` (its ``restore`` is a closure: no pickle)."""
+        """The instance's attributes without what it keeps (:meth:`normalized`'s ``restore``: a closure, no pickle)."""
         state = dict(vars(self))
         state["_normalization"] = None
         state.pop("_identity", None)  # made again when needed
@@ -285,7 +287,7 @@ class InverseProblem(InverseExamples, Problem):
         work.A = scale_by_power_of_two(self.A, exponent)
         work._facts = self._facts.scaled(exponent)
         work._reference = None
-        work._normalization = None
+        work._normalization, work._kept_residuals = None, KeptFigure()
         work._constructor_arguments = {**self._constructor_arguments, "A": work.A}  # rebuilt from the scaled A
         return work
 
@@ -379,14 +381,15 @@ class InverseProblem(InverseExamples, Problem):
     def _fused_residuals(self, M: torch.Tensor) -> torch.Tensor | None:
         """``‖P − I‖_F`` per matrix by ``gdla.ops.small_inverse_residuals`` (one pass in registers, summed in
         float64) where it serves: square ``n <= gdla.limits.SMALL_MAX_N`` plain tensors with ``P = I`` attainable;
-        else ``None``."""
+        else ``None``. The last figures are kept for the same, unmodified ``M`` and ``A`` (a solve's report and its
+        ``residual`` metric ask for the same answer's)."""
         A = self.A
         if (
             self._m != self._n
             or A.device.type not in ("cpu", "cuda")
             or M.shape != A.shape
             or M.dtype != A.dtype
-            or M.requires_grad and torch.is_grad_enabled()
+            or (M.requires_grad or A.requires_grad) and torch.is_grad_enabled()
             or not self._all_attainable
             or not extension_status()[0]
         ):
@@ -397,7 +400,7 @@ class InverseProblem(InverseExamples, Problem):
             return None
         if self.side == "both":
             return torch.maximum(ops.small_inverse_residuals(A, M, "right"), ops.small_inverse_residuals(A, M, "left"))
-        return ops.small_inverse_residuals(A, M, self.side)
+        return self._kept_residuals((M, A), lambda: ops.small_inverse_residuals(A, M, self.side))
 
     def reference(self) -> torch.Tensor:
         """``torch.linalg.inv(A)``, or ``torch.linalg.pinv(A)`` for ``pseudo=True`` or rectangular ``A``."""

@@ -1,12 +1,13 @@
 """The shortcuts that keep a small solve's Python overhead low give what the long way gives.
 
-Covered: the inverse problem's kept normalisation (reused only while ``A`` is unchanged), the
-summary's finiteness checks by extremes, the loss history fed a converted array, and step-by-step
-residuals that follow the in-place kernel steps.
+Covered: the inverse problem's kept normalisation (reused only while ``A`` is unchanged) and kept residuals,
+the summary's finiteness checks by extremes, the loss history fed a converted array, step-by-step
+residuals that follow the in-place kernel steps, and a solve that frees its tensors by reference counting.
 """
 
 from __future__ import annotations
 
+import gc
 import math
 import pickle
 
@@ -140,3 +141,49 @@ def test_the_callback_and_the_losses_are_in_the_callers_units() -> None:
     assert [loss * 2.0**80 for loss in result0.losses] == result40.losses
     for (_, p0), (_, p40) in zip(seen0, seen40, strict=True):
         assert torch.equal(p0 * 2.0**40, p40)
+
+
+# -- memory freed as soon as it is no longer used ---------------------------------------------------
+@pytest.mark.parametrize("optimizer", ["auto", "newton-schulz", "sgd", "momentum", "adam", "lbfgs", "cg"])
+def test_a_solve_leaves_no_tensor_or_gdla_object_to_the_cyclic_collector(optimizer: str) -> None:
+    # a reference cycle (an optimizer keeping a closure over itself) would hold the iterate until Python's
+    # collector ran: fresh memory, and page faults, for the next solve of a large batch
+    problem = batch(count=40)
+    gdla.solve(problem, optimizer=optimizer, max_steps=5, tol=0)  # first-call caches are not what is looked for
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        result = gdla.solve(problem, optimizer=optimizer, max_steps=5, tol=0)
+        assert math.isfinite(result.metrics["residual"]) and len(result.losses) == result.steps + 1
+        del result
+        gc.collect()
+        cyclic = [
+            obj for obj in gc.garbage
+            if isinstance(obj, torch.Tensor) or type(obj).__module__.split(".")[0] in ("gdla", "gdla_plugins")
+        ]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert cyclic == []
+
+
+def test_kept_residuals_follow_the_answer_and_the_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    ops = pytest.importorskip("gdla.ops", reason="the compiled extension gdla._C is not built")
+    calls = []
+    kernel = ops.small_inverse_residuals
+    monkeypatch.setattr(ops, "small_inverse_residuals", lambda *args: calls.append(1) or kernel(*args))
+    problem = batch()
+    M = torch.linalg.inv(problem.A) * 1.001
+    first = problem.member_residuals({"M": M})
+    torch.testing.assert_close(problem.residual({"M": M}), first.max())  # the same answer: the figures kept
+    assert torch.equal(problem.member_residuals({"M": M}), first) and len(calls) == 1
+    M.mul_(1.001)  # the answer changed in place: computed again
+    again = problem.member_residuals({"M": M})
+    assert len(calls) == 2 and bool((again > first).all())
+    problem.member_residuals({"M": M.clone()})  # another tensor, even with the same values: computed
+    assert len(calls) == 3
+    problem.A.mul_(2.0)  # the data changed in place: computed again, for the data as it is now
+    changed = problem.member_residuals({"M": M})
+    assert len(calls) == 4 and not torch.equal(changed, again)
+    pickle.loads(pickle.dumps(problem)).member_residuals({"M": M})  # a copy keeps nothing
+    assert len(calls) == 5
