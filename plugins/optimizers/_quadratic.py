@@ -26,14 +26,16 @@ from gdla.optimizer import Optimizer
 from gdla.problem import Params, Problem
 from gdla_plugins.optimizers._spectral import (
     HESSIAN_STEPS,
+    Lanczos,
     Spectrum,
     declares_gram,
     flatten,
     gram_extremes,
     hessian_extremes,
+    hessian_lanczos,
     hessian_operator,
+    hessian_steps,
     is_quadratic,
-    lanczos_extremes,
     problem_options,
     unflatten,
 )
@@ -92,6 +94,7 @@ class LeastSquaresView(QuadraticView):
         self.block_name = form.block_name
         self.block_index = form.block_index
         self._template = params[form.key]
+        self._lanczos: Lanczos | None = None  # one run, resumed by longer asks (see settled_condition)
 
     def gradient(self, params: Params) -> tuple[torch.Tensor, Params]:
         loss, g = self.form.gradient(params[self.form.key])
@@ -103,14 +106,16 @@ class LeastSquaresView(QuadraticView):
     def spectrum(self, steps: int | None = None) -> Spectrum:
         if self.form.gram_factor is not None:
             return gram_extremes(self.form.gram_factor)
-        x = self._template
-        generator = torch.Generator(device="cpu").manual_seed(0)
-        start = torch.randn(x.numel(), generator=generator, dtype=torch.float64).to(x)
+        if self._lanczos is None:
+            x = self._template
+            generator = torch.Generator(device="cpu").manual_seed(0)
+            start = torch.randn(x.numel(), generator=generator, dtype=torch.float64).to(x)
 
-        def matvec(v: torch.Tensor) -> torch.Tensor:
-            return self.form.gram(v.view_as(x)).reshape(-1)
+            def matvec(v: torch.Tensor) -> torch.Tensor:
+                return self.form.gram(v.view_as(x)).reshape(-1)
 
-        return lanczos_extremes(matvec, start, HESSIAN_STEPS if steps is None else steps)
+            self._lanczos = Lanczos(matvec, start)
+        return self._lanczos.extremes(HESSIAN_STEPS if steps is None else steps)
 
     def declared_spectrum(self) -> bool:
         return self.form.gram_factor is not None
@@ -135,6 +140,7 @@ class HessianView(QuadraticView):
             self.key = next(iter(params))
         self._hvp = hessian_operator(problem, params)
         self._spectrum: Spectrum | None = None
+        self._lanczos: Lanczos | None = None  # the growing runs' one run (resumed, see settled_condition)
 
     def gradient(self, params: Params) -> tuple[torch.Tensor, Params]:
         return self.problem.loss_and_grad(params, self.backend)
@@ -145,7 +151,9 @@ class HessianView(QuadraticView):
     def spectrum(self, steps: int | None = None) -> Spectrum:
         if steps is None or self.declared_spectrum():
             return hessian_extremes(self.problem, self.params)
-        return hessian_extremes(self.problem, self.params, steps=steps, operator=self._hvp)
+        if self._lanczos is None:
+            self._lanczos = hessian_lanczos(self.problem, self.params, operator=self._hvp)
+        return self._lanczos.extremes(hessian_steps(steps, self._lanczos.d))
 
     def declared_spectrum(self) -> bool:
         return declares_gram(self.problem)

@@ -22,6 +22,7 @@ from gdla.mesh import distribute_like, full_tensor, is_dtensor
 from gdla.problem import Params, Problem
 
 __all__ = [
+    "Lanczos",
     "Spectrum",
     "fixed_step_expected_steps",
     "fixed_step_rate",
@@ -30,7 +31,9 @@ __all__ = [
     "declared_hessian_extremes",
     "declares_gram",
     "hessian_extremes",
+    "hessian_lanczos",
     "hessian_operator",
+    "hessian_steps",
     "is_quadratic",
     "lanczos_extremes",
     "quadratic_reason",
@@ -59,7 +62,7 @@ class Spectrum:
         smallest: smallest eigenvalue estimates above the numerical-zero floor, shape ``(...)``;
             Ritz values approach it from above. Zero eigenvalues (a null space) are skipped, so
             for a singular operator this is the smallest nonzero one.
-        matvecs: operator products spent.
+        matvecs: operator products the estimate rests on (its Krylov dimension; a resumed run spent them over calls).
     """
 
     def __init__(self, largest: torch.Tensor, smallest: torch.Tensor, matvecs: int) -> None:
@@ -89,61 +92,84 @@ def lanczos_extremes(matvec: Matvec, start: torch.Tensor, steps: int) -> Spectru
     Members whose Krylov space closes early (an invariant subspace) stop there: every eigenvalue
     the start vector sees is then found, and their later tridiagonal entries are filler whose
     Ritz pairs are dropped. The smallest eigenvalue skips values at rounding level (a null space)
-    and prefers Ritz values certified by their residual bound.
+    and prefers Ritz values certified by their residual bound. (One call of :meth:`Lanczos.extremes`.)
     """
-    d = start.shape[-1]
-    k = max(1, min(int(steps), d))
-    eps = torch.finfo(start.dtype).eps
-    work = torch.float64
-    q = start / _safe(torch.linalg.vector_norm(start, dim=-1, keepdim=True))
-    basis = [q]
-    alphas: list[torch.Tensor] = []
-    betas: list[torch.Tensor] = []
-    dead: list[torch.Tensor] = []
-    alive = torch.ones(start.shape[:-1], dtype=torch.bool, device=start.device)
-    scale = torch.zeros(start.shape[:-1], dtype=start.dtype, device=start.device)
-    previous, beta = torch.zeros_like(q), torch.zeros_like(scale)
-    for j in range(k):
-        w = matvec(q)
+    return Lanczos(matvec, start).extremes(steps)
+
+
+class Lanczos:
+    """A Lanczos run from one start that goes on where it stopped (:func:`lanczos_extremes`, resumable).
+
+    :meth:`extremes` of ``k`` steps after one of ``j < k`` costs ``k − j`` operator products and gives the bits a
+    fresh ``k``-step run gives; one of ``k <= j`` costs none. :func:`settled_condition`'s growing runs so pay for
+    the longest alone.
+    """
+
+    def __init__(self, matvec: Matvec, start: torch.Tensor) -> None:
+        self.matvec, self.dtype, self.d = matvec, start.dtype, start.shape[-1]
+        self.q = start / _safe(torch.linalg.vector_norm(start, dim=-1, keepdim=True))
+        self.basis = [self.q]
+        self.previous = torch.zeros_like(self.q)
+        self.alive = torch.ones(start.shape[:-1], dtype=torch.bool, device=start.device)
+        self.scale = torch.zeros(start.shape[:-1], dtype=start.dtype, device=start.device)
+        self.beta = torch.zeros_like(self.scale)
+        #: per step: the tridiagonal's diagonal entry, the residual norm after it, whether the member was already
+        #: dead, and the running largest ``‖H q‖``
+        self.alphas: list[torch.Tensor] = []
+        self.betas: list[torch.Tensor] = []
+        self.dead: list[torch.Tensor] = []
+        self.scales: list[torch.Tensor] = []
+
+    def _step(self) -> None:
+        """One iteration, and the next Lanczos vector made ready."""
+        q, eps = self.q, torch.finfo(self.dtype).eps
+        w = self.matvec(q)
         alpha = (w * q).sum(-1)
-        dead.append(~alive)
-        alphas.append(torch.where(alive, alpha, alphas[0] if alphas else alpha))
-        scale = torch.maximum(scale, torch.linalg.vector_norm(w, dim=-1))
-        w = w - alpha[..., None] * q - beta[..., None] * previous
-        stacked = torch.stack(basis, dim=-2)  # shape: (..., j+1, d)
+        self.dead.append(~self.alive)
+        self.alphas.append(torch.where(self.alive, alpha, self.alphas[0] if self.alphas else alpha))
+        self.scale = torch.maximum(self.scale, torch.linalg.vector_norm(w, dim=-1))
+        self.scales.append(self.scale)
+        w = w - alpha[..., None] * q - self.beta[..., None] * self.previous
+        stacked = torch.stack(self.basis, dim=-2)  # shape: (..., j+1, d)
         for _ in range(2):  # Gram-Schmidt twice is enough in floating point
             w = w - ((stacked @ w[..., None]) * stacked).sum(-2)
         beta = torch.linalg.vector_norm(w, dim=-1)
         # breakdown: the Krylov space is invariant and every eigenvalue it holds is found. Going on
         # from the rounding noise would mix null-space directions into spurious small Ritz values
-        alive = alive & (beta > BREAKDOWN * eps * _safe(scale))
-        beta = torch.where(alive, beta, torch.zeros_like(beta))
-        if j == k - 1:
-            break
-        betas.append(beta)
-        previous = q
-        q = torch.where(alive[..., None], w / _safe(beta)[..., None], torch.zeros_like(w))
-        basis.append(q)
-    tri = torch.diag_embed(torch.stack(alphas, dim=-1).to(work))
-    if betas:
-        off = torch.stack(betas, dim=-1).to(work)
-        tri = tri + torch.diag_embed(off, offset=1) + torch.diag_embed(off, offset=-1)
-    ritz, vectors = torch.linalg.eigh(tri)  # shape: (..., k), (..., k, k); ascending
-    # Ritz pairs living on the filler of a member that broke down are not part of its spectrum
-    filler = torch.stack(dead, dim=-1).to(work)  # shape: (..., k)
-    real = (vectors.square() * filler[..., :, None]).sum(-2) < 0.5
-    largest = torch.where(real, ritz, torch.full_like(ritz, -math.inf)).max(dim=-1).values
-    # ‖H y − θ y‖ for Ritz pair (θ, y): |β_k| times y's last component, plus the rounding of the basis
-    bound = (beta.to(work)[..., None] * vectors[..., -1, :]).abs() + math.sqrt(k) * eps * scale.to(work)[..., None]
-    # below the floor: rounding noise on a null space. A value that does not exceed its own error
-    # bound twice over may still be a null-space value on its way to 0, so a certified one is preferred
-    floor = largest.abs() * (4 * math.sqrt(d) * eps)
-    candidate = real & (ritz > floor[..., None])
-    certified = candidate & (ritz > 2 * bound)
-    pick = torch.where(certified.any(dim=-1, keepdim=True), certified, candidate)
-    smallest = torch.where(pick, ritz, torch.full_like(ritz, math.inf)).min(dim=-1).values
-    smallest = torch.where(torch.isfinite(smallest), smallest, torch.zeros_like(smallest))
-    return Spectrum(largest.to(start.dtype), smallest.to(start.dtype), k)
+        self.alive = self.alive & (beta > BREAKDOWN * eps * _safe(self.scale))
+        self.beta = torch.where(self.alive, beta, torch.zeros_like(beta))
+        self.betas.append(self.beta)
+        self.previous = q
+        self.q = torch.where(self.alive[..., None], w / _safe(self.beta)[..., None], torch.zeros_like(w))
+        self.basis.append(self.q)
+
+    def extremes(self, steps: int) -> Spectrum:
+        """The spectrum's ends from the first ``steps`` iterations (clipped to ``d``), run now where not run yet."""
+        d, eps, work = self.d, torch.finfo(self.dtype).eps, torch.float64
+        k = max(1, min(int(steps), d))
+        while len(self.alphas) < k:
+            self._step()
+        beta, scale = self.betas[k - 1], self.scales[k - 1]
+        tri = torch.diag_embed(torch.stack(self.alphas[:k], dim=-1).to(work))
+        if k > 1:
+            off = torch.stack(self.betas[: k - 1], dim=-1).to(work)
+            tri = tri + torch.diag_embed(off, offset=1) + torch.diag_embed(off, offset=-1)
+        ritz, vectors = torch.linalg.eigh(tri)  # shape: (..., k), (..., k, k); ascending
+        # Ritz pairs living on the filler of a member that broke down are not part of its spectrum
+        filler = torch.stack(self.dead[:k], dim=-1).to(work)  # shape: (..., k)
+        real = (vectors.square() * filler[..., :, None]).sum(-2) < 0.5
+        largest = torch.where(real, ritz, torch.full_like(ritz, -math.inf)).max(dim=-1).values
+        # ‖H y − θ y‖ for Ritz pair (θ, y): |β_k| times y's last component, plus the rounding of the basis
+        bound = (beta.to(work)[..., None] * vectors[..., -1, :]).abs() + math.sqrt(k) * eps * scale.to(work)[..., None]
+        # below the floor: rounding noise on a null space. A value that does not exceed its own error
+        # bound twice over may still be a null-space value on its way to 0, so a certified one is preferred
+        floor = largest.abs() * (4 * math.sqrt(d) * eps)
+        candidate = real & (ritz > floor[..., None])
+        certified = candidate & (ritz > 2 * bound)
+        pick = torch.where(certified.any(dim=-1, keepdim=True), certified, candidate)
+        smallest = torch.where(pick, ritz, torch.full_like(ritz, math.inf)).min(dim=-1).values
+        smallest = torch.where(torch.isfinite(smallest), smallest, torch.zeros_like(smallest))
+        return Spectrum(largest.to(self.dtype), smallest.to(self.dtype), k)
 
 
 def gram_extremes(A: torch.Tensor, steps: int = 100, seed: int = 0, dtype: torch.dtype = torch.float64) -> Spectrum:
@@ -258,20 +284,20 @@ def settled_condition(
     ``enough(κ_k)`` (a larger value would not change the caller's verdict, e.g. a budget already exceeded), when
     the next run would take the products spent past ``affordable(κ_k)`` (what the caller may spend before a run
     that ``κ_k`` predicts: a share of that run's own products), or when ``k`` reaches ``size`` (the Krylov space
-    holds every direction). A well-conditioned operator so costs 6 products instead of :data:`HESSIAN_STEPS`; an
+    holds every direction). A well-conditioned operator so costs 4 products instead of :data:`HESSIAN_STEPS`; an
     ill-conditioned one whose small eigenvalues the first runs do not see yet gets a low figure, never a high one.
 
     Args:
-        estimate: ``k ↦`` the spectrum by ``k`` Lanczos steps (from one fixed start).
+        estimate: ``k ↦`` the spectrum by ``k`` Lanczos steps from one fixed start, a run that goes on where the
+            last one stopped (:class:`Lanczos`): the products spent are the longest run's steps.
         size: the operator's dimension.
         enough: whether a condition number already decides the caller's question.
         affordable: the operator products an estimate may cost, given the condition number it found.
     """
-    kappa, spent = math.inf, 0
+    kappa = math.inf
     for steps, following in zip(SETTLING_ROUNDS, (*SETTLING_ROUNDS[1:], 0), strict=True):
         kappa = estimate(steps).worst_condition()
-        spent += min(steps, size)
-        if steps >= size or not math.isfinite(kappa) or enough(kappa) or spent + following > affordable(kappa):
+        if steps >= size or not math.isfinite(kappa) or enough(kappa) or min(following, size) > affordable(kappa):
             break
     return kappa
 
@@ -290,13 +316,22 @@ def hessian_extremes(
     declared = declared_hessian_extremes(problem, steps, seed)
     if declared is not None:
         return declared
+    run = hessian_lanczos(problem, params, seed, operator)
+    return run.extremes(hessian_steps(steps, run.d))
+
+
+def hessian_lanczos(problem: Problem, params: Params, seed: int = 0, operator: Matvec | None = None) -> Lanczos:
+    """The Lanczos run on the loss's Hessian at ``params`` that :func:`hessian_extremes` makes (not started)."""
     matvec = hessian_operator(problem, params) if operator is None else operator
     template = flatten(params)
-    steps = max(2, min(steps, LANCZOS_MEMORY // max(template.numel(), 1)))
     # a random start: premultiplying by H to leave out a null space would also bury the
     # smallest nonzero eigen-direction (its weight drops by 1/κ); the floor skips the zeros instead
-    start = _random(template.shape, seed, template.dtype, template.device)
-    return lanczos_extremes(matvec, start, steps)
+    return Lanczos(matvec, _random(template.shape, seed, template.dtype, template.device))
+
+
+def hessian_steps(steps: int, size: int) -> int:
+    """``steps`` lowered (not below 2) so a Lanczos basis of ``size``-vectors stays within ``LANCZOS_MEMORY``."""
+    return max(2, min(steps, LANCZOS_MEMORY // max(size, 1)))
 
 
 def fixed_step_rate(lr: float, momentum: float, eigenvalues: list[float]) -> float:

@@ -12,7 +12,13 @@ import torch
 
 import gdla
 from gdla.result import STOP_REASONS
-from gdla_plugins.optimizers._spectral import fixed_step_rate, gram_extremes, hessian_extremes
+from gdla_plugins.optimizers._spectral import (
+    Lanczos,
+    fixed_step_rate,
+    gram_extremes,
+    hessian_extremes,
+    lanczos_extremes,
+)
 from gdla_plugins.problems.inverse import InverseProblem
 
 
@@ -65,6 +71,26 @@ def test_lanczos_condition_estimates_agree_with_torch(case: str) -> None:
     estimate = gram_extremes(A).condition.sqrt()
     # squaring costs accuracy at κ ≈ 1/√ε (Hilbert 6): a few percent there, 1e-6 elsewhere
     torch.testing.assert_close(estimate, torch.linalg.cond(A), rtol=5e-2 if case == "hilbert6" else 1e-6, atol=0)
+
+
+def test_a_resumed_lanczos_run_gives_the_bits_of_fresh_runs_and_pays_only_its_new_steps() -> None:
+    A = seeded_rand(3, 12, 12, seed=4)
+    gram = A.mT @ A  # a batch of three PSD operators
+    start = seeded_rand(3, 12, seed=5) - 0.5
+    products = []
+
+    def matvec(v: torch.Tensor) -> torch.Tensor:
+        products.append(1)
+        return (gram @ v[..., None])[..., 0]
+
+    run = Lanczos(matvec, start)
+    for steps in (2, 5, 3, 12, 40):  # shorter asks reread the run, longer ones go on; 40 is clipped to d = 12
+        resumed = run.extremes(steps)
+        fresh = lanczos_extremes(lambda v: (gram @ v[..., None])[..., 0], start, steps)
+        assert torch.equal(resumed.largest, fresh.largest) and torch.equal(resumed.smallest, fresh.smallest)
+        assert resumed.matvecs == fresh.matvecs == min(steps, 12)
+    assert len(products) == 12  # each iteration once
+    torch.testing.assert_close(run.extremes(12).largest, torch.linalg.eigvalsh(gram)[..., -1], rtol=1e-10, atol=0)
 
 
 def test_hessian_condition_of_the_inverse_loss_is_cond_squared() -> None:

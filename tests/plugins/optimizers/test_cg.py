@@ -183,9 +183,10 @@ def _with_singular_values(sigma: torch.Tensor) -> LeastSquares:
 @pytest.mark.parametrize(
     ("sigma", "rounds", "expected"),
     [
-        # κ(BᵀB) = 2.25: a 2-step run sees κ ≈ 1.62 and predicts a run of 13 steps, whose fifth (5 products) the
-        # next run (4) would exceed; the 120-step estimate says 15 (the run takes 12)
-        (torch.linspace(1.0, 1.5, 60, dtype=torch.float64), [2], 13.0),
+        # κ(BᵀB) = 2.25: a 2-step run sees κ ≈ 1.62 and predicts a run of 13 steps, whose 2/5 (5.2 products) the
+        # 4-step run (the same run resumed: 4 products in all) fits; it sees κ ≈ 2.02 and predicts 14, which the
+        # 8-step run would exceed; the 120-step estimate says 15 (the run takes 12)
+        (torch.linspace(1.0, 1.5, 60, dtype=torch.float64), [2, 4], 14.0),
         # two distinct values, κ = 1e6: 2 steps find both, and the prediction (capped at 2 × 60) already exceeds
         # the budget of 50
         (torch.cat([torch.full((30,), 1e-3, dtype=torch.float64), torch.ones(30, dtype=torch.float64)]), [2], 120.0),
@@ -201,5 +202,5 @@ def test_steps_estimate_without_a_gram_factor_costs_a_share_of_its_run(
     opt.form.spectrum = lambda steps=None: asked.append(steps) or spectrum(steps)  # type: ignore[method-assign]
     assert opt.expected_steps(1e-8) == expected
     assert asked == rounds
-    kappa = spectrum(2).worst_condition()
+    kappa = spectrum(rounds[-1]).worst_condition()
     assert expected == min(math.ceil(math.sqrt(kappa) / 2 * math.log(2 / 1e-8)), 120)
