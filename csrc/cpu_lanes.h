@@ -10,7 +10,9 @@
 // that fails it resumes. No torch headers here.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <utility>
 
 #include "small_safe_start.h"  // GDLA_LAMBDA_INLINE, small::safe_start_norms
 
@@ -77,12 +79,70 @@ GDLA_ALWAYS_INLINE void residual_exceeds_double(const typename Vec<float, Bytes>
   exceeds |= __builtin_convertvector(above, typename Vec<float, Bytes>::M);
 }
 
+// One round of transpose_tile: rows a (index bit U clear) and b (the same index with bit U set) swap their
+// off-diagonal (U x U) blocks: a takes the first U entries of every 2U from both, b the last U.
+template <int L, int U, typename V, std::size_t... I>
+GDLA_ALWAYS_INLINE void swap_blocks(V& a, V& b, std::index_sequence<I...>) {
+  const V low = __builtin_shufflevector(a, b, (I / U % 2 == 0 ? static_cast<int>(I) : static_cast<int>(L + I - U))...);
+  const V high = __builtin_shufflevector(a, b, (I / U % 2 == 0 ? static_cast<int>(I + U) : static_cast<int>(L + I))...);
+  a = low;
+  b = high;
+}
+
+// Transposes an L x L tile held as L vectors (row w: L entries of problem w; after: row e holds entry e of every
+// problem, lane w problem w) in registers: round U (1, 2, 4, ...) swaps bit U of the row and column indices, log2(L)
+// rounds of shuffles in all.
+template <int L, int U = 1, typename V>
+GDLA_ALWAYS_INLINE void transpose_tile(V (&rows)[L]) {
+  if constexpr (U < L) {
+    for (int i = 0; i < L; ++i) {
+      if ((i & U) == 0) swap_blocks<L, U>(rows[i], rows[i | U], std::make_index_sequence<L>{});
+    }
+    transpose_tile<L, 2 * U>(rows);
+  }
+}
+
+// The start of tile k of a problem's N * N entries in tiles of L (the last one ends at the last entry, overlapping
+// the one before where L does not divide N * N).
+template <int N, int L>
+constexpr int tile_start(int k) {
+  return (k + 1) * L <= N * N ? k * L : N * N - L;
+}
+
+// Loads a full group (L problems, N * N >= L) stored row-major one after the other: L entries of each problem at a
+// time, transposed in registers.
+template <typename T, int N, int Bytes>
+GDLA_ALWAYS_INLINE void load_full_group(const T* P, typename Vec<T, Bytes>::V (&v)[N][N]) {
+  using V = typename Vec<T, Bytes>::V;
+  constexpr int L = Vec<T, Bytes>::kLanes;
+  for (int k = 0; k * L < N * N; ++k) {
+    const int start = tile_start<N, L>(k);
+    V rows[L];
+    for (int w = 0; w < L; ++w) __builtin_memcpy(&rows[w], P + w * N * N + start, sizeof(V));
+    transpose_tile<L>(rows);
+    for (int e = 0; e < L; ++e) v[(start + e) / N][(start + e) % N] = rows[e];
+  }
+}
+
 // Loads a group of problems [0, count) stored row-major one after the other: a from A, x from X (the identity
 // where X is null); padding lanes hold the identity in both.
 template <typename T, int N, int Bytes>
 GDLA_ALWAYS_INLINE void load_group(const T* A, const T* X, int count, typename Vec<T, Bytes>::V (&a)[N][N],
                                    typename Vec<T, Bytes>::V (&x)[N][N]) {
   constexpr int L = Vec<T, Bytes>::kLanes;
+  if constexpr (N * N >= L) {
+    if (count == L) {  // every group but the last
+      load_full_group<T, N, Bytes>(A, a);
+      if (X != nullptr) {
+        load_full_group<T, N, Bytes>(X, x);
+      } else {
+        for (int i = 0; i < N; ++i) {
+          for (int j = 0; j < N; ++j) x[i][j] = typename Vec<T, Bytes>::V{} + T(i == j);
+        }
+      }
+      return;
+    }
+  }
   // through a staging buffer, each problem's entries read in memory order (cheaper than inserting lane by lane)
   alignas(64) T staged_a[N * N][L], staged_x[N * N][L];
   for (int w = 0; w < L; ++w) {
@@ -102,7 +162,20 @@ GDLA_ALWAYS_INLINE void load_group(const T* A, const T* X, int count, typename V
 // Stores problems [0, count) of a group's x into X, row-major one after the other.
 template <typename T, int N, int Bytes>
 GDLA_ALWAYS_INLINE void store_group(const typename Vec<T, Bytes>::V (&x)[N][N], int count, T* X) {
+  using V = typename Vec<T, Bytes>::V;
   constexpr int L = Vec<T, Bytes>::kLanes;
+  if constexpr (N * N >= L) {
+    if (count == L) {  // load_full_group's way back (an overlapping last tile writes the same values twice)
+      for (int k = 0; k * L < N * N; ++k) {
+        const int start = tile_start<N, L>(k);
+        V rows[L];
+        for (int e = 0; e < L; ++e) rows[e] = x[(start + e) / N][(start + e) % N];
+        transpose_tile<L>(rows);
+        for (int w = 0; w < L; ++w) __builtin_memcpy(X + w * N * N + start, &rows[w], sizeof(V));
+      }
+      return;
+    }
+  }
   alignas(64) T staged[N * N][L];
   for (int e = 0; e < N * N; ++e) __builtin_memcpy(staged[e], &x[e / N][e % N], sizeof(staged[e]));
   for (int w = 0; w < count; ++w) {

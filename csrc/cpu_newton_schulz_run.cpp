@@ -19,9 +19,11 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 namespace gdla {
@@ -37,7 +39,8 @@ constexpr int64_t kGroupsPerTask = 8;
 constexpr double kExactBelow = 1e-2;
 
 // r2 = ||A X - I||_F^2 of every lane, evaluated in double (a float32 lane's entries convert exactly); written through
-// a reference, as a vector returned by value would change the ABI.
+// a reference, as a vector returned by value would change the ABI. (A widened once a group, outside the step loop,
+// measured slower: the 16 wide vectors it keeps crowd the step's registers.)
 template <typename T, int N, int Bytes, typename VD>
 GDLA_ALWAYS_INLINE void residual_squared_double(const typename lanes::Vec<T, Bytes>::V (&a)[N][N],
                                                 const typename lanes::Vec<T, Bytes>::V (&x)[N][N], VD& r2) {
@@ -59,16 +62,20 @@ GDLA_ALWAYS_INLINE void residual_squared_double(const typename lanes::Vec<T, Byt
 
 // One group of problems side by side (count <= the lane count), row-major one after the other in X, taken from the
 // iterate after step `from` of the round to the one after step `until` (or, with `tol` > 0, to the first one after
-// `from` whose worst residual is <= tol), X read and written in place (with `safe`, the round's first iterate is the
-// safe start of A, small_safe_start.h, instead of X). Each iterate's figures go to loss[s] (the lanes' ||A X - I||_F^2
-// / n^2 summed in lane order) and worst[s] (their largest ||A X - I||_F^2, NaN if one is). Returns the step it stopped
-// after.
-template <typename T, int N, int Bytes>
+// `from` whose worst residual is <= tol and that is not before `reach`, where other groups already stand: the batch
+// cannot stop sooner, so the group goes straight there instead of being taken on by phase 2), X read and written in
+// place (with `safe`, the round's first iterate is the safe start of A, small_safe_start.h, instead of X). Each
+// iterate's figures go to loss[s] (the lanes' ||A X - I||_F^2 / n^2 summed in lane order) and worst[s] (their largest
+// ||A X - I||_F^2, NaN if one is). Returns the step it stopped after, raising `reach` to it. Full: a group of L
+// problems (every group but the last), compiled apart: a count known to be L spares the partial group's paths and
+// keeps more of the group in registers.
+template <typename T, int N, int Bytes, bool Full>
 GDLA_ALWAYS_INLINE int64_t group_run(const T* A, T* X, int count, bool safe, int64_t from, int64_t until, double tol,
-                                     double* loss, double* worst) {
+                                     std::atomic<int64_t>& reach, double* loss, double* worst) {
   using V = typename lanes::Vec<T, Bytes>::V;
   using M = typename lanes::Vec<T, Bytes>::M;
   constexpr int L = lanes::Vec<T, Bytes>::kLanes;
+  if constexpr (Full) count = L;
   using VD = typename lanes::Vec<double, Bytes * sizeof(double) / sizeof(T)>::V;
   constexpr double kPerEntry = 1.0 / static_cast<double>(N * N);
   const double root_n = std::sqrt(static_cast<double>(N));
@@ -103,7 +110,10 @@ GDLA_ALWAYS_INLINE int64_t group_run(const T* A, T* X, int count, bool safe, int
     }
     loss[s] = total;
     worst[s] = nan ? NAN : top;
-    if (s == until || (tol > 0.0 && s > from && std::sqrt(top) / root_n <= tol && !nan)) break;
+    if (s == until || (tol > 0.0 && s > from && std::sqrt(top) / root_n <= tol && !nan &&
+                       s >= reach.load(std::memory_order_relaxed))) {
+      break;
+    }
     for (int i = 0; i < N; ++i) {  // X (2I - A X) = 2X - X t row by row (newton_schulz_group's update)
       V u[N];
       for (int j = 0; j < N; ++j) {
@@ -115,16 +125,21 @@ GDLA_ALWAYS_INLINE int64_t group_run(const T* A, T* X, int count, bool safe, int
     }
   }
   lanes::store_group<T, N, Bytes>(x, count, X);
+  int64_t seen = reach.load(std::memory_order_relaxed);
+  while (seen < s && !reach.compare_exchange_weak(seen, s, std::memory_order_relaxed)) {
+  }
   return s;
 }
 
 // A phase of a round over every group: group g from its own step (begin[g]; -1: skip it) to `until`, or with `tol` to
-// its own first passing iterate; stopped[g] receives where it stopped.
+// its own first passing iterate not before the furthest any group stopped at so far (`reach`, shared by the threads;
+// where each group stops depends on the schedule, its figures do not); stopped[g] receives where it stopped.
 struct Phase {
   const int64_t* begin;
   int64_t until;
   double tol;
   bool safe;
+  std::atomic<int64_t>* reach;
 };
 
 template <typename T, int N, int Bytes>
@@ -136,8 +151,12 @@ GDLA_ALWAYS_INLINE void phase_range(const T* A, T* X, int64_t batch, int64_t g0,
     if (phase.begin[g] < 0) continue;
     const int64_t b = g * L;
     const int count = static_cast<int>(batch - b < L ? batch - b : L);
-    stopped[g] = group_run<T, N, Bytes>(A + b * nn, X + b * nn, count, phase.safe, phase.begin[g], phase.until,
-                                        phase.tol, loss + g * stride, worst + g * stride);
+    const auto run = [&](auto full) GDLA_LAMBDA_INLINE {
+      return group_run<T, N, Bytes, decltype(full)::value>(A + b * nn, X + b * nn, count, phase.safe, phase.begin[g],
+                                                           phase.until, phase.tol, *phase.reach, loss + g * stride,
+                                                           worst + g * stride);
+    };
+    stopped[g] = count == L ? run(std::true_type{}) : run(std::false_type{});
   }
 }
 
@@ -164,10 +183,11 @@ __attribute__((target("arch=x86-64-v4"))) void phase_64(const T* A, T* X, int64_
 #endif
 
 // The run (see the file comment), in rounds of at most kRound steps. A round lets every group run in registers to
-// its own first passing iterate (phase 1), takes the groups that passed sooner on to the latest of those (phase 2),
-// then reads the batch's figures step by step: a step's loss (the groups' sums added in group order) and the worst
-// residual after it. A stop where not every group stands (a step that diverged) runs the round again from its first
-// iterate to there; a last iterate where some group no longer passes goes on (phase 1 from there).
+// its own first passing iterate, or on to the furthest one another group stopped at before it (phase 1), takes the
+// groups that stopped sooner on to the latest of those (phase 2), then reads the batch's figures step by step: a
+// step's loss (the groups' sums added in group order) and the worst residual after it. A stop where not every group
+// stands (a step that diverged) runs the round again from its first iterate to there; a last iterate where some group
+// no longer passes goes on (phase 1 from there).
 template <typename T, int N, int Bytes>
 double run_rounds(const T* A, T* X, int64_t batch, int64_t steps, double tol, double first, double blow_up,
                   bool safe, std::vector<double>& losses, std::vector<double>& residuals) {
@@ -221,11 +241,12 @@ double run_rounds(const T* A, T* X, int64_t batch, int64_t steps, double tol, do
     int64_t taken = -1;  // the round's steps once it stops
     bool stop_run = false;
     for (;;) {
-      run_phase({begin.data(), until, tol, round_safe && from == 0});  // phase 1
+      std::atomic<int64_t> furthest{from};
+      run_phase({begin.data(), until, tol, round_safe && from == 0, &furthest});  // phase 1
       reach = from;
       for (int64_t g = 0; g < groups; ++g) reach = std::max(reach, stops[g]);
       for (int64_t g = 0; g < groups; ++g) begin[g] = stops[g] < reach ? stops[g] : -1;
-      if (reach > from) run_phase({begin.data(), reach, 0.0, false});  // phase 2
+      if (reach > from) run_phase({begin.data(), reach, 0.0, false, &furthest});  // phase 2
       for (int64_t s = from; s < reach; ++s) {  // step s of the round, its loss and the residual after it
         double step_loss = 0.0, top = 0.0;
         bool nan = false;
@@ -255,7 +276,8 @@ double run_rounds(const T* A, T* X, int64_t batch, int64_t steps, double tol, do
     if (taken < reach) {  // stopped short of where the groups stand: again from the round's first iterate
       if (!round_safe) std::memcpy(X, start.data(), sizeof(T) * batch * nn);
       std::fill(begin.begin(), begin.begin() + groups, 0);
-      run_phase({begin.data(), taken, 0.0, round_safe});
+      std::atomic<int64_t> ignored{0};  // (tol 0: no group waits for another)
+      run_phase({begin.data(), taken, 0.0, round_safe, &ignored});
     }
     done += taken;
     if (stop_run || done >= steps || taken == 0) return final_loss;

@@ -67,6 +67,51 @@ def test_float32_steps_equal_the_per_member_kernel_and_a_diverging_run_stops() -
     assert len(residuals) == len(losses)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_zero_step_run_stores_x_back_unchanged_and_measures_it(dtype: torch.dtype) -> None:
+    # 67 members: full groups of every lane count and a partial last one; n = 3, 5: groups read in overlapping tiles
+    for n in range(1, 9):
+        A = _batch(n, 67, dtype, seed=n)
+        X = torch.randn(67, n, n, generator=torch.Generator().manual_seed(n), dtype=dtype)
+        given = X.clone()
+        losses, residuals, final = ops.small_inverse_newton_schulz_run(A, X, 0, safe_start=False)
+        assert len(losses) == 0 and len(residuals) == 0
+        assert torch.equal(X.view(-1).view(torch.int32 if dtype == torch.float32 else torch.int64),
+                           given.view(-1).view(torch.int32 if dtype == torch.float32 else torch.int64))
+        error = A.double() @ given.double() - torch.eye(n, dtype=torch.float64)
+        assert final == pytest.approx(float(error.square().mean((-2, -1)).sum()), rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_groups_that_pass_at_different_steps_stop_together_at_any_thread_count(dtype: torch.dtype) -> None:
+    A = _batch(4, 403, dtype, seed=11)  # enough for both threads to run
+    slow = torch.linalg.qr(torch.randn(4, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64))[0]
+    for member, spread in ((0, -2), (200, -3), (402, -4)):  # the first group, one in the middle, the partial last one
+        A[member] = (slow * torch.logspace(0, spread, 4, dtype=torch.float64)) @ slow.T
+    runs = []
+    for threads in (1, 2):
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            X = torch.zeros_like(A)
+            runs.append((ops.small_inverse_newton_schulz_run(A, X, 200, tol=1e-4, safe_start=True), X))
+        finally:
+            torch.set_num_threads(previous)
+    (losses, residuals, final), X = runs[0]
+    assert torch.equal(losses, runs[1][0][0]) and torch.equal(residuals, runs[1][0][1]) and final == runs[1][0][2]
+    assert torch.equal(X, runs[1][1])
+    assert residuals[-1] <= 1e-4 and all(residual > 1e-4 for residual in residuals[:-1])
+    stepped, first = torch.zeros_like(A), math.nan
+    for step in range(len(losses)):  # one step a call: every group stands at the same step after each
+        loss, residual, _ = ops.small_inverse_newton_schulz_run(A, stepped, 1, tol=1e-4, first_loss=first,
+                                                                safe_start=step == 0)
+        first = float(losses[0])
+        assert float(loss[0]) == float(losses[step]) and float(residual[0]) == float(residuals[step])
+    assert torch.equal(stepped, X)
+    error = A.double() @ X.double() - torch.eye(4, dtype=torch.float64)
+    assert float(torch.linalg.matrix_norm(error).max()) / 2 == pytest.approx(float(residuals[-1]), rel=1e-6)
+
+
 def test_the_op_is_registered_as_a_custom_op() -> None:
     A = _batch(3, 5, torch.float64)
     opcheck(torch.ops.gdla.small_inverse_newton_schulz_run.default, (A, A.mT.contiguous(), 6, 1e-8, math.nan, 1e12,
