@@ -63,6 +63,9 @@ def test_small_inverse_residuals_are_the_norms_of_p_minus_i(device, dtype, side,
     torch.testing.assert_close(got.double(), expected, rtol=1e-7 if dtype == torch.float32 else 1e-12, atol=0)
     one = ops.small_inverse_residuals(A[5], X[5], side)  # one matrix: a 0-dim result, the same value
     assert one.shape == () and float(one) == float(got[5])
+    # the same bits whether a matrix shares SIMD lanes with others (n = 4, 8) or goes alone (the batch's tail, one)
+    alone = [float(ops.small_inverse_residuals(A[i], X[i], side)) for i in (0, 3, 4, 35, 36)]
+    assert alone == got[[0, 3, 4, 35, 36]].tolist()
 
 
 def test_small_inverse_residuals_bad_arguments_name_the_argument() -> None:
