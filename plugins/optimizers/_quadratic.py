@@ -15,7 +15,7 @@ in the loss's units (``heavy-ball``'s ``L`` and ``mu``) prefer the loss where it
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -71,6 +71,12 @@ class QuadraticView:
         """
         raise NotImplementedError
 
+    def spectrum_run(self) -> Callable[[int], Spectrum]:
+        """``steps ↦`` :meth:`spectrum` of that many Lanczos steps, as one run that a longer ask goes on with
+        (:class:`~gdla_plugins.optimizers._spectral.Lanczos`: it pays only the new steps, and gives the bits of a
+        fresh run); its basis lives as long as the caller keeps the function. A declared spectrum: :meth:`spectrum`."""
+        raise NotImplementedError
+
     def declared_spectrum(self) -> bool:
         """Whether :meth:`spectrum` reads a declared Gram factor (cheap) rather than running Lanczos on the Hessian."""
         raise NotImplementedError
@@ -94,7 +100,6 @@ class LeastSquaresView(QuadraticView):
         self.block_name = form.block_name
         self.block_index = form.block_index
         self._template = params[form.key]
-        self._lanczos: Lanczos | None = None  # one run, resumed by longer asks (see settled_condition)
 
     def gradient(self, params: Params) -> tuple[torch.Tensor, Params]:
         loss, g = self.form.gradient(params[self.form.key])
@@ -106,16 +111,21 @@ class LeastSquaresView(QuadraticView):
     def spectrum(self, steps: int | None = None) -> Spectrum:
         if self.form.gram_factor is not None:
             return gram_extremes(self.form.gram_factor)
-        if self._lanczos is None:
-            x = self._template
-            generator = torch.Generator(device="cpu").manual_seed(0)
-            start = torch.randn(x.numel(), generator=generator, dtype=torch.float64).to(x)
+        return self._lanczos().extremes(HESSIAN_STEPS if steps is None else steps)
 
-            def matvec(v: torch.Tensor) -> torch.Tensor:
-                return self.form.gram(v.view_as(x)).reshape(-1)
+    def spectrum_run(self) -> Callable[[int], Spectrum]:
+        return self.spectrum if self.form.gram_factor is not None else self._lanczos().extremes
 
-            self._lanczos = Lanczos(matvec, start)
-        return self._lanczos.extremes(HESSIAN_STEPS if steps is None else steps)
+    def _lanczos(self) -> Lanczos:
+        """Lanczos on ``JᵀJ`` from a fixed seeded start, not started (its operator holds the form, not the view)."""
+        x, form = self._template, self.form
+        generator = torch.Generator(device="cpu").manual_seed(0)
+        start = torch.randn(x.numel(), generator=generator, dtype=torch.float64).to(x)
+
+        def matvec(v: torch.Tensor) -> torch.Tensor:
+            return form.gram(v.view_as(x)).reshape(-1)
+
+        return Lanczos(matvec, start)
 
     def declared_spectrum(self) -> bool:
         return self.form.gram_factor is not None
@@ -140,7 +150,6 @@ class HessianView(QuadraticView):
             self.key = next(iter(params))
         self._hvp = hessian_operator(problem, params)
         self._spectrum: Spectrum | None = None
-        self._lanczos: Lanczos | None = None  # the growing runs' one run (resumed, see settled_condition)
 
     def gradient(self, params: Params) -> tuple[torch.Tensor, Params]:
         return self.problem.loss_and_grad(params, self.backend)
@@ -151,9 +160,13 @@ class HessianView(QuadraticView):
     def spectrum(self, steps: int | None = None) -> Spectrum:
         if steps is None or self.declared_spectrum():
             return hessian_extremes(self.problem, self.params)
-        if self._lanczos is None:
-            self._lanczos = hessian_lanczos(self.problem, self.params, operator=self._hvp)
-        return self._lanczos.extremes(hessian_steps(steps, self._lanczos.d))
+        return hessian_extremes(self.problem, self.params, steps=steps, operator=self._hvp)
+
+    def spectrum_run(self) -> Callable[[int], Spectrum]:
+        if self.declared_spectrum():
+            return self.spectrum
+        run = hessian_lanczos(self.problem, self.params, operator=self._hvp)
+        return lambda steps: run.extremes(hessian_steps(steps, run.d))
 
     def declared_spectrum(self) -> bool:
         return declares_gram(self.problem)

@@ -170,7 +170,7 @@ class ConjugateGradient(QuadraticMethod):
         budget = math.inf if self.max_steps is None else self.max_steps
         return steps(
             settled_condition(
-                self.form.spectrum,
+                self.form.spectrum_run(),
                 x.numel(),
                 enough=lambda kappa: steps(kappa) > budget,
                 affordable=lambda kappa: 2 * ESTIMATE_SHARE * steps(kappa),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import math
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -11,6 +13,7 @@ import torch
 import gdla
 from gdla.testing import relative_error
 from gdla_plugins.optimizers._quadratic import HessianView, quadratic_view
+from gdla_plugins.optimizers._spectral import Lanczos
 from gdla_plugins.optimizers.cg import ConjugateGradient
 from gdla_plugins.problems.inverse import InverseProblem
 
@@ -197,10 +200,31 @@ def test_steps_estimate_without_a_gram_factor_costs_a_share_of_its_run(
 ) -> None:
     problem = _with_singular_values(sigma)
     opt = ConjugateGradient(problem, problem.init_params(torch.Generator()), max_steps=50)
-    asked: list[int | None] = []
-    spectrum = opt.form.spectrum
-    opt.form.spectrum = lambda steps=None: asked.append(steps) or spectrum(steps)  # type: ignore[method-assign]
+    asked: list[int] = []
+    spectrum_run = opt.form.spectrum_run
+
+    def recorded() -> Callable[[int], Any]:
+        run = spectrum_run()
+        return lambda steps: asked.append(steps) or run(steps)
+
+    opt.form.spectrum_run = recorded  # type: ignore[method-assign]
     assert opt.expected_steps(1e-8) == expected
     assert asked == rounds
-    kappa = spectrum(rounds[-1]).worst_condition()
+    kappa = opt.form.spectrum(rounds[-1]).worst_condition()
     assert expected == min(math.ceil(math.sqrt(kappa) / 2 * math.log(2 / 1e-8)), 120)
+
+
+def test_the_steps_estimate_keeps_no_lanczos_basis_and_no_cycle() -> None:
+    problem = _with_singular_values(torch.linspace(1.0, 1.5, 60, dtype=torch.float64))
+    opt = ConjugateGradient(problem, problem.init_params(torch.Generator()), max_steps=50)
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        assert opt.expected_steps(1e-8) == 14.0
+        gc.collect()
+        cyclic = [obj for obj in gc.garbage if isinstance(obj, torch.Tensor)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert cyclic == []  # the run's basis was freed by reference counting, once the estimate was made
+    assert not any(isinstance(value, Lanczos) for value in vars(opt.form).values())
