@@ -165,18 +165,20 @@ def _batch_status(
     if members is None or members.dim() == 0:
         return None, None, all(_all_finite(value) for value in params.values())
     members = members.detach()
-    finite, finite_members = True, torch.ones(members.shape, dtype=torch.bool, device=members.device)
+    finite, finite_members = True, None  # None: every member's parameters are finite
     for value in params.values():
         if value.shape[: members.dim()] == members.shape:
             if _all_finite(value):  # one reduction over the whole tensor: the usual case needs no row-wise pass
                 continue
             rows = _finite_rows(value.flatten(members.dim()))
-            finite_members &= rows
+            finite_members = rows if finite_members is None else finite_members & rows
             finite = finite and bool(rows.all())
         else:
             finite = finite and _all_finite(value)
     status = (members > tol).to(torch.int8)  # 0 where members <= tol; NaN members are marked 2 below
-    status.masked_fill_(~(finite_members & torch.isfinite(members)), 2)
+    if finite_members is not None or not _all_finite(members):  # (the usual case: nothing to mark)
+        healthy = torch.isfinite(members) if finite_members is None else finite_members & torch.isfinite(members)
+        status.masked_fill_(~healthy, 2)
     return members, status, finite
 
 

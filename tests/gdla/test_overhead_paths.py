@@ -72,6 +72,10 @@ def test_batch_status_marks_each_member_and_says_whether_all_is_finite() -> None
         assert _batch_status(problem, {"M": problem.reference_params()["M"]}, tol=1e-6)[2] is True
     one = InverseProblem.example()
     assert _batch_status(one, {"M": torch.full((4, 4), math.inf)}, tol=1e-6) == (None, None, False)
+    # finite parameters whose residual is not finite (an overflowing product) are marked too
+    problem.member_residuals = lambda params: torch.tensor([0.0, math.nan, 1e-9, math.inf, 2.0, 0.0])
+    members, status, finite = _batch_status(problem, problem.reference_params(), tol=1e-6)
+    assert status.tolist() == [0, 2, 0, 2, 1, 0] and finite is True
 
 
 # -- the loss history -------------------------------------------------------------------------------
