@@ -274,11 +274,10 @@ class _Implicit:
         form = problem.sum_of_squares()
         if form is None:
             return None
-        product = gauss_newton(form.residuals(x), form.loss_of, list(x.values()))
-        v, converged = self._cg(product, rhs, block_dot(None))
+        product, dot = gauss_newton(form.residuals(x), form.loss_of, list(x.values())), block_dot(None)
+        v, converged = self._cg(product, rhs, dot)
         if not converged:
             return None
-        dot = block_dot(None)
         gap = [hv - g.detach() for hv, g in zip(hessian(v), rhs, strict=True)]
         enough = float(torch.finfo(rhs[0].dtype).eps) ** (2 / 3) * float(dot(rhs, rhs))  # (eps^(1/3) ‖g‖)²
         return v if float(dot(gap, gap)) <= enough else None
