@@ -252,19 +252,22 @@ def _checked(opt: Optimizer, want: int, tol: float) -> Stretch:
         if named is None:
             raise
         raise named from exc
-    where = f"{describe(opt)}: advance({want}, tol={tol:g})"
+
+    def broken(rule: str) -> PluginError:  # the message is built only for a broken rule (naming costs a lookup)
+        return PluginError(f"{describe(opt)}: advance({want}, tol={tol:g}) {rule}")
+
     if not isinstance(stretch, Stretch):
-        raise PluginError(f"{where} must return a gdla.Stretch, returned {stretch!r}")
+        raise broken(f"must return a gdla.Stretch, returned {stretch!r}")
     count = stretch.losses.numel() if isinstance(stretch.losses, torch.Tensor) else -1
     if count < 1 or count > want or stretch.losses.dim() != 1:
-        raise PluginError(f"{where} must return a 1-D tensor of 1 to {want} losses, returned {stretch.losses!r}")
+        raise broken(f"must return a 1-D tensor of 1 to {want} losses, returned {stretch.losses!r}")
     if stretch.residuals is not None and stretch.residuals.shape != stretch.losses.shape:
-        raise PluginError(
-            f"{where} must return one residual per step or None, returned {tuple(stretch.residuals.shape)} "
+        raise broken(
+            f"must return one residual per step or None, returned {tuple(stretch.residuals.shape)} "
             f"residuals for {count} steps"
         )
     if stretch.residuals is None and tol > 0 and count > 1:
-        raise PluginError(f"{where} ran {count} steps without testing the residual; with tol > 0 it must run one")
+        raise broken(f"ran {count} steps without testing the residual; with tol > 0 it must run one")
     return stretch
 
 

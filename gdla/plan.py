@@ -41,7 +41,7 @@ from gdla.memory import check_method_fits
 from gdla.optimizer import Optimizer, Suitability
 from gdla.plugin_checks import check_start
 from gdla.problem import Params, Problem
-from gdla.registry import get_optimizer, optimizers
+from gdla.registry import clash_message, get_optimizer, named_optimizers, optimizers
 from gdla.stopping import StopRules, default_patience, default_tol
 from gdla.validation import as_device, as_dtype, check_callable, check_int, check_nonnegative, check_positive
 from gdla.warm_start import check_init, given_start
@@ -80,15 +80,13 @@ class Ranking:
     def candidates(self) -> list[Candidate]:
         """Every registered optimizer but ``auto`` that loads, with its declared fit, in name order."""
         found: list[Candidate] = []
-        for name in optimizers():
+        for name, entries in named_optimizers():
             if name == AUTO:
                 continue
-            try:
-                cls = get_optimizer(name)
-            except DuplicateNameError as exc:  # it cannot be picked by name either: say so, as a broken plugin
-                found.append(Candidate(name, Optimizer, None, exc))
+            if len(entries) > 1:  # it cannot be picked by name either: say so, as a broken plugin
+                found.append(Candidate(name, Optimizer, None, DuplicateNameError(clash_message(entries))))
                 continue
-            found.append(_ask(name, cls, self.problem))
+            found.append(_ask(name, entries[0].obj, self.problem))
         return found
 
     @functools.cached_property
@@ -134,21 +132,23 @@ class Ranking:
 
 def _ask(name: str, cls: type[Optimizer], problem: Problem) -> Candidate:
     """``cls.suitability(problem)``, with a plugin's broken rule recorded as a :class:`PluginError`."""
-    where = f"optimizer {name!r} ({cls.__module__}.{cls.__qualname__})"
+    rule = "it must return a gdla.Suitability or None"
     try:
         fit = cls.suitability(problem)
-    except GdlaError as exc:
-        return Candidate(name, cls, None, PluginError(f"{where}: suitability() raised {exc}"))
     except Exception as exc:
-        failure = PluginError(
-            f"{where}: suitability() raised {type(exc).__name__}: {exc}; it must return a gdla.Suitability or None"
-        )
-        failure.__cause__ = exc
+        ours = isinstance(exc, GdlaError)  # a gdla error says what is wrong itself; anything else is the plugin's bug
+        said = exc if ours else f"{type(exc).__name__}: {exc}; {rule}"
+        failure = PluginError(f"{_where(name, cls)}: suitability() raised {said}")
+        if not ours:
+            failure.__cause__ = exc
         return Candidate(name, cls, None, failure)
     if fit is not None and not isinstance(fit, Suitability):
-        failure = PluginError(f"{where}: suitability() returned {fit!r}; it must return a gdla.Suitability or None")
-        return Candidate(name, cls, None, failure)
+        return Candidate(name, cls, None, PluginError(f"{_where(name, cls)}: suitability() returned {fit!r}; {rule}"))
     return Candidate(name, cls, fit)
+
+
+def _where(name: str, cls: type[Optimizer]) -> str:  # built for a broken rule only: every solve asks every method
+    return f"optimizer {name!r} ({cls.__module__}.{cls.__qualname__})"
 
 
 def _accepts(cls: type[Optimizer], problem: Problem) -> bool:
@@ -208,7 +208,6 @@ class Plan:
     def start(self) -> tuple[Optimizer, Params]:
         """The seeded starting point and the optimizer built on it, after the memory check of the method."""
         work = self.work
-        generator = torch.Generator().manual_seed(self.seed)
         with torch.random.fork_rng(devices=[]):
             # the CPU generator alone on CPU (seeding every device's generator costs a stack trace each)
             if work.device.type == "cpu":
@@ -220,7 +219,7 @@ class Plan:
             # a start the method computes itself (starting_point, as Newton-Schulz's safe start): none drawn for it
             params = self.method.starting_point(work, self.options) if self.init is None else None
             if params is None:
-                params = work.init_params(generator)
+                params = work.init_params(torch.Generator().manual_seed(self.seed))
             if self.init is not None:  # the caller's start, checked against the problem's own and converted
                 params = given_start(self.init, params, self.restore)
             if self.backward == "unroll":

@@ -351,6 +351,11 @@ class Registry:
         self.load()
         return sorted(self._items[kind])
 
+    def named(self, kind: Kind) -> list[tuple[str, list[Entry]]]:
+        """Every name of ``kind`` with its entries (more than one: a clash, see :meth:`entry`), in name order."""
+        self.load()
+        return [(name, list(self._items[kind][name])) for name in sorted(self._items[kind])]
+
 
 def _qualified(name: Any) -> tuple[str | None, Any]:
     """``(DIST, NAME)`` of ``"DIST:NAME"``; ``(None, name)`` of a bare name (a registered name holds no colon)."""
@@ -436,3 +441,8 @@ def problems() -> list[str]:
 def optimizers() -> list[str]:
     """Names of the registered optimizers."""
     return registry.names("optimizer")
+
+
+def named_optimizers() -> list[tuple[str, list[Entry]]]:
+    """Each registered optimizer name with its entries, in name order (one lookup for a ranking of them all)."""
+    return registry.named("optimizer")

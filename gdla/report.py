@@ -175,7 +175,7 @@ def _batch_status(
             finite = finite and bool(rows.all())
         else:
             finite = finite and _all_finite(value)
-    status = (members > tol).to(torch.int8)  # 0 where members <= tol; NaN members are marked 2 below
+    status = (members > tol).view(torch.int8)  # 0 where members <= tol (a bool's bytes); NaN members: 2 below
     if finite_members is not None or not _all_finite(members):  # (the usual case: nothing to mark)
         healthy = torch.isfinite(members) if finite_members is None else finite_members & torch.isfinite(members)
         status.masked_fill_(~healthy, 2)

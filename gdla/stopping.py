@@ -58,6 +58,11 @@ def loss_array(losses: torch.Tensor | np.ndarray) -> np.ndarray:
     return losses.detach().to(device="cpu", dtype=torch.float64).numpy()
 
 
+#: Stretches of at most this many losses are tested in a loop over floats (:meth:`StopRules.on_bulk`), longer ones
+#: with numpy: the same verdicts.
+SHORT_STRETCH = 64
+
+
 class StopRules:
     """The stop tests of one run, fed one step at a time."""
 
@@ -101,8 +106,14 @@ class StopRules:
         values = loss_array(losses)  # numpy: no dispatch per call
         if self._first_loss is None:
             self._first_loss = float(values[0])
+        limit = BLOW_UP * max(self._first_loss, 1e-30)
+        if len(values) <= SHORT_STRETCH:  # a few steps: one loop over floats costs less than numpy's calls
+            for index, value in enumerate(values.tolist()):
+                if not math.isfinite(value) or (value > limit and (index > 0 or first_step != 1)):
+                    return index + 1
+            return None
         bad = ~np.isfinite(values)
-        grown = values > BLOW_UP * max(self._first_loss, 1e-30)
+        grown = values > limit
         if first_step == 1:
             grown[0] = False  # the first step's loss is the reference
         bad |= grown

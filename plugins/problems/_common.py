@@ -24,6 +24,7 @@ __all__ = [
     "batched_mse",
     "condition_numbers",
     "cpu_generator",
+    "declared",
     "frobenius",
     "numerically_singular_threshold",
     "relative_frobenius",
@@ -98,6 +99,22 @@ def batched_mse(difference: torch.Tensor) -> torch.Tensor:
     problems share the batch; for a single matrix it is the plain mean.
     """
     return difference.square().mean(dim=(-2, -1)).sum()
+
+
+def declared(owner: Any, data: torch.Tensor, name: str, build: Callable[[], Any]) -> Any:
+    """``build()``, made once per ``name`` while ``owner``'s ``data`` is the same tensor, and kept in ``owner``'s
+    ``_declared_for`` attribute (which its ``__getstate__`` must leave out).
+
+    For a problem's declarations (frozen objects that hold ``data`` itself, not its values: an in-place change
+    leaves them right), which every method asks for, several times a solve. Nothing made under
+    ``torch.inference_mode()`` is kept: an inference tensor must not reach a later autograd run.
+    """
+    if torch.is_inference_mode_enabled():
+        return build()
+    kept = owner.__dict__.get("_declared_for")
+    if kept is None or kept[0] is not data:
+        kept = owner._declared_for = (data, {})
+    return kept[1][name] if name in kept[1] else kept[1].setdefault(name, build())
 
 
 def worst(values: torch.Tensor) -> torch.Tensor:

@@ -47,6 +47,7 @@ from gdla_plugins.problems._common import (
     KeptFigure,
     as_working_float,
     batched_mse,
+    declared,
     frobenius,
     relative_frobenius,
     safe_scale,
@@ -143,10 +144,8 @@ class InverseProblem(InverseExamples, Problem):
 
     def __getstate__(self) -> dict[str, Any]:
         """The instance's attributes without what it keeps (:meth:`normalized`'s ``restore``: a closure, no pickle)."""
-        state = dict(vars(self))
-        state["_normalization"] = None
-        state.pop("_identity", None)  # made again when needed
-        return state
+        state = {key: value for key, value in vars(self).items() if key not in ("_identity", "_declared_for")}
+        return {**state, "_normalization": None}  # what it made is made again when needed
 
     # -- construction -------------------------------------------------------------------------
     @property
@@ -181,7 +180,10 @@ class InverseProblem(InverseExamples, Problem):
         (``measured``)."""
         # (called once by the constructor before the analysis, for the identity's size: not measured then)
         measured = self.__dict__.get("_all_attainable", False) and self._projector is None
-        return MatrixInverse(self.A, side=self.side, pseudo=self.pseudo, key="M", measured=measured)
+        return declared(
+            self, self.A, f"inverse {measured}",
+            lambda: MatrixInverse(self.A, side=self.side, pseudo=self.pseudo, key="M", measured=measured),
+        )
 
     def fused_loss(self) -> InverseMSE | None:
         """The loss is the fused ``inverse_mse`` op's.
@@ -206,7 +208,7 @@ class InverseProblem(InverseExamples, Problem):
         """
         inverse = self.matrix_inverse()
         dims, block = {"right": ((-2,), "column"), "left": ((-1,), "row"), "both": ((-2, -1), "matrix")}[self.side]
-        return LinearLeastSquares(
+        return declared(self, self.A, "least squares", lambda: LinearLeastSquares(
             key="M",
             apply=inverse.product,
             adjoint=inverse.adjoint,
@@ -218,16 +220,20 @@ class InverseProblem(InverseExamples, Problem):
             gram_factor=None if self.side == "both" else self.A,
             gram_exact=self.side != "both",  # a column's (row's) Gram is AᵀA (AAᵀ) itself
             loss_curvature=2.0 / (self._k * self._k),  # each member's loss is the mean of k² squares
-        )
+        ))
 
     def _eye(self) -> torch.Tensor:
         """``I_k``, made once (every loss compares with it: at k = 1024 eight megabytes to write each time)."""
-        eye = self.__dict__.get("_identity")
-        if eye is None or eye.dtype != self.dtype or eye.device != self.device:
-            eye = torch.eye(self._k, dtype=self.dtype, device=self.device)
-            if not torch.is_inference_mode_enabled():  # an inference tensor must not reach a later autograd run
-                self._identity = eye
-        return eye
+        return declared(self, self.A, "eye", lambda: torch.eye(self._k, dtype=self.A.dtype, device=self.A.device))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """``A``'s dtype (asked several times a solve)."""
+        return self.A.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.A.device
 
     def _placed(self, M: torch.Tensor) -> torch.Tensor:
         """``M`` as the iterate is held (:class:`MeshInverse`: on the mesh, placed like ``A``)."""
@@ -428,17 +434,10 @@ class InverseProblem(InverseExamples, Problem):
         return float(worst(self._cond))
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "shape": list(self.A.shape),
-            "batch_shape": list(self.batch_shape),
-            "m": self._m,
-            "n": self._n,
-            "side": self.side,
-            "pseudo": self.pseudo,
-            "init": self.init,
-            "reference": "pinv" if self.pseudo or self._m != self._n else "inv",
-        }
+        reference = "pinv" if self.pseudo or self._m != self._n else "inv"
+        shape, batch_shape = list(self.A.shape), list(self.batch_shape)
+        return {"name": self.name, "shape": shape, "batch_shape": batch_shape, "m": self._m, "n": self._n,
+                "side": self.side, "pseudo": self.pseudo, "init": self.init, "reference": reference}
 
 
 class MeshInverse(MeshInverseMethods, InverseProblem):

@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from gdla.stopping import MAX_PATIENCE, Losses, LossHistory, StopRules, default_patience, default_tol
+from gdla.stopping import (
+    MAX_PATIENCE,
+    SHORT_STRETCH,
+    Losses,
+    LossHistory,
+    StopRules,
+    default_patience,
+    default_tol,
+)
 
 
 def test_default_tol_per_dtype() -> None:
@@ -88,6 +96,25 @@ def test_on_bulk_counts_blow_up_from_the_first_step_of_the_run_only() -> None:
     # a later chunk: its first entry is not the run's first step, so it is tested against the first loss
     assert rules.on_bulk(torch.tensor([2e12, 1.0], dtype=torch.float64), first_step=4) == 1
     assert rules.on_bulk(torch.tensor([1.0, math.inf], dtype=torch.float64), first_step=6) == 2
+
+
+def test_on_bulk_gives_the_same_verdict_on_short_and_long_stretches() -> None:
+    """A stretch of at most SHORT_STRETCH losses is tested in a loop over floats, a longer one with numpy: the
+    same position, whatever goes wrong where (NaN, ±inf, growth past the blow-up limit, or nothing)."""
+    generator = np.random.default_rng(0)
+    found = set()
+    for trial in range(400):
+        length = int(generator.integers(1, SHORT_STRETCH + 1))
+        values = generator.uniform(0.5, 2.0, length)
+        if trial % 4:
+            at = int(generator.integers(0, length))
+            values[at] = [math.nan, math.inf, -math.inf, 5e12][trial % 4]
+        first_step = 1 + int(generator.integers(0, 2)) * 7
+        short = StopRules(0, 10).on_bulk(values, first_step=first_step)
+        padded = np.concatenate([values, np.ones(SHORT_STRETCH)])  # the same steps first, in a long stretch
+        assert StopRules(0, 10).on_bulk(padded, first_step=first_step) == short, (trial, values, first_step)
+        found.add(short is None)
+    assert found == {True, False}
 
 
 def _view(values: list[float]) -> Losses:
