@@ -34,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from eager_loops import batch_momentum_eager  # noqa: F401  (re-exported: tiny_and_setup.py imports it from here)
 
 import gdla
 
@@ -123,17 +124,6 @@ def seed003_eager(A: torch.Tensor, steps: int) -> torch.Tensor:
         optimizer.step()
         schedule.step()
     return layer.weight.detach()
-
-
-def batch_momentum_eager(A: torch.Tensor, start: torch.Tensor, steps: int) -> None:
-    X = start.clone().requires_grad_(True)
-    optimizer = torch.optim.SGD([X], lr=0.5, momentum=0.9)
-    eye = torch.eye(A.shape[-1])
-    for _ in range(steps):
-        optimizer.zero_grad()
-        loss = (torch.bmm(A, X) - eye).square().mean(dim=(-2, -1)).sum()
-        loss.backward()
-        optimizer.step()
 
 
 def solved(problem: object, **settings: object) -> float:

@@ -289,13 +289,14 @@ GDLA_ALWAYS_INLINE void newton_schulz_group(const T* A, const T* X0, T* X, int64
 // H (A^T A right, A A^T left) or A^T R + R A^T (both); buf = started ? momentum buf + g : g;
 // X = X - buf lr. ``out[s]`` receives the step's losses summed over the group's lanes in order.
 // Padding lanes hold A = I, X = 0 and add nothing to ``out``.
+// Loads a momentum group of problems [0, count) stored row-major one after the other: A, X and the buffer B, one
+// problem a lane; padding lanes hold A = I, X = 0 and B = 0.
 template <typename T, int N, int Bytes>
-GDLA_ALWAYS_INLINE void momentum_group(const T* A, T* X, T* B, int count, int side, T lr, T momentum, bool started,
-                                       int64_t steps, double* out) {
+GDLA_ALWAYS_INLINE void load_momentum_group(const T* A, const T* X, const T* B, int count,
+                                            typename Vec<T, Bytes>::V (&a)[N][N], typename Vec<T, Bytes>::V (&x)[N][N],
+                                            typename Vec<T, Bytes>::V (&b)[N][N]) {
   using V = typename Vec<T, Bytes>::V;
   constexpr int L = Vec<T, Bytes>::kLanes;
-  using VD = typename Vec<double, Bytes * sizeof(double) / sizeof(T)>::V;
-  V a[N][N], at[N][N], h[N][N], x[N][N], b[N][N];
   for (int i = 0; i < N; ++i) {
     for (int j = 0; j < N; ++j) {
       V av, xv, bv;
@@ -310,6 +311,15 @@ GDLA_ALWAYS_INLINE void momentum_group(const T* A, T* X, T* B, int count, int si
       b[i][j] = bv;
     }
   }
+}
+
+template <typename T, int N, int Bytes>
+GDLA_ALWAYS_INLINE void momentum_group(const T* A, T* X, T* B, int count, int side, T lr, T momentum, bool started,
+                                       int64_t steps, double* out) {
+  using V = typename Vec<T, Bytes>::V;
+  using VD = typename Vec<double, Bytes * sizeof(double) / sizeof(T)>::V;
+  V a[N][N], at[N][N], h[N][N], x[N][N], b[N][N];
+  load_momentum_group<T, N, Bytes>(A, X, B, count, a, x, b);
   for (int i = 0; i < N; ++i)
     for (int j = 0; j < N; ++j) at[i][j] = a[j][i];
   for (int i = 0; i < N; ++i) {  // H = A^T A (right) or A A^T (left), row by row

@@ -7,6 +7,7 @@
 #include "cpu_isa.h"
 #include "cpu_lanes.h"
 #include "cpu_momentum_4x4.h"
+#include "cpu_momentum_lanes.h"
 #include "cpu_run_chunks.h"
 #include "op_args.h"
 #include "small_dispatch.h"
@@ -78,6 +79,8 @@ constexpr int64_t kRunChunk = 4096;
 
 // Runs problems [begin, end) for ``steps`` steps, lane group by lane group, into ``partial[s]``
 // (the sum over those problems, in problem order, of each step's loss).
+// The AVX2 build runs lanes::momentum_group_avx2 (cpu_momentum_lanes.h: every rounding written
+// out), the others lanes::momentum_group (cpu_lanes.h).
 template <typename T, int N, int Bytes>
 GDLA_ALWAYS_INLINE void run_task(const T* A, T* X, T* buf, int64_t begin, int64_t end, int side, T lr, T momentum,
                                  bool started, int64_t steps, double* partial, double* scratch) {
@@ -86,8 +89,16 @@ GDLA_ALWAYS_INLINE void run_task(const T* A, T* X, T* buf, int64_t begin, int64_
   for (int64_t p = begin; p < end; p += L) {
     const int count = static_cast<int>(end - p < L ? end - p : L);
     double* target = p == begin ? partial : scratch;
-    lanes::momentum_group<T, N, Bytes>(A + p * nn, X + p * nn, buf + p * nn, count, side, lr, momentum, started,
+#ifdef GDLA_RUN_X86_DISPATCH
+    if constexpr (Bytes == 32) {
+      lanes::momentum_group_avx2<T, N>(A + p * nn, X + p * nn, buf + p * nn, count, side, lr, momentum, started,
                                        steps, target);
+    } else
+#endif
+    {
+      lanes::momentum_group<T, N, Bytes>(A + p * nn, X + p * nn, buf + p * nn, count, side, lr, momentum, started,
+                                         steps, target);
+    }
     if (p != begin) {
       for (int64_t s = 0; s < steps; ++s) partial[s] += scratch[s];
     }
