@@ -28,7 +28,6 @@ __all__ = ["BACKENDS", "extension_status", "resolve_backend"]
 
 BACKENDS = ("auto", "autograd", "fused")
 REBUILD_HINT = "build it with: pip install --no-build-isolation -e ."
-_LOADED: list[str] = []  # where the extension loaded from, once it has
 
 
 @functools.cache
@@ -36,15 +35,12 @@ def extension_status() -> tuple[bool, str]:
     """Return ``(loaded, detail)``: whether ``gdla._C`` and its ops loaded, and where from or why not."""
     if os.environ.get("GDLA_DISABLE_EXTENSION", "") not in ("", "0"):
         return False, "disabled by GDLA_DISABLE_EXTENSION"
-    if _LOADED:  # asked several times a solve: a module that loaded stays loaded
-        return True, _LOADED[0]
     try:
         module = importlib.import_module("gdla._C")
         importlib.import_module("gdla.ops")
     except Exception as exc:  # ImportError, undefined symbols, ABI mismatch...
         return False, f"{type(exc).__name__}: {exc}"
-    _LOADED.append(f"loaded from {os.path.basename(getattr(module, '__file__', '?'))}")
-    return True, _LOADED[0]
+    return True, f"loaded from {os.path.basename(getattr(module, '__file__', '?'))}"
 
 
 @functools.cache
