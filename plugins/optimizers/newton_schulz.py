@@ -301,10 +301,7 @@ class NewtonSchulz(Optimizer):
             return super().advance(steps, tol)
         # the first step starts from the kernel's own safe start (csrc/small_safe_start.h, the rule's C++ twin)
         safe = self._count == 0 and self.start == "safe"
-        X = self.params[self.key]
-        # a batch's norms, handed to the problem (one matrix's costs less computed afresh: 1.48M against 1.52M
-        # instructions a solve under callgrind)
-        keep = self.inverse.keep_norms if self.A.dim() > 2 else None
+        X, keep = self.params[self.key], self.inverse.keep_norms
         norms = torch.empty(self.A.shape[:-2], dtype=X.dtype) if keep is not None else None
         losses, residuals, self.final_loss = self._run(
             self.A, X, steps, tol=tol, first_loss=self._first, blow_up=BLOW_UP, safe_start=safe, norms=norms
