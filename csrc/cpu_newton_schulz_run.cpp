@@ -6,8 +6,7 @@
 // it takes and the residual after the previous one (the residual test inside the kernel). The next X goes to a
 // second buffer, so a run that stops keeps the X the test passed at. The loss sums the members' in batch order
 // (fixed blocks, then block by block): the same bits at any thread count, and a whole run equals the same kernel
-// called one step at a time. A float32 group also leaves its members' ||A X - I||_F at the final iterate, as
-// small_inverse_residuals would give them (member_norms), so a solve's report need not compute them again.
+// called one step at a time.
 #include "cpu_isa.h"
 #include "cpu_lanes.h"
 #include "op_args.h"
@@ -41,9 +40,8 @@ constexpr double kExactBelow = 1e-2;
 
 // r2 = ||A X - I||_F^2 of every lane, evaluated in double (a float32 lane's entries convert exactly); written through
 // a reference, as a vector returned by value would change the ABI. (A widened once a group, outside the step loop,
-// measured slower: the 16 wide vectors it keeps crowd the step's registers.) Apart: each square rounded on its own
-// before it is added, as small_inverse_residuals rounds it (member_norms).
-template <typename T, int N, int Bytes, bool Apart = false, typename VD>
+// measured slower: the 16 wide vectors it keeps crowd the step's registers.)
+template <typename T, int N, int Bytes, typename VD>
 GDLA_ALWAYS_INLINE void residual_squared_double(const typename lanes::Vec<T, Bytes>::V (&a)[N][N],
                                                 const typename lanes::Vec<T, Bytes>::V (&x)[N][N], VD& r2) {
   VD xd[N][N];
@@ -57,25 +55,9 @@ GDLA_ALWAYS_INLINE void residual_squared_double(const typename lanes::Vec<T, Byt
     for (int j = 0; j < N; ++j) {
       VD acc = VD{} - (i == j ? 1.0 : 0.0);
       for (int l = 0; l < N; ++l) acc += row[l] * xd[l][j];
-      VD square = acc * acc;
-      if constexpr (Apart) __asm__("" : "+m"(square));  // never fused into the sum (a vector of any width)
-      r2 += square;
+      r2 += acc * acc;
     }
   }
-}
-
-// Each lane's ||A X - I||_F as small_inverse_residuals computes it (cpu_small_inverse.cpp: an entry of A X - I from -1
-// or 0 by one multiply-add a term in double, in the same order, its square rounded before it is added, the squares
-// added row by row), rounded to T, to out[0, count): the run's answer's residuals, which the problem then keeps instead
-// of computing them again. Once a group per call, at its last iterate, for float32, where the bits are the same
-// whatever the compiler contracts (a product of two floats is exact in double: a multiply-add or a multiply then an
-// add round once alike).
-template <typename T, int N, int Bytes>
-GDLA_ALWAYS_INLINE void member_norms(const typename lanes::Vec<T, Bytes>::V (&a)[N][N],
-                                     const typename lanes::Vec<T, Bytes>::V (&x)[N][N], int count, T* out) {
-  typename lanes::Vec<double, Bytes * sizeof(double) / sizeof(T)>::V total;
-  residual_squared_double<T, N, Bytes, /*Apart=*/true>(a, x, total);
-  for (int w = 0; w < count; ++w) out[w] = static_cast<T>(std::sqrt(total[w]));
 }
 
 // One group of problems side by side (count <= the lane count), row-major one after the other in X, taken from the
@@ -84,13 +66,12 @@ GDLA_ALWAYS_INLINE void member_norms(const typename lanes::Vec<T, Bytes>::V (&a)
 // cannot stop sooner, so the group goes straight there instead of being taken on by phase 2), X read and written in
 // place (with `safe`, the round's first iterate is the safe start of A, small_safe_start.h, instead of X). Each
 // iterate's figures go to loss[s] (the lanes' ||A X - I||_F^2 / n^2 summed in lane order) and worst[s] (their largest
-// ||A X - I||_F^2, NaN if one is), and norms[0, count) the lanes' ||A X - I||_F at the iterate it stops at
-// (member_norms). Returns the step it stopped after, raising `reach` to it. Full: a group of L
+// ||A X - I||_F^2, NaN if one is). Returns the step it stopped after, raising `reach` to it. Full: a group of L
 // problems (every group but the last), compiled apart: a count known to be L spares the partial group's paths and
 // keeps more of the group in registers.
 template <typename T, int N, int Bytes, bool Full>
 GDLA_ALWAYS_INLINE int64_t group_run(const T* A, T* X, int count, bool safe, int64_t from, int64_t until, double tol,
-                                     std::atomic<int64_t>& reach, double* loss, double* worst, T* norms) {
+                                     std::atomic<int64_t>& reach, double* loss, double* worst) {
   using V = typename lanes::Vec<T, Bytes>::V;
   using M = typename lanes::Vec<T, Bytes>::M;
   constexpr int L = lanes::Vec<T, Bytes>::kLanes;
@@ -131,8 +112,6 @@ GDLA_ALWAYS_INLINE int64_t group_run(const T* A, T* X, int count, bool safe, int
     worst[s] = nan ? NAN : top;
     if (s == until || (tol > 0.0 && s > from && std::sqrt(top) / root_n <= tol && !nan &&
                        s >= reach.load(std::memory_order_relaxed))) {
-      // (float32 only: code added here changes how GCC contracts the float64 step, and with it the bits)
-      if constexpr (sizeof(T) < sizeof(double)) member_norms<T, N, Bytes>(a, x, count, norms);
       break;
     }
     for (int i = 0; i < N; ++i) {  // X (2I - A X) = 2X - X t row by row (newton_schulz_group's update)
@@ -165,7 +144,7 @@ struct Phase {
 
 template <typename T, int N, int Bytes>
 GDLA_ALWAYS_INLINE void phase_range(const T* A, T* X, int64_t batch, int64_t g0, int64_t g1, const Phase& phase,
-                                    int64_t stride, double* loss, double* worst, int64_t* stopped, T* norms) {
+                                    int64_t stride, double* loss, double* worst, int64_t* stopped) {
   constexpr int L = lanes::Vec<T, Bytes>::kLanes;
   constexpr int64_t nn = N * N;
   for (int64_t g = g0; g < g1; ++g) {
@@ -175,7 +154,7 @@ GDLA_ALWAYS_INLINE void phase_range(const T* A, T* X, int64_t batch, int64_t g0,
     const auto run = [&](auto full) GDLA_LAMBDA_INLINE {
       return group_run<T, N, Bytes, decltype(full)::value>(A + b * nn, X + b * nn, count, phase.safe, phase.begin[g],
                                                            phase.until, phase.tol, *phase.reach, loss + g * stride,
-                                                           worst + g * stride, norms + b);
+                                                           worst + g * stride);
     };
     stopped[g] = count == L ? run(std::true_type{}) : run(std::false_type{});
   }
@@ -183,23 +162,23 @@ GDLA_ALWAYS_INLINE void phase_range(const T* A, T* X, int64_t batch, int64_t g0,
 
 template <typename T, int N>
 void phase_16(const T* A, T* X, int64_t batch, int64_t g0, int64_t g1, const Phase& phase, int64_t stride,
-              double* loss, double* worst, int64_t* stopped, T* norms) {
-  phase_range<T, N, 16>(A, X, batch, g0, g1, phase, stride, loss, worst, stopped, norms);
+              double* loss, double* worst, int64_t* stopped) {
+  phase_range<T, N, 16>(A, X, batch, g0, g1, phase, stride, loss, worst, stopped);
 }
 
 #ifdef GDLA_RUN_X86_DISPATCH
 template <typename T, int N>
 __attribute__((target("arch=x86-64-v3"))) void phase_32(const T* A, T* X, int64_t batch, int64_t g0, int64_t g1,
                                                         const Phase& phase, int64_t stride, double* loss,
-                                                        double* worst, int64_t* stopped, T* norms) {
-  phase_range<T, N, 32>(A, X, batch, g0, g1, phase, stride, loss, worst, stopped, norms);
+                                                        double* worst, int64_t* stopped) {
+  phase_range<T, N, 32>(A, X, batch, g0, g1, phase, stride, loss, worst, stopped);
 }
 
 template <typename T, int N>
 __attribute__((target("arch=x86-64-v4"))) void phase_64(const T* A, T* X, int64_t batch, int64_t g0, int64_t g1,
                                                         const Phase& phase, int64_t stride, double* loss,
-                                                        double* worst, int64_t* stopped, T* norms) {
-  phase_range<T, N, 64>(A, X, batch, g0, g1, phase, stride, loss, worst, stopped, norms);
+                                                        double* worst, int64_t* stopped) {
+  phase_range<T, N, 64>(A, X, batch, g0, g1, phase, stride, loss, worst, stopped);
 }
 #endif
 
@@ -210,7 +189,7 @@ __attribute__((target("arch=x86-64-v4"))) void phase_64(const T* A, T* X, int64_
 // stands (a step that diverged) runs the round again from its first iterate to there; a last iterate where some group
 // no longer passes goes on (phase 1 from there).
 template <typename T, int N, int Bytes>
-double run_rounds(const T* A, T* X, T* norms, int64_t batch, int64_t steps, double tol, double first, double blow_up,
+double run_rounds(const T* A, T* X, int64_t batch, int64_t steps, double tol, double first, double blow_up,
                   bool safe, std::vector<double>& losses, std::vector<double>& residuals) {
   constexpr int L = lanes::Vec<T, Bytes>::kLanes;
   auto phase_fn = &phase_16<T, N>;
@@ -246,7 +225,7 @@ double run_rounds(const T* A, T* X, T* norms, int64_t batch, int64_t steps, doub
 #pragma omp parallel for schedule(static) if (tasks > 1 && batch * nn >= 4096)
     for (int64_t task = 0; task < tasks; ++task) {
       const int64_t g0 = task * kGroupsPerTask;
-      phase_fn(A, X, batch, g0, std::min(groups, g0 + kGroupsPerTask), phase, stride, loss, worst, stops, norms);
+      phase_fn(A, X, batch, g0, std::min(groups, g0 + kGroupsPerTask), phase, stride, loss, worst, stops);
     }
   };
   for (;;) {  // one round
@@ -306,14 +285,14 @@ double run_rounds(const T* A, T* X, T* norms, int64_t batch, int64_t steps, doub
 }
 
 template <typename T, int N>
-double run(const T* A, T* X, T* norms, int64_t batch, int64_t steps, double tol, double first, double blow_up,
-           bool safe, std::vector<double>& losses, std::vector<double>& residuals) {
+double run(const T* A, T* X, int64_t batch, int64_t steps, double tol, double first, double blow_up, bool safe,
+           std::vector<double>& losses, std::vector<double>& residuals) {
 #ifdef GDLA_RUN_X86_DISPATCH
   const int bytes = simd_bytes();
-  if (bytes == 64) return run_rounds<T, N, 64>(A, X, norms, batch, steps, tol, first, blow_up, safe, losses, residuals);
-  if (bytes == 32) return run_rounds<T, N, 32>(A, X, norms, batch, steps, tol, first, blow_up, safe, losses, residuals);
+  if (bytes == 64) return run_rounds<T, N, 64>(A, X, batch, steps, tol, first, blow_up, safe, losses, residuals);
+  if (bytes == 32) return run_rounds<T, N, 32>(A, X, batch, steps, tol, first, blow_up, safe, losses, residuals);
 #endif
-  return run_rounds<T, N, 16>(A, X, norms, batch, steps, tol, first, blow_up, safe, losses, residuals);
+  return run_rounds<T, N, 16>(A, X, batch, steps, tol, first, blow_up, safe, losses, residuals);
 }
 
 at::Tensor newton_schulz_run_cpu(const at::Tensor& A, at::Tensor& X, int64_t steps, double tol, double first_loss,
@@ -329,23 +308,19 @@ at::Tensor newton_schulz_run_cpu(const at::Tensor& A, at::Tensor& X, int64_t ste
   const int64_t batch = batch_count(A, 2);
   std::vector<double> losses, residuals;
   double final_loss = 0.0;
-  const bool float32 = A.scalar_type() == at::kFloat;  // the members' norms: float32 only (member_norms)
-  at::Tensor norms = at::empty({float32 ? batch : 0}, A.options());
   AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "gdla_newton_schulz_run_cpu", [&] {
     small::dispatch_unrolled_size(static_cast<int>(n), [&](auto size) {
-      final_loss = run<scalar_t, decltype(size)::value>(A.data_ptr<scalar_t>(), X.data_ptr<scalar_t>(),
-                                                        norms.data_ptr<scalar_t>(), batch, steps, tol, first_loss,
-                                                        blow_up, safe_start, losses, residuals);
+      final_loss = run<scalar_t, decltype(size)::value>(A.data_ptr<scalar_t>(), X.data_ptr<scalar_t>(), batch, steps,
+                                                        tol, first_loss, blow_up, safe_start, losses,
+                                                        residuals);
     });
   });
-  // [the steps' losses, the residuals after them, the final loss, float32: each member's ||A X - I||_F at the end]
   const int64_t taken = static_cast<int64_t>(losses.size());
-  at::Tensor out = at::empty({2 * taken + 1 + norms.numel()}, A.options().dtype(at::kDouble).device(at::kCPU));
+  at::Tensor out = at::empty({2 * taken + 1}, A.options().dtype(at::kDouble).device(at::kCPU));
   double* data = out.data_ptr<double>();
   std::copy(losses.begin(), losses.end(), data);
   std::copy(residuals.begin(), residuals.end(), data + taken);
   data[2 * taken] = final_loss;
-  out.narrow(0, 2 * taken + 1, norms.numel()).copy_(norms);
   return out;
 }
 

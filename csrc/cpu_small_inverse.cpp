@@ -141,11 +141,7 @@ GDLA_ALWAYS_INLINE void residuals_range(const T* __restrict A, const T* __restri
           if (kFixed || j < n) row[j] += scale * static_cast<double>(right[l * n + j]);
         }
       }
-      for (int j = 0; j < n; ++j) {
-        double square = row[j] * row[j];
-        GDLA_OPAQUE(square);  // rounded on its own, as the lanes' (and the run kernel's member_norms): never fused
-        total += square;
-      }
+      for (int j = 0; j < n; ++j) total += row[j] * row[j];
     }
     out[b] = static_cast<T>(std::sqrt(total));
   }

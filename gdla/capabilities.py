@@ -176,12 +176,6 @@ class MatrixInverse:
     ``measured = True`` declares more: the problem's loss is ``Σ_b mean((P_b − I)²)`` and its
     :meth:`~gdla.Problem.residual` the largest ``‖P_b − I‖_F / √k`` over the batch (up to rounding), so a method
     may evaluate both itself, inside a whole-run kernel (Newton-Schulz's), instead of asking the problem each step.
-
-    ``keep_norms``, where the problem gives it, takes ``(X, norms)``: each member's ``‖P(X) − I‖_F`` at ``X``
-    (shape ``A.shape[:-2]``, ``A``'s dtype), computed by a method bit for bit as
-    ``gdla.ops.small_inverse_residuals(A, X, side)`` computes them. The problem keeps them while ``X`` and ``A`` are
-    the same, unmodified tensors, and its residual and member residuals there read them instead of computing them
-    again (Newton-Schulz's whole-run kernel hands over its answer's).
     """
 
     A: torch.Tensor
@@ -189,7 +183,6 @@ class MatrixInverse:
     pseudo: bool = False
     key: str = "M"
     measured: bool = False
-    keep_norms: Callable[[torch.Tensor, torch.Tensor], None] | None = field(default=None, compare=False, repr=False)
 
     def product(self, X: torch.Tensor) -> torch.Tensor:
         """``P(X)``: ``A X``, ``X A`` or their average, the product compared with the identity."""

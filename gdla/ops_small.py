@@ -129,7 +129,7 @@ def small_inverse_momentum(A: torch.Tensor, X0: torch.Tensor, lr: float, momentu
 
 def small_inverse_newton_schulz_run(
     A: torch.Tensor, X: torch.Tensor, steps: int, *, tol: float = 0.0, first_loss: float = float("nan"),
-    blow_up: float = 1e12, safe_start: bool = False, norms: torch.Tensor | None = None,
+    blow_up: float = 1e12, safe_start: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Newton-Schulz as :func:`gdla.solve` runs it, ``steps`` steps in one call, the batch in lockstep; ``X`` in place.
 
@@ -139,10 +139,7 @@ def small_inverse_newton_schulz_run(
     products). The call stops after the first step whose residual is ``<= tol`` (``tol > 0``), after a step whose
     loss is not finite or exceeds ``blow_up · max(first_loss, 1e-30)`` (``first_loss`` NaN: this call's first step
     sets it), or after ``steps`` steps; ``n`` calls of one step give the bits of one call of ``n``. With
-    ``safe_start`` it starts from ``Aᵀ / (‖A‖₁ ‖A‖_∞)`` (``csrc/small_safe_start.h``), not ``X``. Where ``norms`` is
-    given (``A``'s dtype, shape ``A.shape[:-2]``) it receives each member's ``‖A X − I‖_F`` at the iterate left in
-    ``X``, bit for bit :func:`small_inverse_residuals`'s (float32: computed by the kernel while the member is in
-    registers; float64: by that op). Not differentiable.
+    ``safe_start`` it starts from ``Aᵀ / (‖A‖₁ ‖A‖_∞)`` (``csrc/small_safe_start.h``), not ``X``. Not differentiable.
 
     Returns:
         ``(losses, residuals, final_loss)``: each step's loss and the residual after it (float64, one per step
@@ -157,26 +154,17 @@ def small_inverse_newton_schulz_run(
     _in_place(op, {"X": X}, {"A": A})
     steps, tol = check_int(steps, f"{op}: steps", minimum=0), check_nonnegative(tol, f"{op}: tol")
     blow_up = check_positive(blow_up, f"{op}: blow_up")
-    batch = A.shape[:-2]
-    if norms is not None:
-        _shape(op, _tensor(op, norms, "norms", A, "A"), "norms", tuple(batch), "(A's batch)")
     out = _written((X,), _ops.small_inverse_newton_schulz_run(
         A.contiguous(), X, steps, tol, float(first_loss), blow_up, bool(safe_start)
     ))
-    # [losses, residuals, final loss, float32: each member's norm]
-    kept = batch.numel() if A.dtype == torch.float32 else 0
-    taken = (out.numel() - 1 - kept) // 2
-    if norms is not None:
-        norms.copy_(out[2 * taken + 1 :].view(batch) if kept else small_inverse_residuals(A, X, "right"))
-    return out[:taken], out[taken : 2 * taken], float(out[2 * taken])
+    taken = (out.numel() - 1) // 2
+    return out[:taken], out[taken : 2 * taken], float(out[-1])
 
 
 @torch.library.register_fake("gdla::small_inverse_newton_schulz_run")
 def _newton_schulz_run_fake(A, X, steps, tol, first_loss, blow_up, safe_start):
-    # 2 · (steps taken) + 1 figures, then float32: one norm a member
     count = torch.library.get_ctx().new_dynamic_size(min=1, max=2 * steps + 1)
-    kept = A.shape[:-2].numel() if A.dtype == torch.float32 else 0
-    return A.new_empty((count + kept,), dtype=torch.float64, device="cpu")
+    return A.new_empty((count,), dtype=torch.float64, device="cpu")
 
 
 @torch.library.register_fake("gdla::small_inverse_newton_schulz")

@@ -32,8 +32,7 @@ def report(
 ) -> Result:
     """The :class:`~gdla.Result` of ``plan`` run by ``opt`` from ``params`` (now the final ones)."""
     began = time.perf_counter()
-    # (the tensors themselves where no graph hangs on them: a figure the problem keeps of them is found again)
-    work_params = {key: value.detach() if value.requires_grad else value for key, value in params.items()}
+    work_params = {key: value.detach() for key, value in params.items()}
     if plan.sharding is not None:  # every rank reports the whole batch
         work_params = plan.sharding.gather_params(work_params)
     held = work_params  # as the problem holds them (a DTensor stays one: its loss runs on the mesh)

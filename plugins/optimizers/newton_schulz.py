@@ -301,13 +301,9 @@ class NewtonSchulz(Optimizer):
             return super().advance(steps, tol)
         # the first step starts from the kernel's own safe start (csrc/small_safe_start.h, the rule's C++ twin)
         safe = self._count == 0 and self.start == "safe"
-        X, keep = self.params[self.key], self.inverse.keep_norms
-        norms = torch.empty(self.A.shape[:-2], dtype=X.dtype) if keep is not None else None
         losses, residuals, self.final_loss = self._run(
-            self.A, X, steps, tol=tol, first_loss=self._first, blow_up=BLOW_UP, safe_start=safe, norms=norms
+            self.A, self.params[self.key], steps, tol=tol, first_loss=self._first, blow_up=BLOW_UP, safe_start=safe
         )
-        if keep is not None:  # the answer's residuals, which the report and the residual metric read
-            keep(X, norms)
         if self._count == 0:
             self._first = float(losses[0])
         self._count += len(losses)

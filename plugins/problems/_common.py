@@ -235,13 +235,8 @@ class KeptFigure:
         if kept is not None and kept[1] == versions and all(r() is t for r, t in zip(kept[0], tensors, strict=True)):
             return kept[2]
         value = compute()
-        self.record(tensors, value)
+        self._kept = (tuple(weakref.ref(t) for t in tensors), versions, value)
         return value
-
-    def record(self, tensors: tuple[torch.Tensor, ...], value: torch.Tensor) -> None:
-        """Keep ``value`` as the figure of ``tensors`` as they are now (computed elsewhere, the same bits)."""
-        if not any(t.is_inference() for t in tensors):
-            self._kept = (tuple(weakref.ref(t) for t in tensors), tuple(t._version for t in tensors), value)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"_kept": None}

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -183,15 +182,8 @@ class InverseProblem(InverseExamples, Problem):
         measured = self.__dict__.get("_all_attainable", False) and self._projector is None
         return declared(
             self, self.A, f"inverse {measured}",
-            lambda: MatrixInverse(self.A, side=self.side, pseudo=self.pseudo, key="M", measured=measured,
-                                  keep_norms=self._norms_keeper() if measured else None),
+            lambda: MatrixInverse(self.A, side=self.side, pseudo=self.pseudo, key="M", measured=measured),
         )
-
-    def _norms_keeper(self) -> Callable[[torch.Tensor, torch.Tensor], None]:
-        """``MatrixInverse.keep_norms``: a method's ``‖P(M) − I‖_F`` of every member, kept as
-        :meth:`_fused_residuals` keeps its own (holding the keeper and ``A``, not the problem)."""
-        keeper, A = self._kept_residuals, self.A
-        return lambda M, norms: keeper.record((M, A), norms)
 
     def fused_loss(self) -> InverseMSE | None:
         """The loss is the fused ``inverse_mse`` op's.
