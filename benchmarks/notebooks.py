@@ -67,6 +67,26 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+def interleaved_medians(first: Callable[[], object], second: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Median times of one call of ``first`` and of ``second``, the two called in turn (as :func:`median_seconds`:
+    a warm-up, then at least ``repeats`` pairs and as many more as fill ``MEASURE`` seconds, at most 2,000).
+
+    A ratio of the two is then taken over the same moments: on a shared machine whose speed drifts from second to
+    second, two medians taken one after the other can differ by more than the two functions do.
+    """
+    began = time.perf_counter()
+    first(), second()
+    while time.perf_counter() - began < WARM_UP:
+        first(), second()
+    times: tuple[list[float], list[float]] = ([], [])
+    while len(times[0]) < repeats or (sum(times[0]) + sum(times[1]) < MEASURE and len(times[0]) < 2000):
+        for fn, kept in ((first, times[0]), (second, times[1])):
+            start = time.perf_counter()
+            fn()
+            kept.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
 # -- seed 000: momentum on M @ A ≈ I, the notebook's hand-rolled gradient buffer -------------------
 def seed000_eager(A: torch.Tensor, start: torch.Tensor, steps: int) -> torch.Tensor:
     guess = start.clone().requires_grad_(True)

@@ -4,8 +4,9 @@ Writes ``benchmarks/results/tiny-and-setup.md``::
 
     .venv/bin/python benchmarks/tiny_and_setup.py [--repeats 5] [--out FILE]
 
-Rows (each side the median of back-to-back calls after a warm-up, :func:`notebooks.median_seconds`; every gdla
-side through the public :func:`gdla.solve`, the final residual read from ``Result.metrics``, as
+Rows (each side the median of back-to-back calls after a warm-up, :func:`notebooks.median_seconds`; the two sides
+of the 10,000-matrix ratios called in turn, :func:`notebooks.interleaved_medians`, so both see the same moments;
+every gdla side through the public :func:`gdla.solve`, the final residual read from ``Result.metrics``, as
 :func:`notebooks.solved` does):
 
 - 10,000 float32 4×4 matrices, ``optimizer="auto"`` (Newton-Schulz) with the default ``tol``, the whole solve,
@@ -27,7 +28,7 @@ import statistics
 from pathlib import Path
 
 import torch
-from notebooks import HERE, Lyapunov, _time, batch_momentum_eager, median_seconds, solved
+from notebooks import HERE, Lyapunov, _time, batch_momentum_eager, interleaved_medians, median_seconds, solved
 
 import gdla
 
@@ -39,15 +40,15 @@ def columns(repeats: int) -> list[tuple[str, str]]:
     inverse = gdla.get_problem("inverse")
     batch = inverse.well_conditioned(4, batch=(10_000,), dtype=torch.float32)
     out = []
-    eager = median_seconds(lambda: torch.linalg.inv(batch.A), repeats)
-    mine = median_seconds(lambda: solved(batch), repeats)
+    mine, eager = interleaved_medians(lambda: solved(batch), lambda: torch.linalg.inv(batch.A), repeats)
     out.append(("10,000 × 4×4 float32, `auto` whole solve vs `torch.linalg.inv` (target: ratio > 1)",
                 f"{_time(mine)} vs {_time(eager)}: {eager / mine:.2f}×"))
     X0 = batch.matrix_inverse().safe_start()
-    eager = median_seconds(lambda: batch_momentum_eager(batch.A, X0, STEPS), repeats) / STEPS
-    mine = median_seconds(
-        lambda: solved(batch, optimizer="momentum", lr=0.5, momentum=0.9, max_steps=STEPS, tol=0), repeats
-    ) / STEPS
+    mine, eager = interleaved_medians(
+        lambda: solved(batch, optimizer="momentum", lr=0.5, momentum=0.9, max_steps=STEPS, tol=0),
+        lambda: batch_momentum_eager(batch.A, X0, STEPS), repeats,
+    )
+    mine, eager = mine / STEPS, eager / STEPS
     out.append((f"10,000 × 4×4 float32, momentum, {STEPS} steps, per step vs `bmm` autograd (target ≥ 40×)",
                 f"{_time(mine)} vs {_time(eager)}: {eager / mine:.3g}×"))
     one = inverse.well_conditioned(4, dtype=torch.float32)
@@ -89,9 +90,9 @@ def main() -> None:
         f"Command: `.venv/bin/python benchmarks/tiny_and_setup.py --repeats {args.repeats}`  \n"
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs shared with other jobs (load average after the run: "
         f"{load}), torch {torch.__version__}, gdla {gdla.__version__}, extension: {gdla.extension_status()[1]}; "
-        f"medians of at least {args.repeats} back-to-back calls after a warm-up, both thread counts in one "
-        "process; `A × B: r×` reads gdla's time, the other side's, and their ratio (other ÷ gdla, except the "
-        "floor rows: gdla ÷ floor).\n\n" + text + "\n"
+        f"medians of at least {args.repeats} back-to-back calls after a warm-up (the 10,000-matrix rows: the two "
+        "sides called in turn), both thread counts in one process; `A × B: r×` reads gdla's time, the other "
+        "side's, and their ratio (other ÷ gdla, except the floor rows: gdla ÷ floor).\n\n" + text + "\n"
     )
     print(text)
     print(f"written to {args.out}")
