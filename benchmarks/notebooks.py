@@ -12,7 +12,7 @@ just that table, into ``benchmarks/results/cold-start.md``). ``--setup-only``: t
 and that table, into ``benchmarks/results/setup-and-cold-start.md``.
 
 Every row of the main table times the eager loop, then gdla, each as the median of back-to-back calls after a
-warm-up (:func:`median_seconds`: at least ``--repeats`` calls, more where they fill half a
+warm-up (:func:`timing.median_seconds`: at least ``--repeats`` calls, more where they fill half a
 second), float32 unless said, ``backend="auto"``, through the public :func:`gdla.solve` (set-up
 included, and the final residual read from ``Result.metrics``; the reference-based ``error`` is
 computed only when read, and no row reads it).
@@ -30,61 +30,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from eager_loops import batch_momentum_eager  # noqa: F401  (re-exported: tiny_and_setup.py imports it from here)
+from eager_loops import batch_momentum_eager
+from timing import MEASURE, WARM_UP, median_seconds, shown_seconds
 
 import gdla
 
 HERE = Path(__file__).resolve().parent
 #: Lines printed under the table (accuracy checks that go with the timings).
 NOTES: list[str] = []
-
-
-#: Seconds of calls before timing (at least one call), and the least total time the timed calls fill.
-WARM_UP, MEASURE = 0.2, 0.5
-
-
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    """Median time of one call, in the steady state (as ``timeit``'s autorange does).
-
-    Calls ``fn`` for ``WARM_UP`` seconds first (first-call costs, and the caches and branch
-    history the previous row left, are not this row's), then times at least ``repeats`` calls and
-    as many more as fill ``MEASURE`` seconds (at most 2,000): a 0.3 ms solve and a 0.3 s eager loop
-    are both medians of calls made back to back.
-    """
-    began = time.perf_counter()
-    fn()
-    while time.perf_counter() - began < WARM_UP:
-        fn()
-    times: list[float] = []
-    while len(times) < repeats or (sum(times) < MEASURE and len(times) < 2000):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def interleaved_medians(first: Callable[[], object], second: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """Median times of one call of ``first`` and of ``second``, the two called in turn (as :func:`median_seconds`:
-    a warm-up, then at least ``repeats`` pairs and as many more as fill ``MEASURE`` seconds, at most 2,000).
-
-    A ratio of the two is then taken over the same moments: on a shared machine whose speed drifts from second to
-    second, two medians taken one after the other can differ by more than the two functions do.
-    """
-    began = time.perf_counter()
-    first(), second()
-    while time.perf_counter() - began < WARM_UP:
-        first(), second()
-    times: tuple[list[float], list[float]] = ([], [])
-    while len(times[0]) < repeats or (sum(times[0]) + sum(times[1]) < MEASURE and len(times[0]) < 2000):
-        for fn, kept in ((first, times[0]), (second, times[1])):
-            start = time.perf_counter()
-            fn()
-            kept.append(time.perf_counter() - start)
-    return statistics.median(times[0]), statistics.median(times[1])
 
 
 # -- seed 000: momentum on M @ A ≈ I, the notebook's hand-rolled gradient buffer -------------------
@@ -166,7 +122,7 @@ def defaults_note(A16: object, seed: object) -> str:
         )
         parts.append(
             f"{name}: {result.steps} steps to {result.stop_reason} (tol {result.settings['tol']:g}), "
-            f"{_time(bulk)} in bulk vs {_time(watched)} one step a call (a callback watching)"
+            f"{shown_seconds(bulk)} in bulk vs {shown_seconds(watched)} one step a call (a callback watching)"
         )
     return "Runs with a tolerance: " + "; ".join(parts)
 
@@ -382,9 +338,9 @@ def setup_rows(repeats: int) -> list[tuple[str, str, str]]:
         alone = median_seconds(lambda: inverse(A), repeats)
         runs = [gdla.solve(lyapunov, optimizer="cg") for _ in range(max(repeats, 5))]
         share = statistics.median(r.setup_seconds / (r.setup_seconds + r.seconds + r.summary_seconds) for r in runs)
-        columns.append((_time(floor), f"{_time(built)} ({built / floor:.2f}× the floor)",
-                        f"{_time(alone)} ({alone / floor * 10:.2f} GEMMs)",
-                        f"{share:.0%} (set-up {_time(statistics.median(r.setup_seconds for r in runs))})"))
+        columns.append((shown_seconds(floor), f"{shown_seconds(built)} ({built / floor:.2f}× the floor)",
+                        f"{shown_seconds(alone)} ({alone / floor * 10:.2f} GEMMs)",
+                        f"{share:.0%} (set-up {shown_seconds(statistics.median(r.setup_seconds for r in runs))})"))
     torch.set_num_threads(default)
     measures = ("n = 1024 float64: 5 × the two-GEMM floor",
                 "n = 1024 float64: `InverseProblem(A)` + 5 SGD steps by `gdla.solve` (target ≤ 1.1× the floor)",
@@ -396,14 +352,8 @@ def setup_rows(repeats: int) -> list[tuple[str, str, str]]:
 def table(results: list[tuple[str, float, float, str]]) -> str:
     lines = ["| scenario | eager / floor | gdla.solve | speed-up (eager ÷ gdla) |", "| --- | --- | --- | --- |"]
     for name, eager, mine, unit in results:
-        lines.append(f"| {name} | {_time(eager)}/{unit} | {_time(mine)}/{unit} | {eager / mine:.3g}× |")
+        lines.append(f"| {name} | {shown_seconds(eager)}/{unit} | {shown_seconds(mine)}/{unit} | {eager / mine:.3g}× |")
     return "\n".join(lines)
-
-
-def _time(seconds: float) -> str:
-    if seconds >= 1e-3:
-        return f"{seconds * 1e3:.3g} ms" if seconds < 1 else f"{seconds:.3g} s"
-    return f"{seconds * 1e6:.3g} µs"
 
 
 def main() -> None:

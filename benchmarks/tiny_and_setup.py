@@ -4,8 +4,8 @@ Writes ``benchmarks/results/tiny-and-setup.md``::
 
     .venv/bin/python benchmarks/tiny_and_setup.py [--repeats 5] [--out FILE]
 
-Rows (each side the median of back-to-back calls after a warm-up, :func:`notebooks.median_seconds`; the two sides
-of the 10,000-matrix ratios called in turn, :func:`notebooks.interleaved_medians`, so both see the same moments;
+Rows (each side the median of back-to-back calls after a warm-up, :func:`timing.median_seconds`; the two sides
+of the 10,000-matrix ratios called in turn, :func:`timing.interleaved_medians`, so both see the same moments;
 every gdla side through the public :func:`gdla.solve`, the final residual read from ``Result.metrics``, as
 :func:`notebooks.solved` does):
 
@@ -28,7 +28,9 @@ import statistics
 from pathlib import Path
 
 import torch
-from notebooks import HERE, Lyapunov, _time, batch_momentum_eager, interleaved_medians, median_seconds, solved
+from eager_loops import batch_momentum_eager
+from notebooks import HERE, Lyapunov, solved
+from timing import interleaved_medians, median_seconds, shown_seconds
 
 import gdla
 
@@ -42,7 +44,7 @@ def columns(repeats: int) -> list[tuple[str, str]]:
     out = []
     mine, eager = interleaved_medians(lambda: solved(batch), lambda: torch.linalg.inv(batch.A), repeats)
     out.append(("10,000 × 4×4 float32, `auto` whole solve vs `torch.linalg.inv` (target: ratio > 1)",
-                f"{_time(mine)} vs {_time(eager)}: {eager / mine:.2f}×"))
+                f"{shown_seconds(mine)} vs {shown_seconds(eager)}: {eager / mine:.2f}×"))
     X0 = batch.matrix_inverse().safe_start()
     mine, eager = interleaved_medians(
         lambda: solved(batch, optimizer="momentum", lr=0.5, momentum=0.9, max_steps=STEPS, tol=0),
@@ -50,22 +52,22 @@ def columns(repeats: int) -> list[tuple[str, str]]:
     )
     mine, eager = mine / STEPS, eager / STEPS
     out.append((f"10,000 × 4×4 float32, momentum, {STEPS} steps, per step vs `bmm` autograd (target ≥ 40×)",
-                f"{_time(mine)} vs {_time(eager)}: {eager / mine:.3g}×"))
+                f"{shown_seconds(mine)} vs {shown_seconds(eager)}: {eager / mine:.3g}×"))
     one = inverse.well_conditioned(4, dtype=torch.float32)
-    out.append(("one 4×4 float32, `auto` whole solve (the fixed cost)", _time(median_seconds(lambda: solved(one),
-                                                                                             repeats))))
+    fixed = median_seconds(lambda: solved(one), repeats)
+    out.append(("one 4×4 float32, `auto` whole solve (the fixed cost)", shown_seconds(fixed)))
     for dtype in (torch.float32, torch.float64):
         A, M0 = inverse.well_conditioned(1024, dtype=dtype).A, torch.rand(1024, 1024, dtype=dtype)
         floor = median_seconds(lambda A=A, M0=M0: [A.mT @ (A @ M0) for _ in range(5)], repeats)
         built = median_seconds(lambda A=A: solved(inverse(A), optimizer="sgd", max_steps=5, tol=0), repeats)
         name = str(dtype).removeprefix("torch.")
         out.append((f"n = 1024 {name}: `InverseProblem(A)` + 5 SGD steps vs 5 × the two-GEMM floor (target ≤ 1.1×)",
-                    f"{_time(built)} vs {_time(floor)}: {built / floor:.2f}×"))
+                    f"{shown_seconds(built)} vs {shown_seconds(floor)}: {built / floor:.2f}×"))
     lyapunov = Lyapunov.example()
     runs = [gdla.solve(lyapunov, optimizer="cg") for _ in range(max(repeats, 5))]
     share = statistics.median(r.setup_seconds / (r.setup_seconds + r.seconds + r.summary_seconds) for r in runs)
     out.append((f"100 × 100 Lyapunov plugin (no Gram factor), `cg`, {runs[0].steps} steps: set-up share (target ≤ 20%)",
-                f"{share:.0%} (set-up {_time(statistics.median(r.setup_seconds for r in runs))})"))
+                f"{share:.0%} (set-up {shown_seconds(statistics.median(r.setup_seconds for r in runs))})"))
     return out
 
 

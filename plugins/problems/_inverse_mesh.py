@@ -29,7 +29,7 @@ from gdla.mesh import (
 from gdla.problem import Params
 from gdla.scaling import Normalization
 from gdla.validation import check_matrix
-from gdla_plugins.problems._common import as_working_float, batched_mse
+from gdla_plugins.problems._common import as_working_float, batched_mse, declared
 
 __all__ = ["MeshInverseMethods", "RowShardedInverse", "full_mse"]
 
@@ -102,11 +102,8 @@ class MeshInverseMethods:
         return placed_like(M, self.A) if is_dtensor(M) else distribute_like(M, self.A)
 
     def _eye(self) -> torch.Tensor:
-        """``I_k`` placed like ``A``, kept (placing it costs a full eye)."""
-        identity = self.__dict__.get("_identity")
-        if identity is None or identity.dtype != self.A.dtype:
-            identity = self.__dict__["_identity"] = identity_like(self.A, self._k)
-        return identity
+        """``I_k`` placed like ``A``, kept while ``A`` is (placing it costs a full eye)."""
+        return declared(self, self.A, "eye", lambda: identity_like(self.A, self._k))
 
     def matrix_inverse(self) -> MatrixInverse:
         """The answer is ``A⁻¹`` (``A⁺`` with ``pseudo``); the products communicate row-wise."""

@@ -144,7 +144,7 @@ class InverseProblem(InverseExamples, Problem):
 
     def __getstate__(self) -> dict[str, Any]:
         """The instance's attributes without what it keeps (:meth:`normalized`'s ``restore``: a closure, no pickle)."""
-        state = {key: value for key, value in vars(self).items() if key not in ("_identity", "_declared_for")}
+        state = {key: value for key, value in vars(self).items() if key != "_declared_for"}
         return {**state, "_normalization": None}  # what it made is made again when needed
 
     # -- construction -------------------------------------------------------------------------
